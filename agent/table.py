@@ -1,0 +1,166 @@
+"""The retention table: the one definition of a row, shared by every source and sink.
+
+A *site* is (function, file, line); native sites have line 0, the ELF object as file and
+``native=True``. Every output (terminal, JSON, Elasticsearch) uses FIELDS, in that order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Mapping
+
+# Order matters: it is the column order of JSON rows and documents.
+FIELDS = (
+    "function",
+    "file",
+    "line",
+    "count",
+    "total_bytes",
+    "sample_count",
+    "sample_total_bytes",
+    "sample_free_bytes",
+    "retention_pct",
+    "peak_single",
+    "avg_size",
+    "source",
+    "pid",
+    "native",
+)
+
+SiteKey = tuple  # (function, file, line, native)
+
+
+def retention_pct(sample_total_bytes: int, sample_free_bytes: int, sample_count: int) -> float | None:
+    """Share of sampled bytes never freed, in percent; None when nothing was sampled.
+
+    Unknown is not healthy: a site with allocations but no samples must not print 0%.
+    """
+    if sample_count <= 0 or sample_total_bytes <= 0:
+        return None
+    kept = sample_total_bytes - min(sample_free_bytes, sample_total_bytes)
+    return round(100.0 * kept / sample_total_bytes, 1)
+
+
+@dataclass
+class Row:
+    function: str
+    file: str
+    line: int = 0
+    count: int = 0
+    total_bytes: int = 0
+    sample_count: int = 0
+    sample_total_bytes: int = 0
+    sample_free_bytes: int = 0
+    peak_single: int = 0
+    source: str = "preload"
+    pid: int = 0
+    native: bool = False
+
+    @property
+    def key(self) -> SiteKey:
+        return (self.function, self.file, self.line, self.native)
+
+    @property
+    def retention_pct(self) -> float | None:
+        return retention_pct(self.sample_total_bytes, self.sample_free_bytes, self.sample_count)
+
+    @property
+    def avg_size(self) -> int:
+        return self.total_bytes // self.count if self.count else 0
+
+    def add(self, other: "Row") -> None:
+        """Merge another row of the same site into this one (counts add, peak is the max)."""
+        self.count += other.count
+        self.total_bytes += other.total_bytes
+        self.sample_count += other.sample_count
+        self.sample_total_bytes += other.sample_total_bytes
+        self.sample_free_bytes += other.sample_free_bytes
+        self.peak_single = max(self.peak_single, other.peak_single)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in FIELDS}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str | None = None, pid: int | None = None) -> "Row":
+        """Build a row from a JSON object, validating types (input may be hostile or stale)."""
+        def _int(name: str) -> int:
+            value = data.get(name, 0)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"field {name!r} must be a non-negative integer, got {value!r}")
+            return value
+
+        def _str(name: str) -> str:
+            value = data.get(name, "")
+            if not isinstance(value, str):
+                raise ValueError(f"field {name!r} must be a string, got {type(value).__name__}")
+            return value
+
+        return cls(
+            function=_str("function"),
+            file=_str("file"),
+            line=_int("line"),
+            count=_int("count"),
+            total_bytes=_int("total_bytes"),
+            sample_count=_int("sample_count"),
+            sample_total_bytes=_int("sample_total_bytes"),
+            sample_free_bytes=_int("sample_free_bytes"),
+            peak_single=_int("peak_single"),
+            source=source if source is not None else (_str("source") or "preload"),
+            pid=pid if pid is not None else _int("pid"),
+            native=bool(data.get("native", False)),
+        )
+
+
+@dataclass
+class RetentionTable:
+    """Rows keyed by (pid, site). ``merged()`` folds pids together for display."""
+
+    rows: dict[tuple[int, SiteKey], Row] = dataclasses.field(default_factory=dict)
+
+    def add(self, row: Row) -> None:
+        key = (row.pid, row.key)
+        have = self.rows.get(key)
+        if have is None:
+            self.rows[key] = dataclasses.replace(row)
+        else:
+            have.add(row)
+
+    def replace_pid(self, pid: int, rows: Iterable[Row]) -> None:
+        """Swap in a fresh snapshot for one process (snapshots are cumulative)."""
+        self.rows = {k: v for k, v in self.rows.items() if k[0] != pid}
+        for row in rows:
+            self.add(row)
+
+    def __iter__(self) -> Iterator[Row]:
+        return iter(self.rows.values())
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def merged(self) -> list[Row]:
+        """One row per site across all processes (pid 0 when more than one contributed)."""
+        out: dict[SiteKey, Row] = {}
+        for row in self.rows.values():
+            have = out.get(row.key)
+            if have is None:
+                out[row.key] = dataclasses.replace(row)
+            else:
+                if have.pid != row.pid:
+                    have.pid = 0
+                have.add(row)
+        return list(out.values())
+
+
+def leak_order(row: Row) -> tuple:
+    """Sort key: likely leaks first (high retention with bytes kept), then by bytes."""
+    ret = row.retention_pct
+    kept = (row.sample_total_bytes - row.sample_free_bytes) if ret is not None else 0
+    return (-(ret if ret is not None else -1.0) if ret is not None and ret >= 80.0 else 0.0, -kept, -row.total_bytes)
+
+
+def sorted_rows(rows: Iterable[Row], by: str = "leak") -> list[Row]:
+    rows = list(rows)
+    if by == "bytes":
+        return sorted(rows, key=lambda r: (-r.total_bytes, r.function))
+    return sorted(rows, key=leak_order)

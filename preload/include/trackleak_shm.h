@@ -1,0 +1,89 @@
+/* SPDX-License-Identifier: MIT
+ *
+ * trackleak_shm.h - THE layout of the live table a preloaded process exposes.
+ *
+ * Every preloaded process maps one memfd named "trackleak" (visible in
+ * /proc/PID/maps as "/memfd:trackleak (deleted)"). Readers (trackleak run, the
+ * agent) find it there and read it through /proc/PID/mem without stopping the
+ * target. Python mirrors this file in agent/layout.py; a test compiles a probe
+ * against this header and checks the mirror field by field. Change a field:
+ * bump TL_SHM_VERSION.
+ *
+ * Concurrency: the segment is written by many threads with relaxed atomics and
+ * read by other processes with no lock. Site records are append-only: a writer
+ * reserves an index (header.site_count), fills key and names, then sets
+ * state = TL_SITE_READY with a release store. Counters only grow. A reader
+ * ignores records that are not READY, clamps everything, and treats the whole
+ * segment as hostile input (it may belong to any process).
+ */
+#ifndef TRACKLEAK_SHM_H
+#define TRACKLEAK_SHM_H
+
+#include <stdint.h>
+
+#define TL_SHM_MAGIC "TRKLEAK\0" /* 8 bytes, NUL included */
+#define TL_SHM_VERSION 1u
+#define TL_SHM_MEMFD_NAME "trackleak"
+
+#define TL_FUNC_MAX 128 /* bytes incl. NUL; longer names are cut */
+#define TL_FILE_MAX 256 /* bytes incl. NUL; longer paths keep their tail */
+
+/* header.flags */
+#define TL_FLAG_PYTHON 0x1u         /* the process has a CPython runtime */
+#define TL_FLAG_PYMEM_HOOKED 0x2u   /* PyMem/PyObject allocators are wrapped */
+#define TL_FLAG_ACTIVE 0x4u         /* start-up delay is over; tracking */
+#define TL_FLAG_PY_UNSUPPORTED 0x8u /* CPython version without offsets: native only */
+#define TL_FLAG_FORKED 0x10u        /* this table was inherited through fork() */
+#define TL_FLAG_FROZEN 0x20u        /* the interpreter began finalizing: counts frozen there */
+
+/* site.state */
+#define TL_SITE_EMPTY 0u
+#define TL_SITE_RESERVED 1u
+#define TL_SITE_READY 2u
+
+/* site.kind */
+#define TL_KIND_PYTHON 1u /* function/file/line of a Python frame */
+#define TL_KIND_NATIVE 2u /* caller of the allocator: symbol / ELF object */
+
+struct tl_shm_header {
+    char magic[8];          /* TL_SHM_MAGIC */
+    uint32_t version;       /* TL_SHM_VERSION */
+    uint32_t header_size;   /* sizeof(struct tl_shm_header) */
+    uint32_t site_size;     /* sizeof(struct tl_site) */
+    uint32_t site_capacity; /* records that follow the header */
+    uint32_t site_count;    /* records handed out so far (<= capacity) */
+    uint32_t flags;         /* TL_FLAG_* */
+    int32_t pid;            /* owner (updated in a forked child) */
+    int32_t ppid;
+    uint64_t start_time_ns; /* CLOCK_REALTIME when tracking of this process began */
+    uint64_t update_time_ns;/* CLOCK_REALTIME of the last dump (0: none yet) */
+    uint32_t sample_rate;   /* TRACKLEAK_SAMPLE_RATE (1 in N) */
+    uint32_t min_size;      /* TRACKLEAK_MIN_SIZE */
+    uint32_t py_version_hex;/* PY_VERSION_HEX of the runtime, 0 if none */
+    uint32_t reserved0;
+    uint64_t live_samples;     /* sampled blocks not yet freed */
+    uint64_t dropped_samples;  /* samples not kept: live set full */
+    uint64_t dropped_sites;    /* allocations not attributed: site table full */
+    uint64_t dropped_events;   /* event-log records lost: ring full */
+    uint64_t reserved[8];
+};
+
+struct tl_site {
+    uint32_t state;  /* TL_SITE_* ; read with acquire */
+    uint32_t kind;   /* TL_KIND_* */
+    uint32_t line;   /* source line (Python); 0 for native */
+    uint32_t reserved0;
+    uint64_t key_addr;  /* code object address (Python) or return address (native) */
+    uint64_t key_aux;   /* instruction offset (Python) or 0 */
+    uint64_t count;             /* tracked allocations */
+    uint64_t total_bytes;
+    uint64_t sample_count;      /* sampled allocations */
+    uint64_t sample_bytes;
+    uint64_t sample_free_count; /* sampled allocations since freed */
+    uint64_t sample_free_bytes;
+    uint64_t peak_single;       /* largest single allocation */
+    char function[TL_FUNC_MAX]; /* NUL-terminated UTF-8 */
+    char file[TL_FILE_MAX];     /* NUL-terminated UTF-8 */
+};
+
+#endif /* TRACKLEAK_SHM_H */

@@ -1,0 +1,222 @@
+/* SPDX-License-Identifier: MIT
+ * config.c - the original TrackLeak's environment variables, same names,
+ * meanings and defaults; a bad value gets one warning and the default.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "tl_internal.h"
+
+struct tl_config tl_cfg = {
+    .dump_interval = 300,
+    .sample_rate = 50,
+    .min_size = 500,
+    .startup_delay = 10,
+};
+
+void tl_say(const char *fmt, ...)
+{
+    char buf[768];
+    int n = snprintf(buf, sizeof buf, "[trackleak] ");
+    va_list ap;
+    va_start(ap, fmt);
+    int m = vsnprintf(buf + n, sizeof buf - (size_t)n - 1, fmt, ap);
+    va_end(ap);
+    size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m);
+    if (len > sizeof buf - 2)
+        len = sizeof buf - 2;
+    buf[len++] = '\n';
+    (void)!write(2, buf, len);
+}
+
+/* Parse an unsigned decimal integer in [lo, hi]; anything else keeps *out. */
+static void env_uint(const char *name, unsigned long long lo, unsigned long long hi, unsigned long long *out)
+{
+    const char *v = getenv(name);
+    if (!v)
+        return;
+    const char *s = v;
+    while (*s == ' ' || *s == '\t')
+        s++;
+    char *end = NULL;
+    errno = 0;
+    unsigned long long x = (*s >= '0' && *s <= '9') ? strtoull(s, &end, 10) : 0;
+    if (end)
+        while (*end == ' ' || *end == '\t')
+            end++;
+    if (!end || *end || errno || x < lo || x > hi) {
+        tl_say("ignoring %s=\"%.40s\": expected a whole number from %llu to %llu; using the default %llu", name, v, lo,
+               hi, *out);
+        return;
+    }
+    *out = x;
+}
+
+static void env_name(const char *name, char *dst, size_t cap)
+{
+    const char *v = getenv(name);
+    if (!v)
+        return;
+    if (!*v || strchr(v, '/') || !strcmp(v, ".") || !strcmp(v, "..") || strlen(v) >= cap - 6) {
+        tl_say("ignoring %s=\"%.40s\": expected a plain file name (no '/'); using %s", name, v, dst);
+        return;
+    }
+    strcpy(dst, v);
+}
+
+static int env_flag(const char *name)
+{
+    const char *v = getenv(name);
+    return v && (!strcmp(v, "1") || !strcasecmp(v, "true") || !strcasecmp(v, "yes") || !strcasecmp(v, "on"));
+}
+
+/* A directory we may write logs into: a real directory (not a symlink), ours
+ * or root's, not writable by others unless sticky. Created 0700 if missing. */
+static int usable_dir(const char *path, const char **why)
+{
+    char tmp[sizeof tl_cfg.log_dir];
+    size_t len = strlen(path);
+    if (len == 0 || len >= sizeof tmp) {
+        *why = "path too long";
+        return 0;
+    }
+    /* mkdir -p */
+    memcpy(tmp, path, len + 1);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p == '/') {
+            *p = '\0';
+            (void)mkdir(tmp, 0755);
+            *p = '/';
+        }
+    }
+    if (mkdir(tmp, 0700) != 0 && errno != EEXIST) {
+        *why = strerror(errno);
+        return 0;
+    }
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        *why = errno == ELOOP || errno == ENOTDIR ? "not a directory (or a symlink)" : strerror(errno);
+        return 0;
+    }
+    struct stat st;
+    int ok = fstat(fd, &st) == 0;
+    close(fd);
+    if (!ok || (st.st_uid != geteuid() && st.st_uid != 0)) {
+        *why = "owned by another user";
+        return 0;
+    }
+    if ((st.st_mode & S_IWOTH) && !(st.st_mode & S_ISVTX)) {
+        *why = "writable by every user";
+        return 0;
+    }
+    if (access(path, W_OK) != 0) {
+        *why = "not writable";
+        return 0;
+    }
+    return 1;
+}
+
+static void resolve_log_dir(void)
+{
+    const char *want = getenv("TRACKLEAK_LOG_DIR");
+    if (!want || !*want)
+        want = "/var/log/memory-profiler";
+    const char *why = NULL;
+    if (usable_dir(want, &why)) {
+        snprintf(tl_cfg.log_dir, sizeof tl_cfg.log_dir, "%s", want);
+        return;
+    }
+    char fallback[64];
+    snprintf(fallback, sizeof fallback, "/tmp/trackleak");
+    const char *why2 = NULL;
+    if (!usable_dir(fallback, &why2)) {
+        snprintf(fallback, sizeof fallback, "/tmp/trackleak-%u", (unsigned)geteuid());
+        if (!usable_dir(fallback, &why2)) {
+            tl_say("cannot use log directory %s (%s) nor %s (%s); not writing log files", want, why, fallback, why2);
+            tl_cfg.log_dir[0] = '\0';
+            return;
+        }
+    }
+    tl_say("cannot use log directory %s (%s); using %s", want, why, fallback);
+    snprintf(tl_cfg.log_dir, sizeof tl_cfg.log_dir, "%s", fallback);
+}
+
+void tl_config_load(void)
+{
+    unsigned long long v;
+    v = tl_cfg.dump_interval;
+    env_uint("TRACKLEAK_DUMP_INTERVAL", 1, 86400 * 365, &v);
+    tl_cfg.dump_interval = (unsigned)v;
+    v = tl_cfg.sample_rate;
+    env_uint("TRACKLEAK_SAMPLE_RATE", 1, 1u << 30, &v);
+    tl_cfg.sample_rate = (unsigned)v;
+    v = tl_cfg.min_size;
+    env_uint("TRACKLEAK_MIN_SIZE", 0, 1ull << 40, &v);
+    tl_cfg.min_size = (size_t)v;
+    v = tl_cfg.startup_delay;
+    env_uint("TRACKLEAK_STARTUP_DELAY", 0, 86400 * 365, &v);
+    tl_cfg.startup_delay = (unsigned)v;
+    tl_cfg.events = env_flag("MEMORY_PROFILER_EVENTS");
+    tl_cfg.quiet = env_flag("TRACKLEAK_QUIET");
+    strcpy(tl_cfg.json_log, "profiler.json");
+    strcpy(tl_cfg.event_log, "events.log");
+    env_name("TRACKLEAK_JSON_LOG", tl_cfg.json_log, sizeof tl_cfg.json_log);
+    env_name("TRACKLEAK_EVENT_LOG", tl_cfg.event_log, sizeof tl_cfg.event_log);
+    size_t n = strlen(tl_cfg.json_log);
+    if (n > 5 && !strcmp(tl_cfg.json_log + n - 5, ".json"))
+        snprintf(tl_cfg.jsonl_log, sizeof tl_cfg.jsonl_log, "%sl", tl_cfg.json_log);
+    else
+        snprintf(tl_cfg.jsonl_log, sizeof tl_cfg.jsonl_log, "%s.jsonl", tl_cfg.json_log);
+    resolve_log_dir();
+}
+
+/* Print a URL without its credentials (user:password@). */
+static void redact_url(const char *url, char *out, size_t cap)
+{
+    const char *scheme = strstr(url, "://");
+    const char *host = scheme ? scheme + 3 : url;
+    const char *at = strchr(host, '@');
+    const char *slash = strchr(host, '/');
+    if (at && (!slash || at < slash))
+        snprintf(out, cap, "%.*s***@%s", (int)(host - url), url, at + 1);
+    else
+        snprintf(out, cap, "%s", url);
+}
+
+void tl_banner(void)
+{
+    if (tl_cfg.quiet)
+        return;
+    const char *dir = tl_cfg.log_dir[0] ? tl_cfg.log_dir : "(none: file logging off)";
+    tl_say("log_dir=%s", dir);
+    tl_say("json_log=%s/%s", dir, tl_cfg.json_log);
+    tl_say("event_log=%s/%s", dir, tl_cfg.event_log);
+    tl_say("Configuration loaded:");
+    tl_say("dump_interval=%us, sample_rate=1/%u, min_size=%zu, startup_delay=%us", tl_cfg.dump_interval,
+           tl_cfg.sample_rate, tl_cfg.min_size, tl_cfg.startup_delay);
+    if (env_flag("ENABLE_ELASTICSEARCH")) {
+        const char *url = getenv("ELASTICSEARCH_URL");
+        char red[256];
+        redact_url(url ? url : "(ELASTICSEARCH_URL not set)", red, sizeof red);
+        const char *auth = getenv("ELASTICSEARCH_API_KEY") ? "api-key"
+                           : getenv("ELASTICSEARCH_USERNAME") ? "basic"
+                                                              : "none";
+        const char *index = getenv("ELASTICSEARCH_INDEX");
+        tl_say("elasticsearch=enabled url=%s index=%s auth=%s (documents are shipped by trackleak-agent)", red,
+               index ? index : "trackleak-memory", auth);
+    } else {
+        tl_say("elasticsearch=disabled");
+    }
+    const char *job = getenv("NOMAD_JOB_NAME");
+    tl_say("job_name=%s", job && *job ? job : "unknown");
+    const char *py = tl_py_version_str();
+    tl_say("pid=%d python=%s jsonl_log=%s/%s", (int)getpid(), py ? py : "none", dir, tl_cfg.jsonl_log);
+}

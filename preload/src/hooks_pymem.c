@@ -1,0 +1,128 @@
+/* SPDX-License-Identifier: MIT
+ * hooks_pymem.c - CPython's raw, mem and object allocator domains.
+ *
+ * Wrapped through PyMem_SetAllocator, not by interposing PyMem_* symbols:
+ * that sees calls made inside libpython and inside static interpreters, and
+ * pymalloc's small objects, without PYTHONMALLOC=malloc.
+ *
+ * When: wrapping is only supported once the interpreter is initialized, and
+ * must happen with the GIL held. The first libc allocation after
+ * Py_IsInitialized() turns true queues a pending call (Py_AddPendingCall:
+ * no GIL needed to queue, no allocation); the main thread runs it between two
+ * bytecodes, with the GIL, and wraps the three domains. Blocks allocated
+ * before that are simply not sampled; freeing them later costs one lookup.
+ *
+ * Our allocator structs keep the previous allocator's ctx, and our functions
+ * ignore the ctx they get, so a thread that reads the domain struct while it
+ * is being replaced (raw domain, no GIL) calls a consistent pair either way.
+ *
+ * Nested allocations are counted once: the hook holds the guard while the
+ * wrapped allocator runs, so pymalloc -> PyMem_RawMalloc -> malloc inside it
+ * passes straight through.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stddef.h>
+
+#include "tl_internal.h"
+
+typedef struct {
+    void *ctx;
+    void *(*malloc)(void *ctx, size_t size);
+    void *(*calloc)(void *ctx, size_t nelem, size_t elsize);
+    void *(*realloc)(void *ctx, void *ptr, size_t new_size);
+    void (*free)(void *ctx, void *ptr);
+} tl_pymem_allocator; /* PyMemAllocatorEx, stable since 3.5 */
+
+enum { DOM_RAW = 0, DOM_MEM = 1, DOM_OBJ = 2, DOM_N = 3 };
+
+volatile int tl_pymem_wanted;
+static tl_pymem_allocator prev[DOM_N];
+
+#define DEFINE_DOMAIN_HOOKS(D)                                                                  \
+    static void *hook_malloc_##D(void *ctx, size_t size)                                        \
+    {                                                                                           \
+        (void)ctx;                                                                              \
+        if (tl_guard)                                                                           \
+            return prev[D].malloc(prev[D].ctx, size);                                           \
+        tl_guard = 1;                                                                           \
+        void *p = prev[D].malloc(prev[D].ctx, size);                                            \
+        tl_guard = 0;                                                                           \
+        return tl_after_alloc(p, size, __builtin_return_address(0));                            \
+    }                                                                                           \
+    static void *hook_calloc_##D(void *ctx, size_t n, size_t size)                              \
+    {                                                                                           \
+        (void)ctx;                                                                              \
+        if (tl_guard)                                                                           \
+            return prev[D].calloc(prev[D].ctx, n, size);                                        \
+        tl_guard = 1;                                                                           \
+        void *p = prev[D].calloc(prev[D].ctx, n, size);                                         \
+        tl_guard = 0;                                                                           \
+        return tl_after_alloc(p, p ? n * size : 0, __builtin_return_address(0));                \
+    }                                                                                           \
+    static void *hook_realloc_##D(void *ctx, void *ptr, size_t size)                            \
+    {                                                                                           \
+        (void)ctx;                                                                              \
+        if (tl_guard)                                                                           \
+            return prev[D].realloc(prev[D].ctx, ptr, size);                                     \
+        uint64_t entry;                                                                         \
+        int had = ptr && tl_take(ptr, &entry);                                                  \
+        tl_guard = 1;                                                                           \
+        void *q = prev[D].realloc(prev[D].ctx, ptr, size);                                      \
+        if (had) {                                                                              \
+            if (q)                                                                              \
+                tl_credit_free(ptr, entry);                                                     \
+            else                                                                                \
+                tl_put_back(ptr, entry); /* failed: the old block is still there */             \
+        }                                                                                       \
+        tl_guard = 0;                                                                           \
+        return tl_after_alloc(q, size, __builtin_return_address(0));                            \
+    }                                                                                           \
+    static void hook_free_##D(void *ctx, void *ptr)                                             \
+    {                                                                                           \
+        (void)ctx;                                                                              \
+        if (ptr)                                                                                \
+            tl_before_free(ptr);                                                                \
+        int old = tl_guard;                                                                     \
+        tl_guard = 1;                                                                           \
+        prev[D].free(prev[D].ctx, ptr);                                                         \
+        tl_guard = old;                                                                         \
+    }
+
+DEFINE_DOMAIN_HOOKS(0)
+DEFINE_DOMAIN_HOOKS(1)
+DEFINE_DOMAIN_HOOKS(2)
+
+static int install(void *arg)
+{
+    (void)arg;
+    void (*get)(int, tl_pymem_allocator *) = (void (*)(int, tl_pymem_allocator *))dlsym(RTLD_DEFAULT, "PyMem_GetAllocator");
+    void (*set)(int, tl_pymem_allocator *) = (void (*)(int, tl_pymem_allocator *))dlsym(RTLD_DEFAULT, "PyMem_SetAllocator");
+    if (!get || !set || tl_disabled)
+        return 0;
+    tl_pymem_allocator ours[DOM_N] = {
+        {NULL, hook_malloc_0, hook_calloc_0, hook_realloc_0, hook_free_0},
+        {NULL, hook_malloc_1, hook_calloc_1, hook_realloc_1, hook_free_1},
+        {NULL, hook_malloc_2, hook_calloc_2, hook_realloc_2, hook_free_2},
+    };
+    for (int d = 0; d < DOM_N; d++) {
+        get(d, &prev[d]);
+        ours[d].ctx = prev[d].ctx;
+        set(d, &ours[d]);
+    }
+    __atomic_or_fetch(&tl_hdr->flags, TL_FLAG_PYMEM_HOOKED, __ATOMIC_RELAXED);
+    tl_py_mark_up();
+    return 0;
+}
+
+void tl_pymem_maybe_install(void)
+{
+    if (tl_guard || !tl_py_initialized())
+        return;
+    if (!__atomic_exchange_n(&tl_pymem_wanted, 0, __ATOMIC_ACQ_REL))
+        return;
+    tl_guard = 1;
+    if (tl_py_schedule(install, NULL) != 0)
+        tl_pymem_wanted = 1; /* queue full: try again at a later allocation */
+    tl_guard = 0;
+}

@@ -1,0 +1,214 @@
+/* SPDX-License-Identifier: MIT
+ * pyframe.c - the only file that knows CPython's structures.
+ *
+ * The shim links no libpython: it finds the runtime with dlsym(RTLD_DEFAULT)
+ * (symbols of a shared libpython, or of a statically linked python binary),
+ * picks the struct offsets for the running minor version from the table
+ * generated from real interpreters (bpf/offsets/cpython.json), and reads its
+ * own thread's frames without the GIL:
+ *
+ *   PyGILState_GetThisThreadState()  - the thread's state through the gilstate
+ *       thread-specific key: set for the thread's whole life, unlike the
+ *       "current" slot, which CPython clears whenever the thread releases the
+ *       GIL (a C extension allocating outside the GIL still gets its line);
+ *   tstate -> innermost frame -> (code object, instruction offset).
+ *
+ * Only the owning thread pushes and pops its frames, and we run on that
+ * thread, so the chain is stable while we read it. Names and the line number
+ * are resolved once per new site (tl_py_describe): the code object is alive
+ * then, because the frame executing it is.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tl_internal.h"
+#include "trackleak_pyoffsets.h"
+
+static struct {
+    int present;                        /* CPython symbols found */
+    volatile int up;                    /* was initialized (finalization detection) */
+    const struct tl_pyoffsets *o;       /* NULL: version without offsets */
+    uint32_t version_hex;
+    char version[32];
+    int (*is_initialized)(void);
+    void *(*this_thread_state)(void);
+    int (*addr2line)(void *code, int byte_offset);
+    int (*add_pending_call)(int (*)(void *), void *);
+    void *code_type;
+    void *unicode_type;
+} rt;
+
+int tl_py_present(void) { return rt.present; }
+const char *tl_py_version_str(void) { return rt.present ? rt.version : NULL; }
+uint32_t tl_py_version_hex(void) { return rt.version_hex; }
+int tl_py_initialized(void) { return rt.present && rt.is_initialized(); }
+void tl_py_mark_up(void) { rt.up = 1; }
+int tl_py_finalizing(void) { return rt.up && !rt.is_initialized(); }
+
+int tl_py_schedule(int (*fn)(void *), void *arg)
+{
+    if (!rt.present || !rt.add_pending_call || !rt.is_initialized())
+        return -1;
+    return rt.add_pending_call(fn, arg);
+}
+
+void tl_py_discover(void)
+{
+    rt.is_initialized = (int (*)(void))dlsym(RTLD_DEFAULT, "Py_IsInitialized");
+    rt.this_thread_state = (void *(*)(void))dlsym(RTLD_DEFAULT, "PyGILState_GetThisThreadState");
+    rt.addr2line = (int (*)(void *, int))dlsym(RTLD_DEFAULT, "PyCode_Addr2Line");
+    rt.add_pending_call = (int (*)(int (*)(void *), void *))dlsym(RTLD_DEFAULT, "Py_AddPendingCall");
+    rt.code_type = dlsym(RTLD_DEFAULT, "PyCode_Type");
+    rt.unicode_type = dlsym(RTLD_DEFAULT, "PyUnicode_Type");
+    if (!rt.is_initialized || !rt.this_thread_state || !rt.addr2line || !rt.code_type || !rt.unicode_type)
+        return; /* not a Python process (or an embedding we cannot see) */
+    rt.present = 1;
+
+    /* Py_Version (3.11+) is a constant; older versions only have
+     * Py_GetVersion(), which formats into a static buffer. */
+    const unsigned long *pv = dlsym(RTLD_DEFAULT, "Py_Version");
+    int major = 0, minor = 0, micro = 0;
+    if (pv) {
+        rt.version_hex = (uint32_t)*pv;
+        major = (int)(rt.version_hex >> 24);
+        minor = (int)((rt.version_hex >> 16) & 0xff);
+        micro = (int)((rt.version_hex >> 8) & 0xff);
+    } else {
+        const char *(*get_version)(void) = (const char *(*)(void))dlsym(RTLD_DEFAULT, "Py_GetVersion");
+        if (get_version && sscanf(get_version(), "%d.%d.%d", &major, &minor, &micro) >= 2)
+            rt.version_hex = ((uint32_t)major << 24) | ((uint32_t)minor << 16) | ((uint32_t)micro << 8);
+    }
+    snprintf(rt.version, sizeof rt.version, "%d.%d.%d", major, minor, micro);
+    for (int i = 0; i < TL_PYOFFSETS_COUNT; i++)
+        if (tl_pyoffsets_table[i].major == major && tl_pyoffsets_table[i].minor == minor)
+            rt.o = &tl_pyoffsets_table[i];
+    if (!rt.o)
+        tl_say("Python %s has no frame layout in this build (supported: 3.9 to 3.13); "
+               "allocations are attributed to native code, not to Python lines",
+               rt.version);
+}
+
+#define AT(base, off, type) (*(type *)((const char *)(base) + (off)))
+
+static inline uint32_t code_fingerprint(const char *code, const struct tl_pyoffsets *o)
+{
+    uint64_t x = AT(code, o->code_co_name, uintptr_t) ^ (AT(code, o->code_co_filename, uintptr_t) << 7) ^
+                 (uint64_t)AT(code, o->code_co_firstlineno, int);
+    return (uint32_t)(tl_mix64(x) >> 32);
+}
+
+int tl_py_current(struct tl_pyloc *loc)
+{
+    const struct tl_pyoffsets *o = rt.o;
+    if (!o || !rt.is_initialized())
+        return 0;
+    const char *ts = rt.this_thread_state();
+    if (!ts)
+        return 0;
+    const char *frame;
+    if (o->tstate_frame >= 0) {
+        frame = AT(ts, o->tstate_frame, const char *);
+    } else if (o->tstate_cframe >= 0) {
+        const char *cframe = AT(ts, o->tstate_cframe, const char *);
+        frame = cframe ? AT(cframe, o->cframe_current_frame, const char *) : NULL;
+    } else {
+        frame = AT(ts, o->tstate_current_frame, const char *);
+    }
+    for (int depth = 0; frame && depth < 16; depth++, frame = AT(frame, o->frame_previous, const char *)) {
+        if (o->frame_owner_cstack >= 0 && AT(frame, o->frame_owner, unsigned char) == o->frame_owner_cstack)
+            continue; /* a C-stack shim frame (3.12+) */
+        const char *code = AT(frame, o->frame_code, const char *);
+        if (!code || AT(code, o->object_ob_type, void *) != rt.code_type)
+            continue;
+        long off;
+        if (o->frame_lasti >= 0) {
+            off = AT(frame, o->frame_lasti, int);
+            if (o->frame_lasti_is_index == 1)
+                off *= 2;
+        } else {
+            off = AT(frame, o->frame_instr, const char *) - (code + o->code_co_code_adaptive);
+        }
+        loc->code = (uintptr_t)code;
+        loc->offset = off < 0 ? 0 : (uint32_t)off;
+        loc->fp = code_fingerprint(code, o);
+        return 1;
+    }
+    return 0;
+}
+
+/* Copy a str object's text as UTF-8 (compact strings only; CPython makes
+ * every identifier and file name compact). keep_tail: cut at the front. */
+static void copy_str(char *dst, size_t cap, const char *obj, int keep_tail)
+{
+    const struct tl_pyoffsets *o = rt.o;
+    static const char unknown[] = "?";
+    if (!obj || AT(obj, o->object_ob_type, void *) != rt.unicode_type) {
+        memcpy(dst, unknown, sizeof unknown);
+        return;
+    }
+    uint32_t state = AT(obj, o->unicode_state, uint32_t);
+    long len = AT(obj, o->unicode_length, long);
+    unsigned kind = (state >> o->unicode_state_kind_shift) & ((1u << o->unicode_state_kind_bits) - 1);
+    if (!((state >> o->unicode_state_compact_bit) & 1) || len < 0 || (kind != 1 && kind != 2 && kind != 4)) {
+        memcpy(dst, unknown, sizeof unknown);
+        return;
+    }
+    int ascii = (state >> o->unicode_state_ascii_bit) & 1;
+    const unsigned char *data =
+        (const unsigned char *)obj + (ascii ? o->unicode_asciiobject_size : o->unicode_compact_size);
+    char tmp[1024];
+    size_t n = 0;
+    long start = 0;
+    if (keep_tail && len > (long)cap - 1)
+        start = len - ((long)cap - 4);
+    for (long i = start; i < len && n + 4 < sizeof tmp; i++) {
+        uint32_t c = kind == 1 ? data[i] : kind == 2 ? ((const uint16_t *)data)[i] : ((const uint32_t *)data)[i];
+        if (c < 0x80) {
+            tmp[n++] = (char)c;
+        } else if (c < 0x800) {
+            tmp[n++] = (char)(0xc0 | (c >> 6));
+            tmp[n++] = (char)(0x80 | (c & 0x3f));
+        } else if (c < 0x10000) {
+            tmp[n++] = (char)(0xe0 | (c >> 12));
+            tmp[n++] = (char)(0x80 | ((c >> 6) & 0x3f));
+            tmp[n++] = (char)(0x80 | (c & 0x3f));
+        } else {
+            tmp[n++] = (char)(0xf0 | (c >> 18));
+            tmp[n++] = (char)(0x80 | ((c >> 12) & 0x3f));
+            tmp[n++] = (char)(0x80 | ((c >> 6) & 0x3f));
+            tmp[n++] = (char)(0x80 | (c & 0x3f));
+        }
+    }
+    size_t off = 0, prefix = 0;
+    if (start > 0 || n > cap - 1) {
+        /* Keep the tail of a long path, starting on a character boundary. */
+        if (keep_tail) {
+            memcpy(dst, "...", 3);
+            prefix = 3;
+            off = n > cap - 1 - prefix ? n - (cap - 1 - prefix) : 0;
+            while (off < n && ((unsigned char)tmp[off] & 0xc0) == 0x80)
+                off++;
+        } else {
+            n = cap - 1;
+            while (n > 0 && ((unsigned char)tmp[n] & 0xc0) == 0x80)
+                n--;
+        }
+    }
+    memcpy(dst + prefix, tmp + off, n - off);
+    dst[prefix + n - off] = '\0';
+}
+
+void tl_py_describe(const struct tl_pyloc *loc, struct tl_site *site)
+{
+    const struct tl_pyoffsets *o = rt.o;
+    const char *code = (const char *)loc->code;
+    int qual = o->code_co_qualname >= 0 ? o->code_co_qualname : o->code_co_name;
+    copy_str(site->function, TL_FUNC_MAX, AT(code, qual, const char *), 0);
+    copy_str(site->file, TL_FILE_MAX, AT(code, o->code_co_filename, const char *), 1);
+    /* PyCode_Addr2Line only reads the code object's immutable line table. */
+    int line = rt.addr2line((void *)code, (int)loc->offset);
+    site->line = line > 0 ? (uint32_t)line : (uint32_t)AT(code, o->code_co_firstlineno, int);
+}

@@ -1,0 +1,304 @@
+/* SPDX-License-Identifier: MIT
+ * recorder.c - the part every hook calls: sampling, sites, the sampled live set.
+ *
+ * Lock-free throughout (CAS on fixed-size open-addressing tables), so a hook
+ * can never deadlock, not even against a thread that fork() or a signal
+ * interrupted half-way. Nothing here allocates through the hooked path.
+ *
+ * Site table: a private index (key -> site record number) over the shared
+ * records in tl_sites. A site is keyed by the code object and the allocating
+ * instruction's offset (Python) or the allocator's return address (native);
+ * names and line are resolved once, when the key is first seen.
+ *
+ * Live set: the sampled blocks not yet freed, pointer -> (site, size). Probing
+ * is bounded, so a lookup costs at most TL_PROBE slots; a free first checks a
+ * small counting filter and usually stops there.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tl_internal.h"
+
+TL_TLS int tl_guard;
+static TL_TLS uint32_t countdown; /* allocations until this thread's next sample */
+
+volatile int tl_active;
+volatile int tl_disabled;
+pid_t tl_owner_pid;
+static volatile int initialized;
+static uint64_t activate_at_ns;
+
+#define TL_PROBE 16
+#define INDEX_BITS 17 /* site index slots: 4x the site records */
+#define LIVE_BITS 20  /* live-set slots */
+#define FILTER_BITS 15
+#define TOMB ((uint64_t)1) /* freed; reusable */
+#define BUSY ((uint64_t)2) /* being filled */
+#define META_SITE_BITS 24
+#define META_MAX_SIZE (((uint64_t)1 << (64 - META_SITE_BITS)) - 1)
+
+static uint64_t *site_index; /* (hash32 << 32) | (record + 1), 0 = empty */
+struct live_slot {
+    uint64_t key;  /* block address; 0 empty, 1 tombstone */
+    uint64_t meta; /* size << 24 | site record */
+};
+static struct live_slot *live;
+static uint16_t *filter; /* count of live samples per hash bucket */
+
+uint64_t tl_now_ns(int clock)
+{
+    struct timespec ts;
+    clock_gettime(clock, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void *map_anon(size_t size)
+{
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+void tl_recorder_init(void)
+{
+    tl_owner_pid = getpid();
+    site_index = map_anon(sizeof(uint64_t) << INDEX_BITS);
+    live = map_anon(sizeof(struct live_slot) << LIVE_BITS);
+    filter = map_anon(sizeof(uint16_t) << FILTER_BITS);
+    if (!site_index || !live || !filter || !tl_hdr) {
+        tl_say("cannot map its tables (out of memory?); not tracking this process");
+        tl_disabled = 1;
+        return;
+    }
+    activate_at_ns = tl_now_ns(CLOCK_MONOTONIC) + (uint64_t)tl_cfg.startup_delay * 1000000000ull;
+    initialized = 1;
+    tl_check_active();
+}
+
+void tl_check_active(void)
+{
+    if (!initialized || tl_disabled || tl_active)
+        return;
+    if (tl_now_ns(CLOCK_MONOTONIC_COARSE) >= activate_at_ns) {
+        __atomic_or_fetch(&tl_hdr->flags, TL_FLAG_ACTIVE, __ATOMIC_RELAXED);
+        tl_active = 1;
+    }
+}
+
+/* Py_FinalizeEx clears Py_IsInitialized() before it tears down modules, so
+ * the first hook that sees it cleared stops counting: the exit table shows
+ * what the program still held when it ended, not what finalization freed. */
+void tl_freeze(void)
+{
+    tl_disabled = 1;
+    tl_active = 0;
+    __atomic_or_fetch(&tl_hdr->flags, TL_FLAG_FROZEN, __ATOMIC_RELAXED);
+}
+
+void tl_recorder_after_fork_child(void)
+{
+    tl_owner_pid = getpid();
+}
+
+/* ---- sites ---------------------------------------------------------------- */
+
+static void site_describe_native(void *ra, struct tl_site *s)
+{
+    Dl_info info;
+    const char *fn = NULL, *file = NULL;
+    /* dladdr takes the loader's recursive lock and never calls malloc; we hold
+     * no lock of ours here, so it cannot deadlock. */
+    if (ra && dladdr(ra, &info)) {
+        fn = info.dli_sname;
+        file = info.dli_fname;
+    }
+    if (fn)
+        strncpy(s->function, fn, TL_FUNC_MAX - 1);
+    else if (file)
+        snprintf(s->function, TL_FUNC_MAX, "[%s+0x%lx]", strrchr(file, '/') ? strrchr(file, '/') + 1 : file,
+                 (unsigned long)((char *)ra - (char *)info.dli_fbase));
+    else
+        snprintf(s->function, TL_FUNC_MAX, "[0x%lx]", (unsigned long)ra);
+    if (file && *file)
+        strncpy(s->file, file, TL_FILE_MAX - 1);
+    else
+        strncpy(s->file, "[unknown]", TL_FILE_MAX - 1);
+    s->line = 0;
+}
+
+static struct tl_site *site_new(uint32_t kind, uint64_t addr, uint64_t aux, const struct tl_pyloc *loc, void *ra)
+{
+    uint32_t n = __atomic_load_n(&tl_hdr->site_count, __ATOMIC_RELAXED);
+    do {
+        if (n >= tl_hdr->site_capacity) {
+            __atomic_add_fetch(&tl_hdr->dropped_sites, 1, __ATOMIC_RELAXED);
+            return NULL;
+        }
+    } while (!__atomic_compare_exchange_n(&tl_hdr->site_count, &n, n + 1, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+    struct tl_site *s = &tl_sites[n];
+    s->kind = kind;
+    s->key_addr = addr;
+    s->key_aux = aux;
+    if (kind == TL_KIND_PYTHON)
+        tl_py_describe(loc, s);
+    else
+        site_describe_native(ra, s);
+    __atomic_store_n(&s->state, TL_SITE_READY, __ATOMIC_RELEASE);
+    return s;
+}
+
+static struct tl_site *site_lookup(uint32_t kind, uint64_t addr, uint64_t aux, const struct tl_pyloc *loc, void *ra)
+{
+    uint64_t h = tl_mix64(addr ^ (aux * 0x9e3779b97f4a7c15ull) ^ kind);
+    uint32_t tag = (uint32_t)(h >> 32);
+    size_t mask = ((size_t)1 << INDEX_BITS) - 1;
+    struct tl_site *mine = NULL;
+    for (int i = 0; i < TL_PROBE; i++) {
+        uint64_t *slot = &site_index[(h + (uint64_t)i) & mask];
+        uint64_t w = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+        if (w == 0) {
+            if (!mine && !(mine = site_new(kind, addr, aux, loc, ra)))
+                return NULL;
+            uint64_t want = ((uint64_t)tag << 32) | (uint64_t)(mine - tl_sites + 1);
+            if (__atomic_compare_exchange_n(slot, &w, want, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+                return mine;
+            /* Another thread filled this slot first: look at what it put there. */
+        }
+        if ((uint32_t)(w >> 32) != tag)
+            continue;
+        struct tl_site *s = &tl_sites[(uint32_t)w - 1];
+        /* key_aux carries the code object's fingerprint, so a code object
+         * freed and replaced at the same address is a different key. */
+        if (s->key_addr == addr && s->key_aux == aux && s->kind == kind)
+            return s; /* a record we made in a lost race stays unused: zero counts */
+    }
+    /* Neighbourhood full: count the loss instead of guessing a site. */
+    __atomic_add_fetch(&tl_hdr->dropped_sites, 1, __ATOMIC_RELAXED);
+    return NULL;
+}
+
+/* ---- live set ------------------------------------------------------------- */
+
+static inline uint64_t ptr_hash(const void *p) { return tl_mix64((uint64_t)(uintptr_t)p); }
+static inline uint16_t *filter_of(uint64_t h) { return &filter[(h >> 40) & ((1u << FILTER_BITS) - 1)]; }
+
+static int live_insert(void *p, uint64_t meta)
+{
+    uint64_t h = ptr_hash(p);
+    uint16_t *f = filter_of(h);
+    if (__atomic_load_n(f, __ATOMIC_RELAXED) == UINT16_MAX)
+        return 0;
+    __atomic_add_fetch(f, 1, __ATOMIC_RELAXED);
+    size_t mask = ((size_t)1 << LIVE_BITS) - 1;
+    for (int i = 0; i < TL_PROBE; i++) {
+        struct live_slot *s = &live[(h + (uint64_t)i) & mask];
+        uint64_t k = __atomic_load_n(&s->key, __ATOMIC_RELAXED);
+        /* Claim with BUSY, fill, then publish the key: a slot's meta is only
+         * ever written by the thread that owns it. */
+        while (k == 0 || k == TOMB) {
+            if (__atomic_compare_exchange_n(&s->key, &k, BUSY, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
+                __atomic_store_n(&s->meta, meta, __ATOMIC_RELAXED);
+                __atomic_store_n(&s->key, (uint64_t)(uintptr_t)p, __ATOMIC_RELEASE);
+                return 1;
+            }
+        }
+    }
+    __atomic_sub_fetch(f, 1, __ATOMIC_RELAXED);
+    return 0;
+}
+
+int tl_take(void *p, uint64_t *entry)
+{
+    if (TL_UNLIKELY(!initialized))
+        return 0;
+    uint64_t h = ptr_hash(p);
+    uint16_t *f = filter_of(h);
+    if (TL_LIKELY(__atomic_load_n(f, __ATOMIC_RELAXED) == 0) || tl_disabled)
+        return 0;
+    if (TL_UNLIKELY(tl_py_finalizing())) {
+        tl_freeze();
+        return 0;
+    }
+    size_t mask = ((size_t)1 << LIVE_BITS) - 1;
+    uint64_t key = (uint64_t)(uintptr_t)p;
+    for (int i = 0; i < TL_PROBE; i++) {
+        struct live_slot *s = &live[(h + (uint64_t)i) & mask];
+        uint64_t k = __atomic_load_n(&s->key, __ATOMIC_ACQUIRE);
+        if (k == 0)
+            return 0; /* slots never return to empty, so the chain ends here */
+        if (k != key)
+            continue;
+        uint64_t meta = __atomic_load_n(&s->meta, __ATOMIC_RELAXED);
+        if (__atomic_compare_exchange_n(&s->key, &k, TOMB, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+            __atomic_sub_fetch(f, 1, __ATOMIC_RELAXED);
+            __atomic_sub_fetch(&tl_hdr->live_samples, 1, __ATOMIC_RELAXED);
+            *entry = meta;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+void tl_put_back(void *p, uint64_t entry)
+{
+    if (live_insert(p, entry))
+        __atomic_add_fetch(&tl_hdr->live_samples, 1, __ATOMIC_RELAXED);
+}
+
+void tl_credit_free(void *p, uint64_t entry)
+{
+    uint32_t rec = (uint32_t)(entry & ((1u << META_SITE_BITS) - 1));
+    uint64_t size = entry >> META_SITE_BITS;
+    if (rec >= tl_hdr->site_capacity)
+        return;
+    struct tl_site *s = &tl_sites[rec];
+    __atomic_add_fetch(&s->sample_free_count, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&s->sample_free_bytes, size, __ATOMIC_RELAXED);
+    if (TL_UNLIKELY(tl_cfg.events))
+        tl_event(2, p, size, rec);
+}
+
+/* ---- the hot path ---------------------------------------------------------- */
+
+void tl_record_alloc(void *p, size_t size, void *ra)
+{
+    struct tl_pyloc loc;
+    struct tl_site *s;
+    if (TL_UNLIKELY(tl_py_finalizing())) {
+        tl_freeze();
+        return;
+    }
+    if (tl_py_current(&loc))
+        s = site_lookup(TL_KIND_PYTHON, loc.code, ((uint64_t)loc.fp << 32) | loc.offset, &loc, ra);
+    else
+        s = site_lookup(TL_KIND_NATIVE, (uint64_t)(uintptr_t)ra, 0, NULL, ra);
+    if (TL_UNLIKELY(!s))
+        return;
+    __atomic_add_fetch(&s->count, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&s->total_bytes, size, __ATOMIC_RELAXED);
+    uint64_t peak = __atomic_load_n(&s->peak_single, __ATOMIC_RELAXED);
+    while (size > peak &&
+           !__atomic_compare_exchange_n(&s->peak_single, &peak, size, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        ;
+    if (countdown > 1) {
+        countdown--;
+        return;
+    }
+    countdown = tl_cfg.sample_rate;
+    uint64_t rec = (uint64_t)(s - tl_sites);
+    uint64_t sz = size > META_MAX_SIZE ? META_MAX_SIZE : size;
+    if (!live_insert(p, (sz << META_SITE_BITS) | rec)) {
+        __atomic_add_fetch(&tl_hdr->dropped_samples, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    __atomic_add_fetch(&tl_hdr->live_samples, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&s->sample_count, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&s->sample_bytes, sz, __ATOMIC_RELAXED);
+    if (TL_UNLIKELY(tl_cfg.events))
+        tl_event(1, p, size, (uint32_t)rec);
+    tl_dump_tick();
+}

@@ -1,0 +1,95 @@
+/* SPDX-License-Identifier: MIT
+ * shm_table.c - the live table other processes read (layout: trackleak_shm.h).
+ *
+ * An anonymous memfd named "trackleak", mapped shared, fd closed at once: no
+ * file in /dev/shm to clean up after a crash or an exec, nothing for another
+ * user to pre-create. Readers find it in /proc/PID/maps and read it through
+ * /proc/PID/mem (ptrace-read permission: the same user or root).
+ *
+ * fork(): the child would otherwise keep writing into its parent's table.
+ * It gets a fresh memfd holding a copy (its heap, and so its live samples,
+ * are copies of the parent's too), mapped over the same address so every
+ * pointer into the table stays valid.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <string.h>
+#include <time.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "tl_internal.h"
+
+#define SITE_CAPACITY 32768u
+
+struct tl_shm_header *tl_hdr;
+struct tl_site *tl_sites;
+static size_t seg_size;
+
+static void *map_segment(void *at)
+{
+    int fd = memfd_create(TL_SHM_MEMFD_NAME, MFD_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    void *p = MAP_FAILED;
+    if (ftruncate(fd, (off_t)seg_size) == 0)
+        p = mmap(at, seg_size, PROT_READ | PROT_WRITE, MAP_SHARED | (at ? MAP_FIXED : 0), fd, 0);
+    close(fd);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+void tl_shm_init(void)
+{
+    seg_size = sizeof(struct tl_shm_header) + (size_t)SITE_CAPACITY * sizeof(struct tl_site);
+    void *p = map_segment(NULL);
+    if (!p) {
+        tl_say("cannot create its shared table (memfd: %s); the table is kept private, "
+               "so trackleak run and the agent cannot read it live",
+               strerror(errno));
+        p = mmap(NULL, seg_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (p == MAP_FAILED)
+            return; /* tl_recorder_init disables tracking */
+    }
+    tl_hdr = p;
+    tl_sites = (struct tl_site *)(tl_hdr + 1);
+    memcpy(tl_hdr->magic, TL_SHM_MAGIC, sizeof tl_hdr->magic);
+    tl_hdr->version = TL_SHM_VERSION;
+    tl_hdr->header_size = sizeof(struct tl_shm_header);
+    tl_hdr->site_size = sizeof(struct tl_site);
+    tl_hdr->site_capacity = SITE_CAPACITY;
+    tl_hdr->pid = getpid();
+    tl_hdr->ppid = getppid();
+    tl_hdr->start_time_ns = tl_now_ns(CLOCK_REALTIME);
+    tl_hdr->sample_rate = tl_cfg.sample_rate;
+    tl_hdr->min_size = tl_cfg.min_size > UINT32_MAX ? UINT32_MAX : (uint32_t)tl_cfg.min_size;
+    tl_hdr->py_version_hex = tl_py_version_hex();
+    tl_hdr->flags = tl_py_present() ? TL_FLAG_PYTHON : 0;
+}
+
+void tl_shm_after_fork_child(void)
+{
+    if (!tl_hdr)
+        return;
+    uint32_t n = tl_hdr->site_count;
+    size_t used = sizeof(struct tl_shm_header) + (size_t)(n > SITE_CAPACITY ? SITE_CAPACITY : n) * sizeof(struct tl_site);
+    void *copy = mmap(NULL, used, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (copy == MAP_FAILED)
+        goto private_fallback;
+    memcpy(copy, tl_hdr, used);
+    if (!map_segment(tl_hdr)) {
+        munmap(copy, used);
+        goto private_fallback;
+    }
+    memcpy(tl_hdr, copy, used);
+    munmap(copy, used);
+    goto done;
+private_fallback:
+    /* Still never write into the parent's table: make our view private. */
+    if (mmap(tl_hdr, seg_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED)
+        tl_disabled = 1;
+    tl_disabled = 1; /* the copy is gone; pass through from now on */
+done:
+    tl_hdr->pid = getpid();
+    tl_hdr->ppid = getppid();
+    tl_hdr->flags |= TL_FLAG_FORKED;
+}

@@ -1,0 +1,144 @@
+/* SPDX-License-Identifier: MIT
+ * tl_internal.h - declarations shared by the shim's source files (not installed).
+ *
+ * Module map:
+ *   hooks_libc.c   malloc-family interposers, dlsym bootstrap, _exit hook
+ *   hooks_pymem.c  PyMem_SetAllocator wrappers (raw, mem, object domains)
+ *   pyframe.c      CPython runtime discovery; own thread's frame -> (code, offset); names
+ *   recorder.c     reentrancy guard, sampling, site table, sampled live set
+ *   shm_table.c    the memfd segment (layout in include/trackleak_shm.h), fork handling
+ *   dumper.c       text table, JSON lines, event log; scheduling; never inside malloc
+ *   config.c       environment parsing, banner, one-time warnings
+ */
+#ifndef TL_INTERNAL_H
+#define TL_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "trackleak_shm.h"
+
+#define TL_LIKELY(x) __builtin_expect(!!(x), 1)
+#define TL_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define TL_HIDDEN __attribute__((visibility("hidden")))
+#define TL_EXPORT __attribute__((visibility("default")))
+#define TL_TLS __thread __attribute__((tls_model("initial-exec")))
+
+/* ---- config.c ---------------------------------------------------------- */
+struct tl_config {
+    unsigned dump_interval;  /* s */
+    unsigned sample_rate;    /* 1 in N */
+    size_t min_size;         /* bytes */
+    unsigned startup_delay;  /* s */
+    int events;              /* MEMORY_PROFILER_EVENTS */
+    int quiet;               /* TRACKLEAK_QUIET */
+    char log_dir[512];       /* resolved at init; "" when file logging is off */
+    char json_log[128];      /* text table file name (original name) */
+    char jsonl_log[136];     /* JSON lines file name */
+    char event_log[128];
+};
+extern struct tl_config tl_cfg TL_HIDDEN;
+void tl_config_load(void) TL_HIDDEN;
+void tl_banner(void) TL_HIDDEN;
+/* One line on stderr, written with write(2); never allocates. */
+void tl_say(const char *fmt, ...) TL_HIDDEN __attribute__((format(printf, 1, 2)));
+
+/* ---- recorder.c -------------------------------------------------------- */
+/* The per-thread reentrancy guard. initial-exec TLS: the shim is loaded at
+ * start-up (LD_PRELOAD), so its TLS lives in the static block and reading it
+ * never calls __tls_get_addr, which may itself call malloc. Non-zero means
+ * "this thread is inside the shim": allocator calls pass straight through. */
+extern TL_TLS int tl_guard;
+
+extern volatile int tl_active TL_HIDDEN;   /* start-up delay over, tracking on */
+extern volatile int tl_disabled TL_HIDDEN; /* gave up: pass-through only */
+extern pid_t tl_owner_pid TL_HIDDEN;
+
+void tl_recorder_init(void) TL_HIDDEN;
+void tl_check_active(void) TL_HIDDEN;
+void tl_freeze(void) TL_HIDDEN; /* stop counting; the table keeps its state */
+/* A block came back from the allocator. Caller holds the guard. */
+void tl_record_alloc(void *p, size_t size, void *ret_addr) TL_HIDDEN;
+/* Remove p from the sampled live set before the block is released.
+ * Returns 1 and the entry (opaque) when p was sampled. */
+int tl_take(void *p, uint64_t *entry) TL_HIDDEN;
+void tl_put_back(void *p, uint64_t entry) TL_HIDDEN;
+void tl_credit_free(void *p, uint64_t entry) TL_HIDDEN;
+void tl_recorder_after_fork_child(void) TL_HIDDEN;
+
+/* ---- pyframe.c --------------------------------------------------------- */
+struct tl_pyloc {
+    uintptr_t code;    /* code object address */
+    uint32_t offset;   /* byte offset of the allocating instruction */
+    uint32_t fp;       /* fingerprint of the code object (detects address reuse) */
+};
+void tl_py_discover(void) TL_HIDDEN;   /* constructor: find CPython symbols */
+int tl_py_present(void) TL_HIDDEN;     /* a CPython runtime is linked in */
+int tl_py_current(struct tl_pyloc *loc) TL_HIDDEN; /* 1: innermost Python frame found */
+void tl_py_describe(const struct tl_pyloc *loc, struct tl_site *site) TL_HIDDEN;
+const char *tl_py_version_str(void) TL_HIDDEN;
+uint32_t tl_py_version_hex(void) TL_HIDDEN;
+int tl_py_schedule(int (*fn)(void *), void *arg) TL_HIDDEN; /* Py_AddPendingCall */
+int tl_py_initialized(void) TL_HIDDEN;
+void tl_py_mark_up(void) TL_HIDDEN;     /* the interpreter finished starting */
+int tl_py_finalizing(void) TL_HIDDEN;   /* it was up and is now shutting down */
+
+/* ---- hooks_pymem.c ----------------------------------------------------- */
+extern volatile int tl_pymem_wanted TL_HIDDEN; /* set until the hooks are installed */
+void tl_pymem_maybe_install(void) TL_HIDDEN;   /* cheap; from the libc hooks */
+
+/* ---- shm_table.c ------------------------------------------------------- */
+extern struct tl_shm_header *tl_hdr TL_HIDDEN;
+extern struct tl_site *tl_sites TL_HIDDEN;
+void tl_shm_init(void) TL_HIDDEN;
+void tl_shm_after_fork_child(void) TL_HIDDEN;
+
+/* ---- dumper.c ---------------------------------------------------------- */
+void tl_dumper_init(void) TL_HIDDEN;
+void tl_dump(const char *reason) TL_HIDDEN;       /* caller must not hold the guard */
+void tl_dump_tick(void) TL_HIDDEN;                /* cheap: schedules a dump when due */
+void tl_dump_at_exit(void) TL_HIDDEN;
+void tl_dumper_after_fork_child(void) TL_HIDDEN;
+void tl_event(int type, void *p, size_t size, uint32_t site) TL_HIDDEN;
+
+/* ---- helpers ----------------------------------------------------------- */
+uint64_t tl_now_ns(int clock) TL_HIDDEN;
+static inline uint64_t tl_mix64(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ULL;
+    x ^= x >> 33;
+    return x;
+}
+
+/* ---- shared by the libc and PyMem hooks ----------------------------------- */
+/* Tail of every allocating hook: cheap checks first, the recorder under the guard. */
+static inline void *tl_after_alloc(void *p, size_t size, void *ra)
+{
+    if (p && !tl_guard && size >= tl_cfg.min_size && !tl_disabled) {
+        if (TL_UNLIKELY(!tl_active))
+            tl_check_active();
+        if (tl_active) {
+            tl_guard = 1;
+            tl_record_alloc(p, size, ra);
+            tl_guard = 0;
+        }
+    }
+    return p;
+}
+
+/* Before a block is released: credit it if it was sampled. */
+static inline void tl_before_free(void *p)
+{
+    uint64_t entry;
+    if (!tl_guard && tl_take(p, &entry)) {
+        tl_guard = 1;
+        tl_credit_free(p, entry);
+        tl_guard = 0;
+    }
+}
+
+#endif
