@@ -61,7 +61,7 @@ struct tl_shm_header {
     uint32_t min_size;      /* TRACKLEAK_MIN_SIZE */
     uint32_t py_version_hex;/* PY_VERSION_HEX of the runtime, 0 if none */
     uint32_t reserved0;
-    uint64_t live_samples;     /* sampled blocks not yet freed */
+    uint64_t live_samples;     /* sampled blocks not yet freed, as of update_time_ns */
     uint64_t dropped_samples;  /* samples not kept: live set full */
     uint64_t dropped_sites;    /* allocations not attributed: site table full */
     uint64_t dropped_events;   /* event-log records lost: ring full */

@@ -201,6 +201,10 @@ static size_t collect_rows(struct row **out, size_t *bytes)
         if (pk > w->peak)
             w->peak = pk;
     }
+    uint64_t live = 0;
+    for (uint32_t i = 0; i < n; i++)
+        live += tl_sites[i].sample_count - tl_sites[i].sample_free_count;
+    __atomic_store_n(&tl_hdr->live_samples, live, __ATOMIC_RELAXED);
     for (size_t i = 0; i < r; i++)
         if (rows[i].sfree > rows[i].sbytes)
             rows[i].sfree = rows[i].sbytes; /* counters read at slightly different times */

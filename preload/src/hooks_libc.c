@@ -89,7 +89,7 @@ TL_EXPORT void *malloc(size_t size)
     ENSURE_REAL(boot_alloc(size, 16));
     if (TL_UNLIKELY(tl_pymem_wanted))
         tl_pymem_maybe_install();
-    return tl_after_alloc(real.malloc(size), size, __builtin_return_address(0));
+    return tl_after_alloc(real.malloc(size), size, __builtin_return_address(0), 0);
 }
 
 TL_EXPORT void *calloc(size_t n, size_t size)
@@ -103,7 +103,7 @@ TL_EXPORT void *calloc(size_t n, size_t size)
         resolve();
     }
     void *p = real.calloc(n, size);
-    return tl_after_alloc(p, p ? n * size : 0, __builtin_return_address(0));
+    return tl_after_alloc(p, p ? n * size : 0, __builtin_return_address(0), 0);
 }
 
 TL_EXPORT void free(void *p)
@@ -111,21 +111,21 @@ TL_EXPORT void free(void *p)
     if (!p || TL_UNLIKELY(boot_owns(p)))
         return;
     ENSURE_REAL();
-    tl_before_free(p);
+    tl_before_free(p, 0);
     real.free(p);
 }
 
 static void *realloc_impl(void *p, size_t size, void *ra)
 {
     if (!p)
-        return tl_after_alloc(real.malloc(size), size, ra);
+        return tl_after_alloc(real.malloc(size), size, ra, 0);
     if (TL_UNLIKELY(boot_owns(p))) {
         void *q = real.malloc(size);
         if (q) {
             size_t old = boot_size(p);
             memcpy(q, p, old < size ? old : size);
         }
-        return tl_after_alloc(q, size, ra);
+        return tl_after_alloc(q, size, ra, 0);
     }
     uint64_t entry;
     int had = !tl_guard && tl_take(p, &entry);
@@ -138,10 +138,10 @@ static void *realloc_impl(void *p, size_t size, void *ra)
     }
     if (had) {
         tl_guard = 1;
-        tl_credit_free(p, entry);
+        tl_credit_free(p, entry, 0);
         tl_guard = 0;
     }
-    return q ? tl_after_alloc(q, size, ra) : NULL;
+    return q ? tl_after_alloc(q, size, ra, 0) : NULL;
 }
 
 TL_EXPORT void *realloc(void *p, size_t size)
@@ -166,32 +166,32 @@ TL_EXPORT int posix_memalign(void **out, size_t align, size_t size)
     ENSURE_REAL(ENOMEM);
     int rc = real.posix_memalign(out, align, size);
     if (rc == 0)
-        tl_after_alloc(*out, size, __builtin_return_address(0));
+        tl_after_alloc(*out, size, __builtin_return_address(0), 0);
     return rc;
 }
 
 TL_EXPORT void *aligned_alloc(size_t align, size_t size)
 {
     ENSURE_REAL(boot_alloc(size, align));
-    return tl_after_alloc(real.aligned_alloc(align, size), size, __builtin_return_address(0));
+    return tl_after_alloc(real.aligned_alloc(align, size), size, __builtin_return_address(0), 0);
 }
 
 TL_EXPORT void *memalign(size_t align, size_t size)
 {
     ENSURE_REAL(boot_alloc(size, align));
-    return tl_after_alloc(real.memalign(align, size), size, __builtin_return_address(0));
+    return tl_after_alloc(real.memalign(align, size), size, __builtin_return_address(0), 0);
 }
 
 TL_EXPORT void *valloc(size_t size)
 {
     ENSURE_REAL(boot_alloc(size, 4096));
-    return tl_after_alloc(real.valloc(size), size, __builtin_return_address(0));
+    return tl_after_alloc(real.valloc(size), size, __builtin_return_address(0), 0);
 }
 
 TL_EXPORT void *pvalloc(size_t size)
 {
     ENSURE_REAL(boot_alloc(size, 4096));
-    return tl_after_alloc(real.pvalloc(size), size, __builtin_return_address(0));
+    return tl_after_alloc(real.pvalloc(size), size, __builtin_return_address(0), 0);
 }
 
 /* os._exit() and multiprocessing children end here without running

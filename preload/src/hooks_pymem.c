@@ -35,6 +35,9 @@ typedef struct {
 } tl_pymem_allocator; /* PyMemAllocatorEx, stable since 3.5 */
 
 enum { DOM_RAW = 0, DOM_MEM = 1, DOM_OBJ = 2, DOM_N = 3 };
+/* The mem and object domains may only be called with the GIL held (C API
+ * contract); the raw domain may be called without it. */
+enum { GIL_0 = 0, GIL_1 = 1, GIL_2 = 1 };
 
 volatile int tl_pymem_wanted;
 static tl_pymem_allocator prev[DOM_N];
@@ -43,22 +46,22 @@ static tl_pymem_allocator prev[DOM_N];
     static void *hook_malloc_##D(void *ctx, size_t size)                                        \
     {                                                                                           \
         (void)ctx;                                                                              \
-        if (tl_guard)                                                                           \
+        if (tl_guard || size < tl_cfg.min_size)                                                 \
             return prev[D].malloc(prev[D].ctx, size);                                           \
         tl_guard = 1;                                                                           \
         void *p = prev[D].malloc(prev[D].ctx, size);                                            \
         tl_guard = 0;                                                                           \
-        return tl_after_alloc(p, size, __builtin_return_address(0));                            \
+        return tl_after_alloc(p, size, __builtin_return_address(0), GIL_##D);                   \
     }                                                                                           \
     static void *hook_calloc_##D(void *ctx, size_t n, size_t size)                              \
     {                                                                                           \
         (void)ctx;                                                                              \
-        if (tl_guard)                                                                           \
+        if (tl_guard || n * size < tl_cfg.min_size)                                             \
             return prev[D].calloc(prev[D].ctx, n, size);                                        \
         tl_guard = 1;                                                                           \
         void *p = prev[D].calloc(prev[D].ctx, n, size);                                         \
         tl_guard = 0;                                                                           \
-        return tl_after_alloc(p, p ? n * size : 0, __builtin_return_address(0));                \
+        return tl_after_alloc(p, p ? n * size : 0, __builtin_return_address(0), GIL_##D);       \
     }                                                                                           \
     static void *hook_realloc_##D(void *ctx, void *ptr, size_t size)                            \
     {                                                                                           \
@@ -71,22 +74,18 @@ static tl_pymem_allocator prev[DOM_N];
         void *q = prev[D].realloc(prev[D].ctx, ptr, size);                                      \
         if (had) {                                                                              \
             if (q)                                                                              \
-                tl_credit_free(ptr, entry);                                                     \
+                tl_credit_free(ptr, entry, GIL_##D);                                            \
             else                                                                                \
                 tl_put_back(ptr, entry); /* failed: the old block is still there */             \
         }                                                                                       \
         tl_guard = 0;                                                                           \
-        return tl_after_alloc(q, size, __builtin_return_address(0));                            \
+        return tl_after_alloc(q, size, __builtin_return_address(0), GIL_##D);                   \
     }                                                                                           \
     static void hook_free_##D(void *ctx, void *ptr)                                             \
     {                                                                                           \
         (void)ctx;                                                                              \
-        if (ptr)                                                                                \
-            tl_before_free(ptr);                                                                \
-        int old = tl_guard;                                                                     \
-        tl_guard = 1;                                                                           \
+        tl_before_free(ptr, GIL_##D); /* a nested raw free finds nothing left to credit */      \
         prev[D].free(prev[D].ctx, ptr);                                                         \
-        tl_guard = old;                                                                         \
     }
 
 DEFINE_DOMAIN_HOOKS(0)

@@ -103,7 +103,9 @@ static inline uint32_t code_fingerprint(const char *code, const struct tl_pyoffs
 int tl_py_current(struct tl_pyloc *loc)
 {
     const struct tl_pyoffsets *o = rt.o;
-    if (!o || !rt.is_initialized())
+    if (!rt.present || !rt.is_initialized())
+        return rt.up ? -1 : 0;
+    if (!o)
         return 0;
     const char *ts = rt.this_thread_state();
     if (!ts)

@@ -25,7 +25,8 @@
 #include "tl_internal.h"
 
 TL_TLS int tl_guard;
-static TL_TLS uint32_t countdown; /* allocations until this thread's next sample */
+static TL_TLS uint32_t countdown;      /* allocations until this thread's next sample */
+static TL_TLS uint32_t tick_countdown; /* samples until this thread looks at the clock */
 
 volatile int tl_active;
 volatile int tl_disabled;
@@ -36,7 +37,6 @@ static uint64_t activate_at_ns;
 #define TL_PROBE 16
 #define INDEX_BITS 17 /* site index slots: 4x the site records */
 #define LIVE_BITS 20  /* live-set slots */
-#define FILTER_BITS 15
 #define TOMB ((uint64_t)1) /* freed; reusable */
 #define BUSY ((uint64_t)2) /* being filled */
 #define META_SITE_BITS 24
@@ -48,7 +48,7 @@ struct live_slot {
     uint64_t meta; /* size << 24 | site record */
 };
 static struct live_slot *live;
-static uint16_t *filter; /* count of live samples per hash bucket */
+uint16_t tl_filter[1u << TL_FILTER_BITS];
 
 uint64_t tl_now_ns(int clock)
 {
@@ -68,8 +68,7 @@ void tl_recorder_init(void)
     tl_owner_pid = getpid();
     site_index = map_anon(sizeof(uint64_t) << INDEX_BITS);
     live = map_anon(sizeof(struct live_slot) << LIVE_BITS);
-    filter = map_anon(sizeof(uint16_t) << FILTER_BITS);
-    if (!site_index || !live || !filter || !tl_hdr) {
+    if (!site_index || !live || !tl_hdr) {
         tl_say("cannot map its tables (out of memory?); not tracking this process");
         tl_disabled = 1;
         return;
@@ -184,12 +183,11 @@ static struct tl_site *site_lookup(uint32_t kind, uint64_t addr, uint64_t aux, c
 /* ---- live set ------------------------------------------------------------- */
 
 static inline uint64_t ptr_hash(const void *p) { return tl_mix64((uint64_t)(uintptr_t)p); }
-static inline uint16_t *filter_of(uint64_t h) { return &filter[(h >> 40) & ((1u << FILTER_BITS) - 1)]; }
 
 static int live_insert(void *p, uint64_t meta)
 {
     uint64_t h = ptr_hash(p);
-    uint16_t *f = filter_of(h);
+    uint16_t *f = tl_filter_slot(p);
     if (__atomic_load_n(f, __ATOMIC_RELAXED) == UINT16_MAX)
         return 0;
     __atomic_add_fetch(f, 1, __ATOMIC_RELAXED);
@@ -216,7 +214,7 @@ int tl_take(void *p, uint64_t *entry)
     if (TL_UNLIKELY(!initialized))
         return 0;
     uint64_t h = ptr_hash(p);
-    uint16_t *f = filter_of(h);
+    uint16_t *f = tl_filter_slot(p);
     if (TL_LIKELY(__atomic_load_n(f, __ATOMIC_RELAXED) == 0) || tl_disabled)
         return 0;
     if (TL_UNLIKELY(tl_py_finalizing())) {
@@ -235,7 +233,6 @@ int tl_take(void *p, uint64_t *entry)
         uint64_t meta = __atomic_load_n(&s->meta, __ATOMIC_RELAXED);
         if (__atomic_compare_exchange_n(&s->key, &k, TOMB, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
             __atomic_sub_fetch(f, 1, __ATOMIC_RELAXED);
-            __atomic_sub_fetch(&tl_hdr->live_samples, 1, __ATOMIC_RELAXED);
             *entry = meta;
             return 1;
         }
@@ -245,41 +242,57 @@ int tl_take(void *p, uint64_t *entry)
 
 void tl_put_back(void *p, uint64_t entry)
 {
-    if (live_insert(p, entry))
-        __atomic_add_fetch(&tl_hdr->live_samples, 1, __ATOMIC_RELAXED);
+    if (!live_insert(p, entry)) {
+        /* No room to put it back: count it as freed rather than lose it. */
+        tl_credit_free(p, entry, 0);
+        __atomic_add_fetch(&tl_hdr->dropped_samples, 1, __ATOMIC_RELAXED);
+    }
 }
 
-void tl_credit_free(void *p, uint64_t entry)
+/* Counter bump: a plain add under the GIL (no other writer can run then, see
+ * hooks_pymem.c), a locked add otherwise. Readers in other processes see
+ * whole 8-byte values either way. */
+#define BUMP(field, v, gil)                                                                    \
+    do {                                                                                       \
+        if (gil)                                                                               \
+            __atomic_store_n(&(field), __atomic_load_n(&(field), __ATOMIC_RELAXED) + (v),      \
+                             __ATOMIC_RELAXED);                                                \
+        else                                                                                   \
+            __atomic_add_fetch(&(field), (v), __ATOMIC_RELAXED);                               \
+    } while (0)
+
+void tl_credit_free(void *p, uint64_t entry, int gil)
 {
     uint32_t rec = (uint32_t)(entry & ((1u << META_SITE_BITS) - 1));
     uint64_t size = entry >> META_SITE_BITS;
     if (rec >= tl_hdr->site_capacity)
         return;
     struct tl_site *s = &tl_sites[rec];
-    __atomic_add_fetch(&s->sample_free_count, 1, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&s->sample_free_bytes, size, __ATOMIC_RELAXED);
+    BUMP(s->sample_free_count, 1, gil);
+    BUMP(s->sample_free_bytes, size, gil);
     if (TL_UNLIKELY(tl_cfg.events))
         tl_event(2, p, size, rec);
 }
 
 /* ---- the hot path ---------------------------------------------------------- */
 
-void tl_record_alloc(void *p, size_t size, void *ra)
+void tl_record_alloc(void *p, size_t size, void *ra, int gil)
 {
     struct tl_pyloc loc;
     struct tl_site *s;
-    if (TL_UNLIKELY(tl_py_finalizing())) {
+    int py = tl_py_current(&loc);
+    if (TL_UNLIKELY(py < 0)) {
         tl_freeze();
         return;
     }
-    if (tl_py_current(&loc))
+    if (py)
         s = site_lookup(TL_KIND_PYTHON, loc.code, ((uint64_t)loc.fp << 32) | loc.offset, &loc, ra);
     else
         s = site_lookup(TL_KIND_NATIVE, (uint64_t)(uintptr_t)ra, 0, NULL, ra);
     if (TL_UNLIKELY(!s))
         return;
-    __atomic_add_fetch(&s->count, 1, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&s->total_bytes, size, __ATOMIC_RELAXED);
+    BUMP(s->count, 1, gil);
+    BUMP(s->total_bytes, size, gil);
     uint64_t peak = __atomic_load_n(&s->peak_single, __ATOMIC_RELAXED);
     while (size > peak &&
            !__atomic_compare_exchange_n(&s->peak_single, &peak, size, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
@@ -295,10 +308,14 @@ void tl_record_alloc(void *p, size_t size, void *ra)
         __atomic_add_fetch(&tl_hdr->dropped_samples, 1, __ATOMIC_RELAXED);
         return;
     }
-    __atomic_add_fetch(&tl_hdr->live_samples, 1, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&s->sample_count, 1, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&s->sample_bytes, sz, __ATOMIC_RELAXED);
+    BUMP(s->sample_count, 1, gil);
+    BUMP(s->sample_bytes, sz, gil);
     if (TL_UNLIKELY(tl_cfg.events))
         tl_event(1, p, size, (uint32_t)rec);
-    tl_dump_tick();
+    if (TL_UNLIKELY(tick_countdown == 0)) {
+        tick_countdown = 64; /* look at the clock every 64 samples */
+        tl_dump_tick();
+    } else {
+        tick_countdown--;
+    }
 }

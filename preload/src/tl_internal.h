@@ -59,12 +59,14 @@ void tl_recorder_init(void) TL_HIDDEN;
 void tl_check_active(void) TL_HIDDEN;
 void tl_freeze(void) TL_HIDDEN; /* stop counting; the table keeps its state */
 /* A block came back from the allocator. Caller holds the guard. */
-void tl_record_alloc(void *p, size_t size, void *ret_addr) TL_HIDDEN;
+/* gil: the caller holds the GIL (PyMem/PyObject domains), so counters of the
+ * site can be bumped without a locked instruction. */
+void tl_record_alloc(void *p, size_t size, void *ret_addr, int gil) TL_HIDDEN;
 /* Remove p from the sampled live set before the block is released.
  * Returns 1 and the entry (opaque) when p was sampled. */
 int tl_take(void *p, uint64_t *entry) TL_HIDDEN;
 void tl_put_back(void *p, uint64_t entry) TL_HIDDEN;
-void tl_credit_free(void *p, uint64_t entry) TL_HIDDEN;
+void tl_credit_free(void *p, uint64_t entry, int gil) TL_HIDDEN;
 void tl_recorder_after_fork_child(void) TL_HIDDEN;
 
 /* ---- pyframe.c --------------------------------------------------------- */
@@ -75,7 +77,7 @@ struct tl_pyloc {
 };
 void tl_py_discover(void) TL_HIDDEN;   /* constructor: find CPython symbols */
 int tl_py_present(void) TL_HIDDEN;     /* a CPython runtime is linked in */
-int tl_py_current(struct tl_pyloc *loc) TL_HIDDEN; /* 1: innermost Python frame found */
+int tl_py_current(struct tl_pyloc *loc) TL_HIDDEN; /* 1: Python frame; 0: none; -1: finalizing */
 void tl_py_describe(const struct tl_pyloc *loc, struct tl_site *site) TL_HIDDEN;
 const char *tl_py_version_str(void) TL_HIDDEN;
 uint32_t tl_py_version_hex(void) TL_HIDDEN;
@@ -116,27 +118,37 @@ static inline uint64_t tl_mix64(uint64_t x)
 
 /* ---- shared by the libc and PyMem hooks ----------------------------------- */
 /* Tail of every allocating hook: cheap checks first, the recorder under the guard. */
-static inline void *tl_after_alloc(void *p, size_t size, void *ra)
+static inline void *tl_after_alloc(void *p, size_t size, void *ra, int gil)
 {
     if (p && !tl_guard && size >= tl_cfg.min_size && !tl_disabled) {
         if (TL_UNLIKELY(!tl_active))
             tl_check_active();
         if (tl_active) {
             tl_guard = 1;
-            tl_record_alloc(p, size, ra);
+            tl_record_alloc(p, size, ra, gil);
             tl_guard = 0;
         }
     }
     return p;
 }
 
+/* Counting filter over the sampled live set: how many live samples hash to
+ * each bucket. Zero (nearly every free) means "not sampled" without touching
+ * the live set. Static, so it exists before the constructor runs. */
+#define TL_FILTER_BITS 15
+extern uint16_t tl_filter[1u << TL_FILTER_BITS] TL_HIDDEN;
+static inline uint16_t *tl_filter_slot(const void *p)
+{
+    return &tl_filter[((uint64_t)(uintptr_t)p * 0x9e3779b97f4a7c15ull) >> (64 - TL_FILTER_BITS)];
+}
+
 /* Before a block is released: credit it if it was sampled. */
-static inline void tl_before_free(void *p)
+static inline void tl_before_free(void *p, int gil)
 {
     uint64_t entry;
-    if (!tl_guard && tl_take(p, &entry)) {
+    if (TL_UNLIKELY(__atomic_load_n(tl_filter_slot(p), __ATOMIC_RELAXED) != 0) && !tl_guard && tl_take(p, &entry)) {
         tl_guard = 1;
-        tl_credit_free(p, entry);
+        tl_credit_free(p, entry, gil);
         tl_guard = 0;
     }
 }
