@@ -73,7 +73,7 @@ void tl_recorder_init(void)
         tl_disabled = 1;
         return;
     }
-    activate_at_ns = tl_now_ns(CLOCK_MONOTONIC) + (uint64_t)tl_cfg.startup_delay * 1000000000ull;
+    activate_at_ns = tl_now_ns(CLOCK_MONOTONIC_COARSE) + (uint64_t)tl_cfg.startup_delay * 1000000000ull;
     initialized = 1;
     tl_check_active();
 }
@@ -82,7 +82,7 @@ void tl_check_active(void)
 {
     if (!initialized || tl_disabled || tl_active)
         return;
-    if (tl_now_ns(CLOCK_MONOTONIC_COARSE) >= activate_at_ns) {
+    if (tl_cfg.startup_delay == 0 || tl_now_ns(CLOCK_MONOTONIC_COARSE) >= activate_at_ns) {
         __atomic_or_fetch(&tl_hdr->flags, TL_FLAG_ACTIVE, __ATOMIC_RELAXED);
         tl_active = 1;
     }
