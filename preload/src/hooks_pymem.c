@@ -23,6 +23,7 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <stddef.h>
+#include <unistd.h>
 
 #include "tl_internal.h"
 
@@ -92,6 +93,66 @@ DEFINE_DOMAIN_HOOKS(0)
 DEFINE_DOMAIN_HOOKS(1)
 DEFINE_DOMAIN_HOOKS(2)
 
+/* ---- exit dump from Python's atexit ----------------------------------------
+ * A dump after Py_FinalizeEx is too late twice over: module teardown has freed
+ * every global (a leak looks healthy), and daemon threads still polling the GIL
+ * of the deleted interpreter crash if exit takes longer than usual. So we
+ * register a C function with the atexit module: it runs first thing in
+ * finalization, with a live interpreter, and freezes the table there. */
+typedef void *PyObj;
+struct tl_methoddef {
+    const char *name;
+    PyObj (*meth)(PyObj, PyObj);
+    int flags;
+    const char *doc;
+};
+static void (*py_incref)(PyObj);
+
+static PyObj atexit_dump(PyObj self, PyObj unused)
+{
+    (void)self;
+    (void)unused;
+    if (getpid() == tl_owner_pid) {
+        tl_freeze();
+        tl_dump_at_exit();
+    }
+    PyObj none = dlsym(RTLD_DEFAULT, "_Py_NoneStruct");
+    py_incref(none); /* Py_IncRef: right for immortal objects too */
+    return none;
+}
+
+static struct tl_methoddef atexit_def = {"_trackleak_exit_dump", atexit_dump, 0x0004 /* METH_NOARGS */,
+                                         "Write TrackLeak's exit table (registered by the preload shim)."};
+
+static void register_atexit(void)
+{
+    PyObj (*import)(const char *) = (PyObj(*)(const char *))dlsym(RTLD_DEFAULT, "PyImport_ImportModule");
+    PyObj (*getattr)(PyObj, const char *) = (PyObj(*)(PyObj, const char *))dlsym(RTLD_DEFAULT, "PyObject_GetAttrString");
+    PyObj (*cfunc)(void *, PyObj, PyObj) = (PyObj(*)(void *, PyObj, PyObj))dlsym(RTLD_DEFAULT, "PyCFunction_NewEx");
+    PyObj (*call1)(PyObj, PyObj, void *) =
+        (PyObj(*)(PyObj, PyObj, void *))dlsym(RTLD_DEFAULT, "PyObject_CallFunctionObjArgs");
+    void (*decref)(PyObj) = (void (*)(PyObj))dlsym(RTLD_DEFAULT, "Py_DecRef");
+    void (*clear)(void) = (void (*)(void))dlsym(RTLD_DEFAULT, "PyErr_Clear");
+    py_incref = (void (*)(PyObj))dlsym(RTLD_DEFAULT, "Py_IncRef");
+    if (!import || !getattr || !cfunc || !call1 || !decref || !clear || !py_incref ||
+        !dlsym(RTLD_DEFAULT, "_Py_NoneStruct"))
+        return;
+    PyObj mod = import("atexit");
+    PyObj reg = mod ? getattr(mod, "register") : NULL;
+    PyObj fn = reg ? cfunc(&atexit_def, NULL, NULL) : NULL;
+    PyObj res = fn ? call1(reg, fn, NULL) : NULL;
+    if (!res)
+        clear(); /* no atexit: the destructor still dumps, later */
+    if (res)
+        decref(res);
+    if (fn)
+        decref(fn);
+    if (reg)
+        decref(reg);
+    if (mod)
+        decref(mod);
+}
+
 static int install(void *arg)
 {
     (void)arg;
@@ -111,6 +172,10 @@ static int install(void *arg)
     }
     __atomic_or_fetch(&tl_hdr->flags, TL_FLAG_PYMEM_HOOKED, __ATOMIC_RELAXED);
     tl_py_mark_up();
+    int old = tl_guard;
+    tl_guard = 1; /* what registering allocates is ours, not the user's */
+    register_atexit();
+    tl_guard = old;
     return 0;
 }
 

@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Overhead of the preload shim against plain Python and the tools people use instead.
+
+    python bench/run.py [--python PY] [--rounds N] [--repeat K] [--long]
+
+Every configuration runs the same allocation-heavy workload (bench/workload.py: JSON,
+dicts, strings, bytearrays); runs are interleaved (plain, shim, tracemalloc, memray, ...
+then again) so a noisy neighbour slows all of them alike. The workload times itself, so
+interpreter start-up is not counted. Prints the median seconds and the ratio to plain.
+--long also runs 4x the rounds in exhaustive mode: its ratio must not grow with run length.
+Not a test: nothing here asserts.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+WORKLOAD = HERE / "workload.py"
+
+
+def shim_path() -> str:
+    env = os.environ.get("TRACKLEAK_SO")
+    if env:
+        return env
+    sys.path.insert(0, str(HERE.parent))
+    from trackleak.shim import shim_path as find  # type: ignore
+
+    return str(find())
+
+
+def configs(py: str, shim: str, logdir: str) -> dict[str, tuple[list[str], dict[str, str]]]:
+    base = {"TRACKLEAK_QUIET": "1", "TRACKLEAK_LOG_DIR": logdir, "TRACKLEAK_STARTUP_DELAY": "0"}
+    pre = {"LD_PRELOAD": shim, **base}
+    out = {
+        "plain": ([py], {}),
+        "trackleak (defaults)": ([py], pre),
+        "trackleak exhaustive": ([py], {**pre, "TRACKLEAK_SAMPLE_RATE": "1", "TRACKLEAK_MIN_SIZE": "0"}),
+        "tracemalloc": ([py, "-X", "tracemalloc"], {}),
+    }
+    has_memray = subprocess.run([py, "-c", "import memray"], capture_output=True).returncode == 0
+    if has_memray:
+        out["memray run"] = ([py, "-m", "memray", "run", "-q", "-f", "-o", os.path.join(logdir, "m.bin")], {})
+        out["memray --native --trace-python-allocators"] = (
+            [py, "-m", "memray", "run", "-q", "-f", "--native", "--trace-python-allocators", "-o",
+             os.path.join(logdir, "m.bin")], {})
+    else:
+        print(f"(memray is not installed for {py}: pip install memray to compare)", file=sys.stderr)
+    return out
+
+
+def run_once(argv: list[str], env: dict[str, str], rounds: int) -> float:
+    full_env = {**os.environ, **env}
+    if "LD_PRELOAD" not in env:
+        full_env.pop("LD_PRELOAD", None)
+    res = subprocess.run([*argv, str(WORKLOAD), str(rounds)], env=full_env, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{res.stderr[-2000:]}")
+    return float(res.stdout.strip().splitlines()[-1])
+
+
+def measure(cfgs, rounds: int, repeat: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {name: [] for name in cfgs}
+    for _ in range(repeat):
+        for name, (argv, env) in cfgs.items():
+            times[name].append(run_once(argv, env, rounds))
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--python", default=sys.executable, help="interpreter to measure (default: this one)")
+    ap.add_argument("--rounds", type=int, default=600)
+    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--long", action="store_true", help="also run exhaustive mode at 4x the rounds")
+    args = ap.parse_args()
+    shim = shim_path()
+    logdir = tempfile.mkdtemp(prefix="trackleak-bench-")
+    try:
+        cfgs = configs(args.python, shim, logdir)
+        med = measure(cfgs, args.rounds, args.repeat)
+        plain = med["plain"]
+        print(f"python: {args.python}  rounds: {args.rounds}  repeat: {args.repeat} (interleaved, median)")
+        print(f"{'configuration':45s} {'seconds':>8s} {'x plain':>8s}")
+        for name, t in med.items():
+            print(f"{name:45s} {t:8.3f} {t / plain:8.2f}")
+        if args.long:
+            long_cfgs = {k: cfgs[k] for k in ("plain", "trackleak exhaustive")}
+            lmed = measure(long_cfgs, args.rounds * 4, max(3, args.repeat // 2))
+            print(f"exhaustive at {args.rounds * 4} rounds: {lmed['trackleak exhaustive'] / lmed['plain']:.2f} x plain "
+                  f"(vs {med['trackleak exhaustive'] / plain:.2f} at {args.rounds})")
+    finally:
+        shutil.rmtree(logdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
