@@ -68,19 +68,30 @@ struct tl_shm_header {
     uint64_t reserved[8];
 };
 
-struct tl_site {
-    uint32_t state;  /* TL_SITE_* ; read with acquire */
-    uint32_t kind;   /* TL_KIND_* */
-    uint32_t line;   /* source line (Python); 0 for native */
-    uint32_t reserved0;
-    uint64_t key_addr;  /* code object address (Python) or return address (native) */
-    uint64_t key_aux;   /* instruction offset (Python) or 0 */
+/* The counters of a site, kept twice (tl_site.c): c[TL_C_ATOMIC] is updated
+ * with locked adds by any thread; c[TL_C_GIL] with plain adds, and only by
+ * threads that hold the GIL (CPython's mem and object domains), which never
+ * run at the same time. Mixing the two kinds of writer on one counter would
+ * lose updates; two copies keep both cheap and exact. Readers add them up. */
+#define TL_C_ATOMIC 0
+#define TL_C_GIL 1
+struct tl_counts {
     uint64_t count;             /* tracked allocations */
     uint64_t total_bytes;
     uint64_t sample_count;      /* sampled allocations */
     uint64_t sample_bytes;
     uint64_t sample_free_count; /* sampled allocations since freed */
     uint64_t sample_free_bytes;
+};
+
+struct tl_site {
+    uint32_t state;  /* TL_SITE_* ; read with acquire */
+    uint32_t kind;   /* TL_KIND_* */
+    uint32_t line;   /* source line (Python); 0 for native */
+    uint32_t reserved0;
+    uint64_t key_addr;  /* code object address (Python) or return address (native) */
+    uint64_t key_aux;   /* instruction byte offset (low 32 bits) | code fingerprint (high 32 bits); 0 for native */
+    struct tl_counts c[2];      /* see struct tl_counts */
     uint64_t peak_single;       /* largest single allocation */
     char function[TL_FUNC_MAX]; /* NUL-terminated UTF-8 */
     char file[TL_FILE_MAX];     /* NUL-terminated UTF-8 */

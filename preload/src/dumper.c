@@ -182,7 +182,7 @@ static size_t collect_rows(struct row **out, size_t *bytes)
     size_t k = 0;
     for (uint32_t i = 0; i < n; i++) {
         const struct tl_site *s = &tl_sites[i];
-        if (__atomic_load_n(&s->state, __ATOMIC_ACQUIRE) == TL_SITE_READY && s->count)
+        if (__atomic_load_n(&s->state, __ATOMIC_ACQUIRE) == TL_SITE_READY && (s->c[0].count || s->c[1].count))
             idx[k++] = s;
     }
     qsort(idx, k, sizeof *idx, cmp_site_key);
@@ -192,18 +192,21 @@ static size_t collect_rows(struct row **out, size_t *bytes)
         if (!r || cmp_site_key(&rows[r - 1].s, &idx[i]) != 0)
             rows[r++] = (struct row){.s = s};
         struct row *w = &rows[r - 1];
-        w->count += __atomic_load_n(&s->count, __ATOMIC_RELAXED);
-        w->total += __atomic_load_n(&s->total_bytes, __ATOMIC_RELAXED);
-        w->scount += __atomic_load_n(&s->sample_count, __ATOMIC_RELAXED);
-        w->sbytes += __atomic_load_n(&s->sample_bytes, __ATOMIC_RELAXED);
-        w->sfree += __atomic_load_n(&s->sample_free_bytes, __ATOMIC_RELAXED);
+        for (int c = 0; c < 2; c++) {
+            w->count += __atomic_load_n(&s->c[c].count, __ATOMIC_RELAXED);
+            w->total += __atomic_load_n(&s->c[c].total_bytes, __ATOMIC_RELAXED);
+            w->scount += __atomic_load_n(&s->c[c].sample_count, __ATOMIC_RELAXED);
+            w->sbytes += __atomic_load_n(&s->c[c].sample_bytes, __ATOMIC_RELAXED);
+            w->sfree += __atomic_load_n(&s->c[c].sample_free_bytes, __ATOMIC_RELAXED);
+        }
         uint64_t pk = __atomic_load_n(&s->peak_single, __ATOMIC_RELAXED);
         if (pk > w->peak)
             w->peak = pk;
     }
     uint64_t live = 0;
     for (uint32_t i = 0; i < n; i++)
-        live += tl_sites[i].sample_count - tl_sites[i].sample_free_count;
+        for (int c = 0; c < 2; c++)
+            live += tl_sites[i].c[c].sample_count - tl_sites[i].c[c].sample_free_count;
     __atomic_store_n(&tl_hdr->live_samples, live, __ATOMIC_RELAXED);
     for (size_t i = 0; i < r; i++)
         if (rows[i].sfree > rows[i].sbytes)

@@ -183,12 +183,14 @@ static struct tl_site *site_lookup(uint32_t kind, uint64_t addr, uint64_t aux, c
 /* ---- live set ------------------------------------------------------------- */
 
 /* Address-local hash: blocks allocated together (same pool, same heap run) land
- * in neighbouring slots, so alloc/free bursts stay in a few cache lines. The
- * high bits fold in so that regions 16 MiB apart do not collide. */
+ * a few slots apart, so alloc/free bursts stay in a few cache lines. The
+ * factor 5 leaves gaps between neighbouring blocks: without it a run of
+ * adjacent 16-byte objects fills a run of adjacent slots and probing for a
+ * free one exceeds TL_PROBE. High bits fold in so regions 16 MiB apart differ. */
 static inline uint64_t ptr_hash(const void *p)
 {
     uint64_t a = (uint64_t)(uintptr_t)p;
-    return (a >> 4) ^ (a >> 24) ^ (a >> 44);
+    return ((a >> 4) ^ (a >> 24) ^ (a >> 44)) * 5;
 }
 
 static int live_insert(void *p, uint64_t meta)
@@ -256,16 +258,16 @@ void tl_put_back(void *p, uint64_t entry)
     }
 }
 
-/* Counter bump: a plain add under the GIL (no other writer can run then, see
- * hooks_pymem.c), a locked add otherwise. Readers in other processes see
- * whole 8-byte values either way. */
-#define BUMP(field, v, gil)                                                                    \
+/* Counter bump into the site's copy for this kind of writer (struct
+ * tl_counts): a plain add under the GIL, a locked add otherwise. Readers in
+ * other processes see whole 8-byte values either way. */
+#define BUMP(site, field, v, gil)                                                              \
     do {                                                                                       \
+        uint64_t *f_ = &(site)->c[(gil) ? TL_C_GIL : TL_C_ATOMIC].field;                      \
         if (gil)                                                                               \
-            __atomic_store_n(&(field), __atomic_load_n(&(field), __ATOMIC_RELAXED) + (v),      \
-                             __ATOMIC_RELAXED);                                                \
+            __atomic_store_n(f_, __atomic_load_n(f_, __ATOMIC_RELAXED) + (v), __ATOMIC_RELAXED); \
         else                                                                                   \
-            __atomic_add_fetch(&(field), (v), __ATOMIC_RELAXED);                               \
+            __atomic_add_fetch(f_, (v), __ATOMIC_RELAXED);                                     \
     } while (0)
 
 void tl_credit_free(void *p, uint64_t entry, int gil)
@@ -275,8 +277,8 @@ void tl_credit_free(void *p, uint64_t entry, int gil)
     if (rec >= tl_hdr->site_capacity)
         return;
     struct tl_site *s = &tl_sites[rec];
-    BUMP(s->sample_free_count, 1, gil);
-    BUMP(s->sample_free_bytes, size, gil);
+    BUMP(s, sample_free_count, 1, gil);
+    BUMP(s, sample_free_bytes, size, gil);
     if (TL_UNLIKELY(tl_cfg.events))
         tl_event(2, p, size, rec);
 }
@@ -298,8 +300,8 @@ void tl_record_alloc(void *p, size_t size, void *ra, int gil)
         s = site_lookup(TL_KIND_NATIVE, (uint64_t)(uintptr_t)ra, 0, NULL, ra);
     if (TL_UNLIKELY(!s))
         return;
-    BUMP(s->count, 1, gil);
-    BUMP(s->total_bytes, size, gil);
+    BUMP(s, count, 1, gil);
+    BUMP(s, total_bytes, size, gil);
     uint64_t peak = __atomic_load_n(&s->peak_single, __ATOMIC_RELAXED);
     while (size > peak &&
            !__atomic_compare_exchange_n(&s->peak_single, &peak, size, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
@@ -315,8 +317,8 @@ void tl_record_alloc(void *p, size_t size, void *ra, int gil)
         __atomic_add_fetch(&tl_hdr->dropped_samples, 1, __ATOMIC_RELAXED);
         return;
     }
-    BUMP(s->sample_count, 1, gil);
-    BUMP(s->sample_bytes, sz, gil);
+    BUMP(s, sample_count, 1, gil);
+    BUMP(s, sample_bytes, sz, gil);
     if (TL_UNLIKELY(tl_cfg.events))
         tl_event(1, p, size, (uint32_t)rec);
     if (TL_UNLIKELY(tick_countdown == 0)) {
