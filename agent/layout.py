@@ -12,7 +12,7 @@ from __future__ import annotations
 import ctypes
 
 TL_SHM_MAGIC = b"TRKLEAK\x00"  # 8 bytes, NUL included
-TL_SHM_VERSION = 1
+TL_SHM_VERSION = 2
 TL_SHM_MEMFD_NAME = "trackleak"
 
 TL_FUNC_MAX = 128  # bytes incl. NUL

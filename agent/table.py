@@ -152,11 +152,30 @@ class RetentionTable:
         return list(out.values())
 
 
-def leak_order(row: Row) -> tuple:
-    """Sort key: likely leaks first (high retention with bytes kept), then by bytes."""
+LEAK_RETENTION_PCT = 80.0
+
+
+def estimated_kept_bytes(row: Row) -> int:
+    """Bytes the site still holds, estimated from its samples (0 when nothing was sampled)."""
     ret = row.retention_pct
-    kept = (row.sample_total_bytes - row.sample_free_bytes) if ret is not None else 0
-    return (-(ret if ret is not None else -1.0) if ret is not None and ret >= 80.0 else 0.0, -kept, -row.total_bytes)
+    return int(row.total_bytes * ret / 100.0) if ret is not None else 0
+
+
+def is_leak(row: Row) -> bool:
+    """Retention >= 80% with bytes kept: the rows shown first and in red."""
+    ret = row.retention_pct
+    return ret is not None and ret >= LEAK_RETENTION_PCT and row.sample_total_bytes > row.sample_free_bytes
+
+
+def leak_order(row: Row) -> tuple:
+    """Sort key: likely leaks first (retention >= 80% with bytes kept), the biggest estimated holder
+    first among them (a 1-sample 100% site of 1 KiB must not hide an 82% site holding megabytes);
+    then everything else by estimated bytes kept (all of them when unsampled), then by bytes."""
+    ret = row.retention_pct
+    leak = is_leak(row)
+    # Unknown is not healthy: a site without samples may hold everything it allocated.
+    kept = estimated_kept_bytes(row) if ret is not None else row.total_bytes
+    return (0 if leak else 1, -kept, -row.total_bytes, row.function, row.file, row.line)
 
 
 def sorted_rows(rows: Iterable[Row], by: str = "leak") -> list[Row]:

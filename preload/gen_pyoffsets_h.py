@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-# SPDX-License-Identifier: Apache-2.0
+# SPDX-License-Identifier: MIT
 """Turn bpf/offsets/cpython.json into a C header for the shim.
 
     gen_pyoffsets_h.py OUT.h [--json bpf/offsets/cpython.json]

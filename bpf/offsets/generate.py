@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-# SPDX-License-Identifier: Apache-2.0
+# SPDX-License-Identifier: MIT
 """Generate bpf/offsets/cpython.json: per-CPython-minor struct offsets.
 
 The shim (reading its own frames without the GIL) and the BPF program (reading

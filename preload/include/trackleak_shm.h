@@ -22,7 +22,7 @@
 #include <stdint.h>
 
 #define TL_SHM_MAGIC "TRKLEAK\0" /* 8 bytes, NUL included */
-#define TL_SHM_VERSION 1u
+#define TL_SHM_VERSION 2u
 #define TL_SHM_MEMFD_NAME "trackleak"
 
 #define TL_FUNC_MAX 128 /* bytes incl. NUL; longer names are cut */
@@ -33,7 +33,7 @@
 #define TL_FLAG_PYMEM_HOOKED 0x2u   /* PyMem/PyObject allocators are wrapped */
 #define TL_FLAG_ACTIVE 0x4u         /* start-up delay is over; tracking */
 #define TL_FLAG_PY_UNSUPPORTED 0x8u /* CPython version without offsets: native only */
-#define TL_FLAG_FORKED 0x10u        /* this table was inherited through fork() */
+#define TL_FLAG_FORKED 0x10u        /* a forked child: counts start at the fork */
 #define TL_FLAG_FROZEN 0x20u        /* the interpreter began finalizing: counts frozen there */
 
 /* site.state */

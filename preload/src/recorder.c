@@ -101,6 +101,12 @@ void tl_freeze(void)
 void tl_recorder_after_fork_child(void)
 {
     tl_owner_pid = getpid();
+    /* Blocks sampled before the fork belong to the parent's table (see
+     * tl_shm_after_fork_child): forget them, their frees are not ours. */
+    memset(tl_filter, 0, sizeof tl_filter);
+    if (live && mmap(live, sizeof(struct live_slot) << LIVE_BITS, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) == MAP_FAILED)
+        tl_disabled = 1;
 }
 
 /* ---- sites ---------------------------------------------------------------- */

@@ -73,22 +73,31 @@ void tl_shm_after_fork_child(void)
     uint32_t n = tl_hdr->site_count;
     size_t used = sizeof(struct tl_shm_header) + (size_t)(n > SITE_CAPACITY ? SITE_CAPACITY : n) * sizeof(struct tl_site);
     void *copy = mmap(NULL, used, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (copy == MAP_FAILED)
-        goto private_fallback;
+    if (copy == MAP_FAILED) {
+        tl_disabled = 1; /* cannot keep our table apart from the parent's: pass through */
+        return;
+    }
     memcpy(copy, tl_hdr, used);
-    if (!map_segment(tl_hdr)) {
+    if (!map_segment(tl_hdr) &&
+        mmap(tl_hdr, seg_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1,
+             0) == MAP_FAILED) {
+        tl_disabled = 1;
         munmap(copy, used);
-        goto private_fallback;
+        return;
     }
     memcpy(tl_hdr, copy, used);
     munmap(copy, used);
-    goto done;
-private_fallback:
-    /* Still never write into the parent's table: make our view private. */
-    if (mmap(tl_hdr, seg_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == MAP_FAILED)
-        tl_disabled = 1;
-    tl_disabled = 1; /* the copy is gone; pass through from now on */
-done:
+    /* The child's table covers what the child does: keep the sites (their
+     * names and keys, which the private site index points at), zero the
+     * counts. The parent's table already has everything before the fork, so
+     * adding parent and children never counts anything twice. */
+    for (uint32_t i = 0; i < n && i < SITE_CAPACITY; i++) {
+        memset(tl_sites[i].c, 0, sizeof tl_sites[i].c);
+        tl_sites[i].peak_single = 0;
+    }
+    tl_hdr->live_samples = tl_hdr->dropped_samples = tl_hdr->dropped_sites = tl_hdr->dropped_events = 0;
+    tl_hdr->update_time_ns = 0;
+    tl_hdr->start_time_ns = tl_now_ns(CLOCK_REALTIME);
     tl_hdr->pid = getpid();
     tl_hdr->ppid = getppid();
     tl_hdr->flags |= TL_FLAG_FORKED;

@@ -1,0 +1,175 @@
+# SPDX-License-Identifier: MIT
+"""Show retention rows: a rich table for terminals, fixed-width plain text for pipes and files.
+
+Columns: FUNCTION, FILE:LINE, COUNT, TOTAL, SAMPLES, SAMPLED, FREED, RET%, PEAK, AVG.
+RET% is "n/a" when nothing was sampled (unknown is not healthy); a site that keeps >= 80% of its
+sampled bytes, and keeps some, is a likely leak and shown in red.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable, Sequence
+
+from .table import Row, is_leak, sorted_rows
+
+COLUMNS = ("FUNCTION", "FILE:LINE", "COUNT", "TOTAL", "SAMPLES", "SAMPLED", "FREED", "RET%", "PEAK", "AVG")
+COMPACT_COLUMNS = ("FUNCTION", "FILE:LINE", "COUNT", "TOTAL", "SAMPLES", "RET%", "PEAK")
+_RIGHT = {"COUNT", "TOTAL", "SAMPLES", "SAMPLED", "FREED", "RET%", "PEAK", "AVG"}
+
+
+def human_bytes(n: int) -> str:
+    """1023 -> "1023 B", 1536 -> "1.5 KiB", binary units."""
+    if n < 1024:
+        return f"{n} B"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        value /= 1024.0
+        if value < 1024.0 or unit == "PiB":
+            return f"{value:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def fmt_retention(pct: float | None) -> str:
+    return "n/a" if pct is None else f"{pct:.1f}%"
+
+
+def location(row: Row, *, short: bool = False) -> str:
+    path = display_path(row.file) if short else row.file
+    if row.native or not row.line:
+        return path or "?"
+    return f"{path or '?'}:{row.line}"
+
+
+def display_path(path: str) -> str:
+    """For the terminal only: relative to the current directory when under it, ~ for home."""
+    if not path.startswith("/"):
+        return path  # "<frozen ...>", "<string>", a bare ELF name
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        cwd = ""
+    if cwd and cwd != "/" and path.startswith(cwd + "/"):
+        return path[len(cwd) + 1 :]
+    home = os.path.expanduser("~")
+    if home not in ("", "/") and path.startswith(home + "/"):
+        return "~" + path[len(home) :]
+    return path
+
+
+def cells(row: Row, *, short: bool = False) -> list[str]:
+    return [
+        row.function or "?",
+        location(row, short=short),
+        str(row.count),
+        human_bytes(row.total_bytes),
+        str(row.sample_count),
+        human_bytes(row.sample_total_bytes),
+        human_bytes(row.sample_free_bytes),
+        fmt_retention(row.retention_pct),
+        human_bytes(row.peak_single),
+        human_bytes(row.avg_size),
+    ]
+
+
+def top_rows(rows: Iterable[Row], *, top: int | None = 20, sort: str = "leak") -> list[Row]:
+    ordered = sorted_rows(rows, by=sort)
+    return ordered if not top or top <= 0 else ordered[:top]
+
+
+def plain_table(rows: Sequence[Row]) -> str:
+    """Fixed-width text (no colour, nothing cut): good for logs, grep and diff."""
+    body = [cells(r) for r in rows]
+    widths = [len(c) for c in COLUMNS]
+    for line in body:
+        widths = [max(w, len(c)) for w, c in zip(widths, line)]
+
+    def fmt(values: Sequence[str]) -> str:
+        out = []
+        for name, width, value in zip(COLUMNS, widths, values):
+            out.append(value.rjust(width) if name in _RIGHT else value.ljust(width))
+        return "  ".join(out).rstrip()
+
+    lines = [fmt(COLUMNS), fmt(["-" * w for w in widths])]
+    lines += [fmt(line) for line in body]
+    return "\n".join(lines) + "\n"
+
+
+def rich_table(
+    rows: Sequence[Row],
+    *,
+    title: str | None = None,
+    caption: str | None = None,
+    compact: bool = False,
+    width: int | None = None,
+):
+    """A rich.table.Table of ROWS (import of rich deferred: plain output does not need it).
+
+    compact: no outer border, one line under the header, one line per row (len(rows) + 3 lines
+    with a caption) within WIDTH columns: the live view pinned to the bottom of the terminal.
+    """
+    from rich import box
+    from rich.table import Table
+
+    table = Table(
+        title=title,
+        caption=caption,
+        header_style="bold",
+        expand=False,
+        pad_edge=False,
+        box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD,
+        show_edge=not compact,
+        caption_justify="left" if compact else "center",
+    )
+    columns = COMPACT_COLUMNS if compact else COLUMNS
+    pick = [COLUMNS.index(name) for name in columns]
+    body = [[line[i] for i in pick] for line in (cells(row, short=True) for row in rows)]
+    widths = [max([len(name)] + [len(line[i]) for line in body]) for i, name in enumerate(columns)]
+    # Numbers are never cut: FUNCTION and FILE:LINE give way when the terminal is narrow. In the
+    # compact view they are cut to what is left, so that every row is one line: names keep their
+    # head, paths their tail (the file name and line).
+    numbers = sum(w for w, name in zip(widths, columns) if name in _RIGHT)
+    spare = (width or 200) - numbers - 3 * len(columns)  # padding and column separators
+    text_max = {"FUNCTION": max(8, spare * 2 // 5), "FILE:LINE": max(8, spare - spare * 2 // 5)}
+    if compact:
+        at = columns.index("FILE:LINE")
+        for line in body:
+            line[at] = cut_left(line[at], text_max["FILE:LINE"])
+    for index, name in enumerate(columns):
+        if name in _RIGHT:
+            table.add_column(name, justify="right", no_wrap=True, min_width=widths[index])
+        elif compact:
+            table.add_column(name, no_wrap=True, overflow="ellipsis", max_width=text_max[name])
+        else:
+            table.add_column(name, overflow="fold")
+    for row, line in zip(rows, body):
+        table.add_row(*line, style="bold red" if is_leak(row) else None)
+    return table
+
+
+def cut_left(text: str, width: int) -> str:
+    """Keep the end of TEXT (a path's file name and line) within WIDTH characters."""
+    if len(text) <= width:
+        return text
+    return "…" + text[len(text) - width + 1 :]
+
+
+def summary_line(rows: Sequence[Row], *, elapsed: float | None = None, pids: Iterable[int] = ()) -> str:
+    """One line for a non-terminal progress report: totals and the top site."""
+    pids = sorted(set(pids))
+    total = sum(r.total_bytes for r in rows)
+    leaks = [r for r in rows if is_leak(r)]
+    parts = []
+    if elapsed is not None:
+        parts.append(f"{elapsed:.0f}s")
+    parts.append(f"pids={','.join(map(str, pids)) or '-'}")
+    parts.append(f"sites={len(rows)}")
+    parts.append(f"tracked={human_bytes(total)}")
+    parts.append(f"leaks={len(leaks)}")
+    if rows:
+        top = top_rows(rows, top=1)[0]
+        parts.append(
+            f"top={top.function} ({location(top)}) ret={fmt_retention(top.retention_pct)} "
+            f"total={human_bytes(top.total_bytes)}"
+        )
+    return "trackleak: " + " ".join(parts)

@@ -1,0 +1,582 @@
+# SPDX-License-Identifier: MIT
+"""`trackleak run`: start a command with the shim preloaded, watch it, print the final table.
+
+No Typer in here (the CLI in cli/commands/run.py only turns arguments into ``RunOptions``), so the
+whole flow is testable and usable from Python::
+
+    from trackleak.runner import RunOptions, Target, run
+    status = run(RunOptions(Target("script", "app.py", ("--port", "8000"))))
+
+What the child gets (``prepare``):
+- argv: ``python3 SCRIPT ARGS`` / ``python3 -m MODULE ARGS`` / ``COMMAND ARGS``. The interpreter is
+  ``--python`` or the first ``python3`` on the child's PATH, *not* the interpreter running
+  trackleak (that is the tool's own venv, whose python is the distribution's). A wrapper script
+  (a pyenv shim) is resolved to the binary it runs, so that only Python is preloaded.
+- env: the shim first in ``LD_PRELOAD`` (the user's entries kept after it), ``TRACKLEAK_STARTUP_DELAY=0``
+  unless set, ``TRACKLEAK_LOG_DIR`` a fresh private directory unless set, ``TRACKLEAK_QUIET=1``
+  unless verbose, and the tunables given as options.
+
+While it runs (``Session``): stdin/stdout/stderr are the child's; SIGINT is left to the child (the
+terminal sends Ctrl-C to the whole foreground process group); SIGTERM and SIGHUP are forwarded.
+Every ``interval`` seconds the live tables of the child and its descendants are read from their
+shared-memory segments and shown on stderr (a live view on a terminal, one line otherwise).
+
+At the end: each process's final word (its exit dump in the JSON-lines file, else the newest of its
+last snapshot and its last interval dump) makes the final table, printed on stdout; ``--json``
+writes it with run metadata. The return value is the child's exit status (128+N if killed by N).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Callable, Mapping, Sequence
+
+from . import live, render
+from .errors import UserError
+from .shim import shim_path
+from .sources import dumpfile
+from .sources.shm import ShmError, Snapshot, find_segments, read_segment
+from .table import RetentionTable, Row, sorted_rows
+
+DEFAULT_INTERPRETER = "python3"
+FALLBACK_LOG_DIR = "/tmp/trackleak"  # where the shim writes when TRACKLEAK_LOG_DIR is unusable
+RUN_FORMAT = "trackleak-run"
+RUN_VERSION = 1
+SHIM_DEFAULTS = {"sample_rate": 50, "min_size": 500}
+
+ENV_SAMPLE_RATE = "TRACKLEAK_SAMPLE_RATE"
+ENV_MIN_SIZE = "TRACKLEAK_MIN_SIZE"
+ENV_DUMP_INTERVAL = "TRACKLEAK_DUMP_INTERVAL"
+ENV_STARTUP_DELAY = "TRACKLEAK_STARTUP_DELAY"
+ENV_LOG_DIR = "TRACKLEAK_LOG_DIR"
+ENV_JSON_LOG = "TRACKLEAK_JSON_LOG"
+ENV_QUIET = "TRACKLEAK_QUIET"
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to run: ``script`` (a file), ``module`` (``-m``) or ``command`` (after ``--``)."""
+
+    kind: str
+    name: str
+    args: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("script", "module", "command"):
+            raise ValueError(f"unknown target kind {self.kind!r}")
+        object.__setattr__(self, "args", tuple(self.args))
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Every knob of `trackleak run` (None: keep the environment's value or the shim's default)."""
+
+    target: Target
+    python: str | None = None
+    sample_rate: int | None = None
+    min_size: int | None = None
+    dump_interval: int | None = None
+    startup_delay: int | None = None
+    log_dir: Path | None = None
+    json_path: Path | None = None
+    interval: float = 1.0
+    top: int = 20
+    sort: str = "leak"
+    verbose: bool = False
+    live: bool | None = None  # None: a live view when stdout and stderr are terminals
+    progress: bool = True  # False: no live view and no periodic lines (final table only)
+
+
+@dataclass
+class LaunchPlan:
+    argv: list[str]
+    env: dict[str, str]
+    log_dir: Path
+    private_log_dir: bool  # made by us: all of its content is ours, removed at the end
+    jsonl_paths: list[Path]
+
+
+# --------------------------------------------------------------------------- preparing
+
+
+def _which(name: str, env: Mapping[str, str]) -> str | None:
+    if os.sep in name:
+        return name if os.path.isfile(name) and os.access(name, os.X_OK) else None
+    return shutil.which(name, path=env.get("PATH", os.defpath))
+
+
+def resolve_interpreter(python: str | None, env: Mapping[str, str]) -> str:
+    name = python or DEFAULT_INTERPRETER
+    found = _which(name, env)
+    if found is None:
+        if python:
+            raise UserError(f"interpreter not found or not executable: {python}")
+        raise UserError(f"{DEFAULT_INTERPRETER} not found on PATH; name an interpreter with --python PATH")
+    return real_interpreter(found, env)
+
+
+def real_interpreter(path: str, env: Mapping[str, str]) -> str:
+    """The interpreter binary behind a wrapper script (pyenv and asdf shims are bash scripts).
+
+    Preloading a shim script would also preload every bash, pyenv and sed process it starts, and
+    the table would fill with them. Ask the wrapper, without the shim, which binary it runs.
+    """
+    try:
+        with open(path, "rb") as fh:
+            if fh.read(2) != b"#!":
+                return path
+    except OSError:
+        return path
+    clean = {k: v for k, v in env.items() if k != "LD_PRELOAD"}
+    try:
+        proc = subprocess.run(
+            [path, "-c", "import sys; print(sys.executable)"],
+            env=clean,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return path
+    real = proc.stdout.strip().splitlines()[-1] if proc.returncode == 0 and proc.stdout.strip() else ""
+    if real and os.path.isabs(real) and os.access(real, os.X_OK):
+        return real
+    return path
+
+
+def build_argv(opts: RunOptions, env: Mapping[str, str]) -> list[str]:
+    target = opts.target
+    if target.kind == "command":
+        if opts.python:
+            raise UserError("--python applies to a script or -m module; after -- name the program yourself")
+        if _which(target.name, env) is None:
+            raise UserError(f"command not found: {target.name}")
+        return [target.name, *target.args]
+    interpreter = resolve_interpreter(opts.python, env)
+    if target.kind == "module":
+        if not target.name:
+            raise UserError("-m needs a module name")
+        return [interpreter, "-m", target.name, *target.args]
+    path = Path(target.name)
+    if not path.exists():
+        raise UserError(f"script not found: {target.name}")
+    if path.is_dir() and not (path / "__main__.py").exists():
+        raise UserError(f"{target.name} is a directory without __main__.py")
+    return [interpreter, target.name, *target.args]
+
+
+def preload_value(shim: str, existing: str | None) -> str:
+    """The shim first, then the user's own entries (ld.so separates them by spaces or colons)."""
+    entries = [e for e in (existing or "").replace(":", " ").split() if e and e != shim]
+    return ":".join([shim, *entries])
+
+
+def build_env(opts: RunOptions, base: Mapping[str, str], *, shim: str, log_dir: Path) -> dict[str, str]:
+    env = dict(base)
+    env["LD_PRELOAD"] = preload_value(shim, base.get("LD_PRELOAD"))
+    if opts.startup_delay is not None:
+        env[ENV_STARTUP_DELAY] = str(opts.startup_delay)
+    elif ENV_STARTUP_DELAY not in base:
+        # The original's 10 s default hides every allocation of a short script.
+        env[ENV_STARTUP_DELAY] = "0"
+    for value, name in (
+        (opts.sample_rate, ENV_SAMPLE_RATE),
+        (opts.min_size, ENV_MIN_SIZE),
+        (opts.dump_interval, ENV_DUMP_INTERVAL),
+    ):
+        if value is not None:
+            env[name] = str(value)
+    env[ENV_LOG_DIR] = str(log_dir)
+    if opts.verbose:
+        env[ENV_QUIET] = "0"
+    else:
+        env.setdefault(ENV_QUIET, "1")
+    return env
+
+
+def prepare(
+    opts: RunOptions,
+    environ: Mapping[str, str] | None = None,
+    *,
+    shim: str | Path | None = None,
+    make_temp_dir: Callable[[], str] = lambda: tempfile.mkdtemp(prefix="trackleak-run-"),
+) -> LaunchPlan:
+    """Check everything and work out argv and env; UserError for anything the user must fix."""
+    base = dict(os.environ if environ is None else environ)
+    if opts.interval <= 0:
+        raise UserError("--interval must be positive")
+    if opts.sort not in ("leak", "bytes"):
+        raise UserError("--sort must be 'leak' or 'bytes'")
+    argv = build_argv(opts, base)
+    shim_str = str(shim if shim is not None else shim_path(base))
+    if opts.json_path is not None:
+        parent = Path(opts.json_path).expanduser().resolve().parent
+        if not parent.is_dir():
+            raise UserError(f"--json: directory does not exist: {parent}")
+    log_dir_arg = opts.log_dir if opts.log_dir is not None else base.get(ENV_LOG_DIR)
+    if log_dir_arg:
+        log_dir, private = Path(log_dir_arg).expanduser(), False
+    else:
+        log_dir, private = Path(make_temp_dir()), True  # mkdtemp: mode 0700
+    env = build_env(opts, base, shim=shim_str, log_dir=log_dir)
+    json_log = base.get(ENV_JSON_LOG) or dumpfile.DEFAULT_JSON_LOG
+    paths = [dumpfile.jsonl_path(log_dir, json_log)]
+    if not private:
+        # The shim falls back to /tmp/trackleak when the directory is not usable.
+        paths.append(dumpfile.jsonl_path(FALLBACK_LOG_DIR, json_log))
+    return LaunchPlan(argv=argv, env=env, log_dir=log_dir, private_log_dir=private, jsonl_paths=paths)
+
+
+# --------------------------------------------------------------------------- running
+
+
+def spawn(argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen:
+    """Start the child with our stdin/stdout/stderr (the one boundary tests patch)."""
+    try:
+        return subprocess.Popen(list(argv), env=dict(env))
+    except FileNotFoundError:
+        raise UserError(f"cannot run {argv[0]}: not found") from None
+    except PermissionError:
+        raise UserError(f"cannot run {argv[0]}: permission denied") from None
+    except OSError as exc:
+        raise UserError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+
+
+def exit_status(returncode: int) -> int:
+    """Popen's returncode as a shell reports it: -N (killed by signal N) becomes 128+N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _terminal_delivers_sigint() -> bool:
+    """True when we are the foreground process group of our terminal: Ctrl-C reaches the child too."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def descendants(pid: int) -> list[int]:
+    """PID and its live descendants (psutil), PID first."""
+    import psutil
+
+    try:
+        return [pid] + [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return [pid]
+
+
+@dataclass
+class _Seen:
+    snapshot: Snapshot
+    when: float
+
+
+@dataclass
+class Session:
+    opts: RunOptions
+    plan: LaunchPlan
+    stdout: IO[str] = field(default_factory=lambda: sys.stdout)
+    stderr: IO[str] = field(default_factory=lambda: sys.stderr)
+    clock: Callable[[], float] = time.time
+    spawn: Callable[[Sequence[str], Mapping[str, str]], subprocess.Popen] = spawn
+
+    def __post_init__(self) -> None:
+        self.snapshots: dict[int, _Seen] = {}
+        self.live_table = RetentionTable()
+        self.shm_errors: dict[int, str] = {}
+        self.started = 0.0
+        self.ended = 0.0
+        self.child: subprocess.Popen | None = None
+        self.tick_failed = False
+
+    # ---- the live side
+
+    def poll(self) -> None:
+        """Read the segments of the child and its descendants into the live table."""
+        assert self.child is not None
+        for pid in descendants(self.child.pid):
+            try:
+                segs = find_segments(pid)
+                if not segs:
+                    continue
+                snap = read_segment(pid, segs[0])
+            except ShmError as exc:
+                self.shm_errors[pid] = str(exc)
+                continue
+            self.snapshots[pid] = _Seen(snap, self.clock())
+            self.live_table.replace_pid(pid, snap.rows)
+
+    def _live_renderable(self, max_rows: int, width: int | None = None):
+        top = min(self.opts.top or max_rows, max_rows)
+        rows = render.top_rows(self.live_table.merged(), top=max(1, top), sort=self.opts.sort)
+        elapsed = self.clock() - self.started
+        caption = (
+            f"trackleak live, {'leaks' if self.opts.sort == 'leak' else 'bytes'} first: {elapsed:.0f}s, "
+            f"pids {_pid_list(sorted(self.snapshots)) or '-'}, {len(self.live_table)} sites; "
+            "final table at exit"
+        )
+        return render.rich_table(rows, caption=caption, compact=True, width=width)
+
+    # ---- the whole run
+
+    def run(self) -> int:
+        live_view = self.opts.live if self.opts.live is not None else _isatty(self.stdout)
+        live_view = live_view and self.opts.progress and live.supported(self.stderr)
+        # Our handlers go in before the child starts (no window where Ctrl-C kills us, not it);
+        # exec resets caught signals to their defaults, so the child does not inherit them.
+        with self._signals():
+            self.started = self.clock()
+            self.child = self.spawn(self.plan.argv, self.plan.env)
+            with self._live(live_view) as view:
+                while True:
+                    try:
+                        returncode = self.child.wait(timeout=self.opts.interval)
+                        break
+                    except subprocess.TimeoutExpired:
+                        pass
+                    self._tick(view)
+        self.ended = self.clock()
+        status = exit_status(returncode)
+        return self.finish(status)
+
+    def _tick(self, view: live.PinnedView | None) -> None:
+        """One live update. Best effort: whatever goes wrong here must not abandon the child."""
+        try:
+            self.poll()
+            if not len(self.live_table):
+                return
+            if view is not None:
+                view.update(self._live_renderable(view.rows - live.TABLE_OVERHEAD, view.width))
+            elif self.opts.progress:
+                rows = self.live_table.merged()
+                elapsed = self.clock() - self.started
+                self._say(render.summary_line(rows, elapsed=elapsed, pids=self.snapshots))
+        except Exception as exc:  # reported once, the run goes on
+            if not self.tick_failed:
+                self.tick_failed = True
+                self._say(f"trackleak: live view stopped working: {type(exc).__name__}: {exc}")
+
+    @contextlib.contextmanager
+    def _live(self, enabled: bool):
+        if not enabled:
+            yield None
+            return
+        with live.PinnedView(self.stderr, (self.opts.top or 20) + live.TABLE_OVERHEAD) as view:
+            yield view
+
+    @contextlib.contextmanager
+    def _signals(self):
+        """SIGINT: the child's business (forwarded only when no terminal sent it); TERM/HUP forwarded."""
+        if not _is_main_thread():
+            yield
+            return
+        tty_sends = _terminal_delivers_sigint()
+
+        def forward(signum, _frame):
+            if self.child is not None and self.child.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    self.child.send_signal(signum)
+
+        def on_sigint(signum, frame):
+            if not tty_sends:
+                forward(signum, frame)
+
+        # Handlers (not SIG_IGN) so that exec in the child restores the defaults.
+        previous = {}
+        for sig, handler in ((signal.SIGINT, on_sigint), (signal.SIGTERM, forward), (signal.SIGHUP, forward)):
+            previous[sig] = signal.signal(sig, handler)
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    # ---- the end
+
+    def final_table(self) -> tuple[RetentionTable, dict]:
+        """Each pid's final word, and what we know about the run (pids, sample rate, min size)."""
+        log = dumpfile.load(self.plan.jsonl_paths)
+        if not self.plan.private_log_dir:
+            log.dumps = self._our_dumps(log.dumps)
+        final = log.final()
+        table = RetentionTable()
+        sources: dict[int, str] = {}
+        for pid in sorted(set(final) | set(self.snapshots)):
+            dump = final.get(pid)
+            seen = self.snapshots.get(pid)
+            if dump is not None and (dump.is_exit or seen is None or dump.timestamp >= seen.when):
+                table.replace_pid(pid, dump.rows)
+                sources[pid] = "exit dump" if dump.is_exit else "interval dump"
+            elif seen is not None:
+                table.replace_pid(pid, seen.snapshot.rows)
+                sources[pid] = "live snapshot"
+        sample_rate = min_size = None
+        for dump in final.values():
+            sample_rate = sample_rate or dump.sample_rate
+            min_size = dump.min_size if min_size is None else min_size
+        for seen in self.snapshots.values():
+            sample_rate = sample_rate or seen.snapshot.header.sample_rate or None
+            min_size = seen.snapshot.header.min_size if min_size is None else min_size
+        info = {
+            "pids": sorted(sources),
+            "sources": sources,
+            "sample_rate": sample_rate or self.opts.sample_rate,
+            "min_size": min_size if min_size is not None else self.opts.min_size,
+            "bad_lines": log.bad_lines,
+            "errors": log.errors,
+        }
+        return table, info
+
+    def _our_dumps(self, dumps: list[dumpfile.Dump]) -> list[dumpfile.Dump]:
+        """In a shared log directory: the dumps of this run only. Those written since we started by
+        the child, by a process we saw live, or by a descendant of those (followed through ppid)."""
+        assert self.child is not None
+        recent = [d for d in dumps if d.timestamp >= self.started - 1.0]
+        ours = {self.child.pid, *self.snapshots}
+        grew = True
+        while grew:
+            grew = False
+            for d in recent:
+                if d.pid not in ours and d.ppid in ours:
+                    ours.add(d.pid)
+                    grew = True
+        return [d for d in recent if d.pid in ours]
+
+    def finish(self, status: int) -> int:
+        table, info = self.final_table()
+        rows = table.merged()
+        if info["bad_lines"]:
+            self._say(f"trackleak: skipped {info['bad_lines']} unreadable line(s) in the JSON-lines log")
+            if self.opts.verbose:
+                for err in info["errors"]:
+                    self._say(f"trackleak:   {err}")
+        if rows:
+            self._print_final(rows, info, status)
+        else:
+            self._say(self._nothing_message())
+        if self.opts.json_path is not None:
+            try:
+                write_json(self.opts.json_path, table, self._meta(info, status))
+            except OSError as exc:
+                self._say(f"trackleak: error: cannot write {self.opts.json_path}: {exc.strerror or exc}")
+                return status or 2
+            self._say(f"trackleak: table written to {self.opts.json_path}")
+        return status
+
+    def _nothing_message(self) -> str:
+        if not self.snapshots and not self.shm_errors:
+            return (
+                "trackleak: no data: the shim never reported (the program may be statically linked or "
+                "setuid, or it cleared LD_PRELOAD; or it ended before the start-up delay)"
+            )
+        if self.shm_errors and not self.snapshots:
+            return f"trackleak: no data: {next(iter(self.shm_errors.values()))}"
+        return "trackleak: no allocation at or above the minimum size was recorded"
+
+    def _print_final(self, rows: list[Row], info: dict, status: int) -> None:
+        rows = render.top_rows(rows, top=self.opts.top, sort=self.opts.sort)
+        pids = info["pids"]
+        rate = info["sample_rate"] or "?"
+        min_size = "?" if info["min_size"] is None else info["min_size"]
+        head = (
+            f"trackleak: {len(pids)} process(es) ({_pid_list(pids)}), "
+            f"sample rate 1/{rate}, min size {min_size} B, "
+            f"exit status {status}; top {len(rows)} by {'leak' if self.opts.sort == 'leak' else 'bytes'}"
+        )
+        self._say(head)
+        try:
+            if _isatty(self.stdout):
+                from rich.console import Console
+
+                Console(file=self.stdout).print(render.rich_table(rows))
+            else:
+                self.stdout.write(render.plain_table(rows))
+            self.stdout.flush()
+        except OSError:  # the terminal went away (SIGHUP): nothing useful to do
+            pass
+
+    def _meta(self, info: dict, status: int) -> dict:
+        return {
+            "format": RUN_FORMAT,
+            "version": RUN_VERSION,
+            "command": list(self.plan.argv),
+            "started": round(self.started, 3),
+            "ended": round(self.ended, 3),
+            "exit_code": status,
+            "sample_rate": info["sample_rate"] or SHIM_DEFAULTS["sample_rate"],
+            "min_size": info["min_size"] if info["min_size"] is not None else SHIM_DEFAULTS["min_size"],
+            "pids": info["pids"],
+            "host": socket.gethostname(),
+        }
+
+    def _say(self, text: str) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            print(text, file=self.stderr, flush=True)
+
+
+def _pid_list(pids: Sequence[int], shown: int = 8) -> str:
+    head = ", ".join(map(str, pids[:shown]))
+    return head + (f", ... {len(pids) - shown} more" if len(pids) > shown else "")
+
+
+def _isatty(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _is_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def write_json(path: str | Path, table: RetentionTable, meta: dict) -> None:
+    """{"meta": {...}, "sites": [row, ...]}: rows per pid, likely leaks first. Atomic replace."""
+    path = Path(path).expanduser()
+    doc = {"meta": meta, "sites": [row.to_dict() for row in sorted_rows(table)]}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh, indent=1)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def run(
+    opts: RunOptions,
+    *,
+    environ: Mapping[str, str] | None = None,
+    stdout: IO[str] | None = None,
+    stderr: IO[str] | None = None,
+) -> int:
+    """The whole `trackleak run`; returns the child's exit status. UserError before the start."""
+    plan = prepare(opts, environ)
+    session = Session(opts, plan, stdout=stdout or sys.stdout, stderr=stderr or sys.stderr)
+    try:
+        if opts.verbose:
+            session._say(f"trackleak: running {' '.join(plan.argv)}")
+            session._say(f"trackleak: LD_PRELOAD={plan.env['LD_PRELOAD']} TRACKLEAK_LOG_DIR={plan.log_dir}")
+        return session.run()
+    finally:
+        if plan.private_log_dir:
+            shutil.rmtree(plan.log_dir, ignore_errors=True)

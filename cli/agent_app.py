@@ -1,0 +1,35 @@
+# SPDX-License-Identifier: MIT
+"""`trackleak-agent`: the eBPF agent (attach to running processes, no restart).
+
+Its commands live in trackleak.ebpf.cli (agent/ebpf/cli.py), written separately; this entry point
+only finds them, so that `pip install` always provides the command.
+"""
+
+import importlib
+import sys
+
+EXIT_UNAVAILABLE = 2
+MODULE = "trackleak.ebpf.cli"
+
+
+def main() -> None:
+    try:
+        module = importlib.import_module(MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name not in (MODULE, "trackleak.ebpf"):
+            raise
+        print("trackleak-agent: the eBPF agent is not available yet in this build", file=sys.stderr)
+        sys.exit(EXIT_UNAVAILABLE)
+    entry = getattr(module, "main", None)
+    if callable(entry):
+        entry()
+        return
+    app = getattr(module, "app", None)
+    if app is None:
+        print(f"trackleak-agent: {MODULE} has neither main() nor app", file=sys.stderr)
+        sys.exit(EXIT_UNAVAILABLE)
+    app(prog_name="trackleak-agent")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+# SPDX-License-Identifier: MIT
+"""Terminal and plain-text rendering of rows."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from trackleak import render
+from trackleak.table import Row
+
+
+def row(**kw) -> Row:
+    base = dict(
+        function="leaky",
+        file="/app/x.py",
+        line=12,
+        count=4,
+        total_bytes=4096,
+        sample_count=2,
+        sample_total_bytes=2048,
+        sample_free_bytes=0,
+        peak_single=2048,
+        pid=1,
+    )
+    base.update(kw)
+    return Row(**base)
+
+
+def test_human_bytes():
+    assert render.human_bytes(0) == "0 B"
+    assert render.human_bytes(1023) == "1023 B"
+    assert render.human_bytes(1536) == "1.5 KiB"
+    assert render.human_bytes(5 * 1024**3) == "5.0 GiB"
+    assert render.human_bytes(1024**6) == "1024.0 PiB"
+
+
+def test_plain_table_columns_and_na():
+    text = render.plain_table(
+        [row(), row(function="nosamples", line=3, sample_count=0, sample_total_bytes=0)]
+    )
+    lines = text.splitlines()
+    assert lines[0].split() == [
+        "FUNCTION",
+        "FILE:LINE",
+        "COUNT",
+        "TOTAL",
+        "SAMPLES",
+        "SAMPLED",
+        "FREED",
+        "RET%",
+        "PEAK",
+        "AVG",
+    ]
+    assert "/app/x.py:12" in lines[2] and "100.0%" in lines[2]
+    assert "n/a" in lines[3] and "0.0%" not in lines[3]
+
+
+def test_native_rows_show_the_object_without_line():
+    assert render.location(row(native=True, line=0, file="/lib/libc.so.6")) == "/lib/libc.so.6"
+
+
+def test_leak_highlight_rule():
+    assert render.is_leak(row())
+    assert not render.is_leak(row(sample_free_bytes=2048))
+    assert not render.is_leak(row(sample_count=0, sample_total_bytes=0))
+    assert not render.is_leak(row(sample_total_bytes=1000, sample_free_bytes=300))  # 70%
+
+
+def test_rich_table_renders():
+    out = io.StringIO()
+    Console(file=out, width=200, color_system=None).print(
+        render.rich_table([row(), row(function="ok", sample_free_bytes=2048)])
+    )
+    text = out.getvalue()
+    assert "leaky" in text and "/app/x.py:12" in text and "RET%" in text
+
+
+def test_summary_line():
+    line = render.summary_line([row()], elapsed=3.2, pids=[5, 4])
+    assert line.startswith("trackleak: 3s pids=4,5 sites=1")
+    assert "leaks=1" in line and "top=leaky (/app/x.py:12) ret=100.0%" in line
+
+
+def test_compact_table_is_one_line_per_row_within_the_width():
+    rows = [row(file="/very/long/path/" + "x" * 120 + "/module.py", function="f" * 80), row()]
+    out = io.StringIO()
+    Console(file=out, width=100, color_system=None).print(render.rich_table(rows, compact=True, width=100))
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 + len(rows)  # header, rule, rows (no caption given)
+    assert all(len(line) <= 100 for line in lines)
+    assert "module.py:12" in lines[2]  # paths keep their tail
+    assert "100.0%" in lines[2]  # numbers are never cut
+
+
+def test_cut_left_and_display_path(monkeypatch, tmp_path):
+    assert render.cut_left("abcdef", 4) == "\u2026def"
+    assert render.cut_left("abc", 4) == "abc"
+    monkeypatch.chdir(tmp_path)
+    assert render.display_path(str(tmp_path / "app.py")) == "app.py"
+    assert render.display_path("<frozen importlib._bootstrap>") == "<frozen importlib._bootstrap>"
+    monkeypatch.setenv("HOME", "/home/someone")
+    assert render.display_path("/home/someone/proj/x.py") == "~/proj/x.py"
