@@ -165,6 +165,10 @@ void tl_config_load(void)
     env_uint("TRACKLEAK_STARTUP_DELAY", 0, 86400 * 365, &v);
     tl_cfg.startup_delay = (unsigned)v;
     tl_cfg.events = env_flag("MEMORY_PROFILER_EVENTS");
+    v = tl_cfg.min_size <= TL_PYMALLOC_AUTO_MAX;
+    if (getenv("TRACKLEAK_PYMALLOC") && strcmp(getenv("TRACKLEAK_PYMALLOC"), "auto") != 0)
+        env_uint("TRACKLEAK_PYMALLOC", 0, 1, &v);
+    tl_cfg.pymalloc = (int)v;
     tl_cfg.quiet = env_flag("TRACKLEAK_QUIET");
     strcpy(tl_cfg.json_log, "profiler.json");
     strcpy(tl_cfg.event_log, "events.log");
@@ -218,5 +222,6 @@ void tl_banner(void)
     const char *job = getenv("NOMAD_JOB_NAME");
     tl_say("job_name=%s", job && *job ? job : "unknown");
     const char *py = tl_py_version_str();
-    tl_say("pid=%d python=%s jsonl_log=%s/%s", (int)getpid(), py ? py : "none", dir, tl_cfg.jsonl_log);
+    tl_say("pid=%d python=%s pymalloc=%s jsonl_log=%s/%s", (int)getpid(), py ? py : "none",
+           !py ? "n/a" : tl_cfg.pymalloc ? "tracked" : "not tracked (min_size above its range)", dir, tl_cfg.jsonl_log);
 }

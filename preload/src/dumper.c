@@ -166,6 +166,34 @@ static int cmp_row_bytes(const void *a, const void *b)
     return x->total < y->total ? 1 : x->total > y->total ? -1 : 0;
 }
 
+/* In-place heap sort. Not qsort: glibc's qsort may call malloc, and a dump
+ * can run from _exit() in a signal handler that interrupted malloc. */
+static void heap_sort(void *base, size_t n, size_t size, int (*cmp)(const void *, const void *))
+{
+    char *a = base, tmp[sizeof(struct row) > sizeof(void *) ? sizeof(struct row) : sizeof(void *)];
+#define EL(i) (a + (i) * size)
+#define SWAP(i, j) (memcpy(tmp, EL(i), size), memcpy(EL(i), EL(j), size), memcpy(EL(j), tmp, size))
+    for (size_t end = n, start = n / 2; end > 1;) {
+        size_t root;
+        if (start > 0) {
+            root = --start;
+        } else {
+            SWAP(0, end - 1);
+            end--;
+            root = 0;
+        }
+        for (size_t child; (child = 2 * root + 1) < end; root = child) {
+            if (child + 1 < end && cmp(EL(child), EL(child + 1)) < 0)
+                child++;
+            if (cmp(EL(root), EL(child)) >= 0)
+                break;
+            SWAP(root, child);
+        }
+    }
+#undef SWAP
+#undef EL
+}
+
 /* Returns the number of rows written into *out (mmap'd; caller unmaps). */
 static size_t collect_rows(struct row **out, size_t *bytes)
 {
@@ -185,7 +213,7 @@ static size_t collect_rows(struct row **out, size_t *bytes)
         if (__atomic_load_n(&s->state, __ATOMIC_ACQUIRE) == TL_SITE_READY && (s->c[0].count || s->c[1].count))
             idx[k++] = s;
     }
-    qsort(idx, k, sizeof *idx, cmp_site_key);
+    heap_sort(idx, k, sizeof *idx, cmp_site_key);
     size_t r = 0;
     for (size_t i = 0; i < k; i++) {
         const struct tl_site *s = idx[i];
@@ -211,7 +239,7 @@ static size_t collect_rows(struct row **out, size_t *bytes)
     for (size_t i = 0; i < r; i++)
         if (rows[i].sfree > rows[i].sbytes)
             rows[i].sfree = rows[i].sbytes; /* counters read at slightly different times */
-    qsort(rows, r, sizeof *rows, cmp_row_bytes);
+    heap_sort(rows, r, sizeof *rows, cmp_row_bytes);
     /* Move rows to the front of the mapping so the caller can index them. */
     memmove(mem, rows, r * sizeof *rows);
     *out = mem;
@@ -369,7 +397,7 @@ void tl_dump(const char *reason)
         return;
     int saved_errno = errno;
     int old_guard = tl_guard;
-    tl_guard = 1; /* our own allocations (qsort, stdio) are not the user's */
+    tl_guard = 1; /* anything we allocate (stdio) is not the user's */
     drain_events();
     struct row *rows;
     size_t rows_bytes;

@@ -26,6 +26,10 @@
 #define TL_TLS __thread __attribute__((tls_model("initial-exec")))
 
 /* ---- config.c ---------------------------------------------------------- */
+/* pymalloc serves requests <= 512 bytes in 16-byte classes. Auto mode wraps
+ * its domains when the minimum size leaves more than its top class (497-512)
+ * to track; at the original default (500) it would add only that class. */
+#define TL_PYMALLOC_AUTO_MAX 496
 struct tl_config {
     unsigned dump_interval;  /* s */
     unsigned sample_rate;    /* 1 in N */
@@ -33,6 +37,8 @@ struct tl_config {
     unsigned startup_delay;  /* s */
     int events;              /* MEMORY_PROFILER_EVENTS */
     int quiet;               /* TRACKLEAK_QUIET */
+    int pymalloc;            /* wrap pymalloc's domains: TRACKLEAK_PYMALLOC, or
+                                auto: when min_size <= TL_PYMALLOC_AUTO_MAX */
     char log_dir[512];       /* resolved at init; "" when file logging is off */
     char json_log[128];      /* text table file name (original name) */
     char jsonl_log[136];     /* JSON lines file name */
@@ -139,14 +145,23 @@ static inline void *tl_after_alloc(void *p, size_t size, void *ra, int gil)
 extern uint16_t tl_filter[1u << TL_FILTER_BITS] TL_HIDDEN;
 static inline uint16_t *tl_filter_slot(const void *p)
 {
-    return &tl_filter[((uint64_t)(uintptr_t)p * 0x9e3779b97f4a7c15ull) >> (64 - TL_FILTER_BITS)];
+    /* Address-local: one bucket per 64-byte line of address space, so the
+     * frees of one pool or heap run read the same few filter cache lines. */
+    uint64_t a = (uint64_t)(uintptr_t)p;
+    return &tl_filter[((a >> 6) ^ (a >> 21) ^ (a >> 36)) & ((1u << TL_FILTER_BITS) - 1)];
+}
+
+/* Might p be a live sample? No means certainly not. */
+static inline int tl_maybe_sampled(const void *p)
+{
+    return TL_UNLIKELY(__atomic_load_n(tl_filter_slot(p), __ATOMIC_RELAXED) != 0);
 }
 
 /* Before a block is released: credit it if it was sampled. */
 static inline void tl_before_free(void *p, int gil)
 {
     uint64_t entry;
-    if (TL_UNLIKELY(__atomic_load_n(tl_filter_slot(p), __ATOMIC_RELAXED) != 0) && !tl_guard && tl_take(p, &entry)) {
+    if (tl_maybe_sampled(p) && !tl_guard && tl_take(p, &entry)) {
         tl_guard = 1;
         tl_credit_free(p, entry, gil);
         tl_guard = 0;

@@ -1,0 +1,221 @@
+"""Compile bpf/alloc_probes.bpf.c with bcc and attach its programs as uprobes.
+
+Attaching goes through our own ctypes prototype of libbcc's ``bpf_attach_uprobe``: bcc 0.26's
+Python binding declares it with one argument fewer than libbcc takes (``ref_ctr_offset``), so
+whatever happens to be in that register reaches the kernel and attaching fails at random with
+EINVAL ("ref_ctr_offset mismatch"). Declaring the full prototype and passing 0 fixes it
+deterministically; no retries. We keep the perf-event fds ourselves and close them to detach.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes as ct
+import errno
+import os
+from dataclasses import dataclass, field
+
+from trackleak.ebpf import AttachError, btf, headers
+from trackleak.ebpf.python import bpf_dir
+
+PROBE_SOURCE = "alloc_probes.bpf.c"
+
+# Program per probed function (bpf/alloc_probes.bpf.c entry points).
+ENTRY_PROGRAMS = {
+    "malloc": "tl_malloc_enter",
+    "calloc": "tl_calloc_enter",
+    "realloc": "tl_realloc_enter",
+    "posix_memalign": "tl_posix_memalign_enter",
+    "aligned_alloc": "tl_memalign_enter",
+    "memalign": "tl_memalign_enter",
+    "valloc": "tl_valloc_enter",
+    "free": "tl_free",
+}
+RETURN_PROGRAM = "tl_alloc_return"
+BPF_PROBE_ENTRY, BPF_PROBE_RETURN = 0, 1
+
+TRACEFS_UPROBE_EVENTS = ("/sys/kernel/tracing/uprobe_events", "/sys/kernel/debug/tracing/uprobe_events")
+
+
+def remove_tracefs_events(prefix: str) -> int:
+    """Remove tracefs uprobe events whose name starts with PREFIX (libbcc's fallback path names
+    them PREFIX_bcc_PID; its own detach only looks under /sys/kernel/debug/tracing)."""
+    removed = 0
+    for events in TRACEFS_UPROBE_EVENTS:
+        try:
+            with open(events) as f:
+                lines = f.read().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            # "p:uprobes/NAME /path:0xOFFSET"
+            head = line.split(None, 1)[0] if line.strip() else ""
+            group_name = head.split(":", 1)[1] if ":" in head else ""
+            if group_name.split("/", 1)[-1].startswith(prefix):
+                try:  # os.write: Python's append mode seeks, which tracefs refuses
+                    fd = os.open(events, os.O_WRONLY | os.O_APPEND)
+                    try:
+                        os.write(fd, f"-:{group_name}\n".encode())
+                    finally:
+                        os.close(fd)
+                    removed += 1
+                except OSError:
+                    pass
+        break
+    return removed
+
+
+def import_bcc():
+    try:
+        import bcc  # type: ignore[import-not-found]
+    except ImportError:
+        raise AttachError(
+            "bcc is not importable (install python3-bpfcc: apt-get install bpfcc-tools python3-bpfcc; "
+            "a venv needs --system-site-packages)"
+        ) from None
+    return bcc
+
+
+class _LibBCC:
+    """libbcc functions with prototypes we declare ourselves (a private CDLL handle, so bcc's
+    own declarations are left untouched)."""
+
+    def __init__(self) -> None:
+        lib = ct.CDLL("libbcc.so.0", use_errno=True)
+        self.attach_uprobe = lib.bpf_attach_uprobe
+        # int bpf_attach_uprobe(int progfd, enum bpf_probe_attach_type attach_type,
+        #                       const char *ev_name, const char *binary_path,
+        #                       uint64_t offset, pid_t pid, uint32_t ref_ctr_offset);
+        self.attach_uprobe.restype = ct.c_int
+        self.attach_uprobe.argtypes = [
+            ct.c_int,
+            ct.c_int,
+            ct.c_char_p,
+            ct.c_char_p,
+            ct.c_uint64,
+            ct.c_int,
+            ct.c_uint32,
+        ]
+        self.detach_uprobe = lib.bpf_detach_uprobe
+        self.detach_uprobe.restype = ct.c_int
+        self.detach_uprobe.argtypes = [ct.c_char_p]
+        self.close_perf_event_fd = lib.bpf_close_perf_event_fd
+        self.close_perf_event_fd.restype = ct.c_int
+        self.close_perf_event_fd.argtypes = [ct.c_int]
+
+
+@dataclass
+class Probe:
+    func: str
+    program: str
+    retprobe: bool
+    path: str
+    offset: int
+    pid: int
+    ev_name: bytes
+    fd: int
+
+
+@dataclass
+class Tunables:
+    sample_rate: int = 50
+    min_size: int = 500
+    native_stacks: int = 1  # 0 never, 1 when the direct caller is in libc, 2 always
+
+    def cflags(self) -> list[str]:
+        if self.sample_rate < 1:
+            raise AttachError("TRACKLEAK_SAMPLE_RATE must be >= 1")
+        flags = [
+            f"-DTL_SAMPLE_RATE={int(self.sample_rate)}",
+            f"-DTL_MIN_SIZE={int(self.min_size)}",
+            f"-DTL_NATIVE_STACKS={int(self.native_stacks)}",
+            f"-I{bpf_dir()}",
+        ]
+        # No BTF: the program builds without Python frames (native attribution only).
+        with contextlib.suppress(btf.BTFError):
+            flags.append(f"-DTL_TASK_FSBASE={btf.task_fsbase_offset()}")
+        return flags
+
+
+def check_privileges() -> None:
+    if os.geteuid() != 0:
+        raise AttachError(
+            "not permitted: attaching eBPF probes needs root (or CAP_BPF + CAP_PERFMON); run with sudo"
+        )
+
+
+@dataclass
+class Loader:
+    tunables: Tunables = field(default_factory=Tunables)
+    bpf: object = None
+    probes: list[Probe] = field(default_factory=list)
+    headers_how: str = ""
+    python_frames: bool = False
+
+    def load(self) -> None:
+        check_privileges()
+        bcc = import_bcc()
+        found = headers.find_kernel_headers()
+        if found is None:
+            raise AttachError(
+                "no kernel headers: install linux-headers-$(uname -r) or the distribution's generic "
+                "headers (Debian: linux-headers-amd64), or set BCC_KERNEL_SOURCE"
+            )
+        headers.apply(found)
+        self.headers_how = found.how
+        cflags = self.tunables.cflags()
+        self.python_frames = any(f.startswith("-DTL_TASK_FSBASE=") for f in cflags)
+        src = str(bpf_dir() / PROBE_SOURCE)
+        try:
+            self.bpf = bcc.BPF(src_file=src.encode(), cflags=cflags)
+        except Exception as e:  # bcc raises bare Exception with compiler output on stderr
+            raise AttachError(f"cannot compile {src} with bcc ({found.how}): {e}") from None
+        self._lib = _LibBCC()
+
+    def table(self, name: str):
+        return self.bpf[name.encode()]  # type: ignore[index]
+
+    def attach(self, func: str, path: str, offset: int, pid: int, retprobe: bool = False) -> Probe:
+        bcc = import_bcc()
+        program = RETURN_PROGRAM if retprobe else ENTRY_PROGRAMS[func]
+        fn = self.bpf.load_func(program.encode(), bcc.BPF.KPROBE)  # type: ignore[attr-defined]
+        kind = "r" if retprobe else "p"
+        ev_name = f"tl_{kind}_{os.getpid()}_{pid}_{offset:x}".encode()
+        fd = self._lib.attach_uprobe(
+            fn.fd, BPF_PROBE_RETURN if retprobe else BPF_PROBE_ENTRY, ev_name, path.encode(), offset, pid, 0
+        )
+        if fd < 0:
+            err = ct.get_errno()
+            why = os.strerror(err) if err else "unknown error"
+            if err in (errno.EPERM, errno.EACCES):
+                raise AttachError(f"not permitted to attach uprobes to process {pid} ({why})")
+            if err == errno.ESRCH:
+                raise AttachError(f"no such process: {pid}")
+            if err == errno.EINVAL:
+                why += (
+                    "; another tool may hold a uprobe at the same address with a different ref_ctr_offset "
+                    "(bcc 0.26's own tools pass garbage there): stop it, or mount tracefs for the fallback"
+                )
+            raise AttachError(f"cannot attach a uprobe to {func} in {path} for process {pid}: {why}")
+        probe = Probe(func, program, retprobe, path, offset, pid, ev_name, fd)
+        self.probes.append(probe)
+        return probe
+
+    def detach(self, probe: Probe) -> None:
+        if probe.fd >= 0:
+            self._lib.close_perf_event_fd(probe.fd)
+            probe.fd = -1
+        remove_tracefs_events(probe.ev_name.decode())
+        if probe in self.probes:
+            self.probes.remove(probe)
+
+    def detach_pid(self, pid: int) -> None:
+        for probe in [p for p in self.probes if p.pid == pid]:
+            self.detach(probe)
+
+    def close(self) -> None:
+        for probe in list(self.probes):
+            self.detach(probe)
+        if self.bpf is not None:
+            self.bpf.cleanup()  # type: ignore[attr-defined]
+            self.bpf = None

@@ -1,0 +1,309 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * alloc_probes.bpf.c - uprobes on a target's libc allocator family (bcc).
+ *
+ * Per allocation >= TL_MIN_SIZE: find the site (the innermost Python frame's code object and
+ * bytecode offset, else the native caller), count it, and keep 1 in TL_SAMPLE_RATE of them in
+ * tl_live until freed, crediting the free (or the realloc move) to the site. Only pointers and
+ * offsets are recorded; the agent turns them into names (STYLE guideline 6).
+ *
+ * The entry points at the bottom are thin: each decodes its arguments and calls one of the
+ * generic handlers (tl_alloc_enter, tl_alloc_return, tl_credit_free).
+ */
+#include <uapi/linux/ptrace.h>
+#include "trackleak.h"
+
+/* ===================== tunables (set by the agent with cflags -D) ===================== */
+#ifndef TL_SAMPLE_RATE
+#define TL_SAMPLE_RATE 50          /* keep 1 in N counted allocations for retention (>= 1) */
+#endif
+#ifndef TL_MIN_SIZE
+#define TL_MIN_SIZE 500            /* smaller allocations are neither counted nor sampled */
+#endif
+#ifndef TL_TASK_FSBASE
+#define TL_TASK_FSBASE -1          /* offsetof(struct task_struct, thread.fsbase), from BTF; -1: no Python frames */
+#endif
+#ifndef TL_NATIVE_STACKS
+#define TL_NATIVE_STACKS 1         /* user stack ids for native sites: 0 never, 1 when the caller is
+                                      inside the target's libc (strdup...: its caller is the site),
+                                      2 always (~450 ns a call more) */
+#endif
+/* ====================================================================================== */
+
+BPF_HASH(tl_targets, u32, struct tl_target, TL_MAX_TARGETS);
+BPF_HASH(tl_sites, struct tl_site_key, struct tl_site_stats, TL_MAX_SITES);
+BPF_HASH(tl_live, struct tl_live_key, struct tl_live_val, TL_MAX_LIVE);
+BPF_HASH(tl_pending, u64, struct tl_pending, TL_MAX_PENDING);
+/* Site of an outer call that glibc relays to malloc itself (realloc(NULL, n), memalign with a
+ * small alignment): the inner malloc probe uses it instead of walking again. */
+BPF_HASH(tl_nested, u64, struct tl_site_key, TL_MAX_PENDING);
+BPF_STACK_TRACE(tl_stacks, TL_MAX_STACKS);
+BPF_PERCPU_ARRAY(tl_counters, u64, TL_CNT_MAX);
+
+static __always_inline void tl_count(int index)
+{
+    u64 *v = tl_counters.lookup(&index);
+    if (v)
+        *v += 1;
+}
+
+static __always_inline u64 tl_read_ptr(u64 addr)
+{
+    u64 v = 0;
+    if (bpf_probe_read_user(&v, sizeof(v), (void *)addr))
+        return 0;
+    return v;
+}
+
+/* ---- Python: thread state through the gilstate TSS key, then the innermost frame ---- */
+
+/* glibc's pthread_getspecific(key) for the current thread, from the thread pointer (fs base). */
+static __always_inline u64 tl_pthread_getspecific(struct tl_target *t)
+{
+#if TL_TASK_FSBASE < 0
+    return 0;
+#else
+    u64 task = bpf_get_current_task();
+    u64 fsbase = 0;
+    if (bpf_probe_read_kernel(&fsbase, sizeof(fsbase), (void *)(task + TL_TASK_FSBASE)) || !fsbase)
+        return 0;
+    u32 l2 = t->pthread_l2 ? t->pthread_l2 : 32;
+    u64 block = tl_read_ptr(fsbase + t->pthread_specific + 8 * (t->py_key / l2));
+    if (!block)
+        return 0;
+    return tl_read_ptr(block + (u64)(t->py_key % l2) * t->key_data_size + t->key_data_data);
+#endif
+}
+
+static __always_inline int tl_python_site(struct tl_target *t, struct tl_site_key *key)
+{
+    u64 tstate = tl_pthread_getspecific(t);
+    if (!tstate)
+        return 0;
+    u64 frame;
+    if (t->tstate_frame >= 0) {
+        frame = tl_read_ptr(tstate + t->tstate_frame);
+    } else if (t->tstate_cframe >= 0) {
+        u64 cframe = tl_read_ptr(tstate + t->tstate_cframe);
+        frame = cframe ? tl_read_ptr(cframe + t->cframe_current_frame) : 0;
+    } else {
+        frame = tl_read_ptr(tstate + t->tstate_current_frame);
+    }
+    for (int i = 0; i < TL_PY_SKIP_MAX; i++) {     /* bounded loop (kernel >= 5.3) */
+        if (!frame)
+            return 0;
+        u64 previous = tl_read_ptr(frame + t->frame_previous);
+        if (t->frame_owner >= 0) {
+            u8 owner = 0;
+            bpf_probe_read_user(&owner, 1, (void *)(frame + t->frame_owner));
+            if (owner == (u8)t->owner_cstack) {        /* shim frame of a C call: no code */
+                frame = previous;
+                continue;
+            }
+        }
+        u64 code = tl_read_ptr(frame + t->frame_code) & ~t->code_tag_mask;
+        s64 offset;
+        if (t->frame_lasti >= 0) {
+            int lasti = -1;
+            bpf_probe_read_user(&lasti, sizeof(lasti), (void *)(frame + t->frame_lasti));
+            offset = (s64)lasti * t->lasti_mult;
+        } else {
+            u64 instr = tl_read_ptr(frame + t->frame_instr);
+            offset = (s64)(instr - (code + t->code_adaptive));
+        }
+        if (!code || offset < 0 || offset > 0x7fffffff) {  /* frame not started yet: its caller */
+            frame = previous;
+            continue;
+        }
+        key->kind = TL_SITE_PYTHON;
+        key->code = code;
+        key->offset = (u32)offset;
+        key->stack_id = -1;
+        return 1;
+    }
+    return 0;
+}
+
+/* ---- generic handlers ---- */
+
+/* The site of the current call: Python frame when there is one, else the native caller. */
+static __always_inline void tl_site(struct pt_regs *ctx, struct tl_target *t, u32 pid, struct tl_site_key *key)
+{
+    key->pid = pid;
+    if ((t->flags & TL_TARGET_PYTHON) && tl_python_site(t, key))
+        return;
+    if (t->flags & TL_TARGET_PYTHON)
+        tl_count(TL_CNT_PY_NOFRAME);
+    key->kind = TL_SITE_NATIVE;
+    key->code = tl_read_ptr(PT_REGS_SP(ctx));  /* at entry, [sp] is the return address */
+    key->offset = 0;
+    key->stack_id = -1;
+#if TL_NATIVE_STACKS
+    if (TL_NATIVE_STACKS == 2 || (key->code >= t->wrap_lo && key->code < t->wrap_hi))
+        key->stack_id = tl_stacks.get_stackid(ctx, BPF_F_USER_STACK | BPF_F_REUSE_STACKID);
+#endif
+}
+
+static __always_inline void tl_credit_free(u32 pid, u64 addr)
+{
+    struct tl_live_key lk = {};
+    lk.pid = pid;
+    lk.addr = addr;
+    struct tl_live_val *live = tl_live.lookup(&lk);
+    if (!live)
+        return;
+    struct tl_site_stats *s = tl_sites.lookup(&live->site);
+    if (s) {
+        __sync_fetch_and_add(&s->sample_free_count, 1);
+        __sync_fetch_and_add(&s->sample_free_bytes, live->size);
+    }
+    tl_live.delete(&lk);
+    tl_count(TL_CNT_FREES_MATCHED);
+}
+
+/* Entry of an allocation of `size` bytes. `nested`: glibc will call malloc for it (then only
+ * the site is remembered, for the inner malloc probe). */
+static __always_inline int tl_alloc_enter(struct pt_regs *ctx, u64 size, u64 memptr, int nested)
+{
+    if (size < TL_MIN_SIZE)
+        return 0;
+    u64 id = bpf_get_current_pid_tgid();
+    u32 pid = id >> 32;
+    struct tl_target *t = tl_targets.lookup(&pid);
+    if (!t)
+        return 0;
+
+    struct tl_site_key key = {};
+    struct tl_site_key *outer = tl_nested.lookup(&id);
+    if (outer) {
+        key = *outer;
+        tl_nested.delete(&id);
+    } else {
+        tl_site(ctx, t, pid, &key);
+    }
+    if (nested) {
+        tl_nested.update(&id, &key);
+        return 0;
+    }
+
+    struct tl_site_stats zero = {};
+    struct tl_site_stats *s = tl_sites.lookup_or_try_init(&key, &zero);
+    if (!s) {
+        tl_count(TL_CNT_SITES_FULL);
+        return 0;
+    }
+    __sync_fetch_and_add(&s->count, 1);
+    __sync_fetch_and_add(&s->total_bytes, size);
+    if (size > s->peak_single)
+        s->peak_single = size;          /* racy max: a lost update only lowers a peak */
+
+    if (TL_SAMPLE_RATE > 1 && bpf_get_prandom_u32() % TL_SAMPLE_RATE)
+        return 0;
+    struct tl_pending p = {};
+    p.site = key;
+    p.size = size;
+    p.memptr = memptr;
+    if (tl_pending.update(&id, &p))
+        tl_count(TL_CNT_PENDING_FULL);
+    return 0;
+}
+
+/* Return of any allocator: a sampled call becomes a live block. */
+static __always_inline int tl_alloc_exit(struct pt_regs *ctx)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    struct tl_pending *p = tl_pending.lookup(&id);
+    if (!p)
+        return 0;
+    u64 addr = PT_REGS_RC(ctx);
+    if (p->memptr) {                    /* posix_memalign: 0 = success, result in *memptr */
+        addr = addr == 0 ? tl_read_ptr(p->memptr) : 0;
+    }
+    if (addr) {
+        struct tl_live_key lk = {};
+        lk.pid = id >> 32;
+        lk.addr = addr;
+        struct tl_live_val v = {};
+        v.site = p->site;
+        v.size = p->size;
+        if (tl_live.update(&lk, &v)) {
+            tl_count(TL_CNT_LIVE_FULL);
+        } else {
+            struct tl_site_stats *s = tl_sites.lookup(&p->site);
+            if (s) {
+                __sync_fetch_and_add(&s->sample_count, 1);
+                __sync_fetch_and_add(&s->sample_total_bytes, p->size);
+            }
+        }
+    }
+    tl_pending.delete(&id);
+    return 0;
+}
+
+static __always_inline int tl_free_enter(u64 addr)
+{
+    if (!addr)
+        return 0;
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    if (!tl_targets.lookup(&pid))
+        return 0;
+    tl_credit_free(pid, addr);
+    return 0;
+}
+
+/* ---- entry points: decode arguments, call a handler ---- */
+
+int tl_malloc_enter(struct pt_regs *ctx)
+{
+    return tl_alloc_enter(ctx, PT_REGS_PARM1(ctx), 0, 0);
+}
+
+int tl_calloc_enter(struct pt_regs *ctx)
+{
+    u64 n = PT_REGS_PARM1(ctx), size = PT_REGS_PARM2(ctx);
+    return tl_alloc_enter(ctx, n * size, 0, 0);
+}
+
+int tl_realloc_enter(struct pt_regs *ctx)
+{
+    u64 old = PT_REGS_PARM1(ctx), size = PT_REGS_PARM2(ctx);
+    if (old == 0)                       /* glibc: malloc(size) */
+        return tl_alloc_enter(ctx, size, 0, 1);
+    if (size == 0)                      /* glibc: free(old); its probe credits it */
+        return 0;
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    if (!tl_targets.lookup(&pid))
+        return 0;
+    tl_credit_free(pid, old);           /* moved or resized: the old block is gone */
+    return tl_alloc_enter(ctx, size, 0, 0);
+}
+
+/* memalign(align, size) and aligned_alloc(align, size): one function in glibc */
+int tl_memalign_enter(struct pt_regs *ctx)
+{
+    u64 align = PT_REGS_PARM1(ctx), size = PT_REGS_PARM2(ctx);
+    return tl_alloc_enter(ctx, size, 0, align <= 16);   /* <= MALLOC_ALIGNMENT: relayed to malloc */
+}
+
+int tl_posix_memalign_enter(struct pt_regs *ctx)
+{
+    u64 memptr = PT_REGS_PARM1(ctx), align = PT_REGS_PARM2(ctx), size = PT_REGS_PARM3(ctx);
+    if (align <= 16)                    /* relayed to malloc, which returns the pointer */
+        return tl_alloc_enter(ctx, size, 0, 1);
+    return tl_alloc_enter(ctx, size, memptr, 0);
+}
+
+int tl_valloc_enter(struct pt_regs *ctx)
+{
+    return tl_alloc_enter(ctx, PT_REGS_PARM1(ctx), 0, 0);
+}
+
+int tl_alloc_return(struct pt_regs *ctx)
+{
+    return tl_alloc_exit(ctx);
+}
+
+int tl_free(struct pt_regs *ctx)
+{
+    return tl_free_enter(PT_REGS_PARM1(ctx));
+}

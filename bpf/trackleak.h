@@ -1,0 +1,115 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * trackleak.h - the types the BPF programs and the agent share (STYLE guideline 1).
+ *
+ * The agent never re-types these: bcc derives ctypes for every map's key and value
+ * from this file (b["tl_sites"].Key etc.), and fills struct tl_target field by name.
+ */
+#ifndef TRACKLEAK_BPF_H
+#define TRACKLEAK_BPF_H
+
+/* ---- limits (sizes of the maps; overridable with -D like the tunables) ---- */
+#ifndef TL_MAX_TARGETS
+#define TL_MAX_TARGETS 64          /* processes attached at once */
+#endif
+#ifndef TL_MAX_SITES
+#define TL_MAX_SITES 65536         /* distinct allocation sites over all targets */
+#endif
+#ifndef TL_MAX_LIVE
+#define TL_MAX_LIVE 262144         /* sampled blocks not yet freed, all targets */
+#endif
+#ifndef TL_MAX_PENDING
+#define TL_MAX_PENDING 16384       /* threads between an allocator's entry and return */
+#endif
+#ifndef TL_MAX_STACKS
+#define TL_MAX_STACKS 16384        /* distinct native user stacks */
+#endif
+#define TL_PY_SKIP_MAX 4           /* shim frames skipped to reach a Python frame */
+
+/* struct tl_target.flags */
+#define TL_TARGET_PYTHON 1         /* walk Python frames (offsets below are valid) */
+
+/* struct tl_site_key.kind */
+#define TL_SITE_NATIVE 0           /* code = allocator's return address, stack_id = user stack */
+#define TL_SITE_PYTHON 1           /* code = PyCodeObject *, offset = bytecode byte offset */
+
+/* tl_counters indexes */
+#define TL_CNT_SITES_FULL 0        /* allocations not counted: tl_sites full */
+#define TL_CNT_LIVE_FULL 1         /* samples dropped: tl_live full */
+#define TL_CNT_PENDING_FULL 2      /* samples dropped: tl_pending full */
+#define TL_CNT_PY_NOFRAME 3        /* Python target, no Python frame on this thread */
+#define TL_CNT_FREES_MATCHED 4     /* frees of sampled blocks */
+#define TL_CNT_MAX 8
+
+/*
+ * Per-target configuration, written by the agent before probes are attached.
+ * Offsets are bytes; -1 means "not in this CPython version". The Python offsets come from
+ * bpf/offsets/cpython.json (3.13+: the interpreter's own _Py_DebugOffsets); the glibc ones
+ * from libc's _thread_db_* descriptors.
+ */
+struct tl_target {
+    __u32 flags;
+    __u32 py_key;                  /* pthread key of CPython's gilstate TSS (autoTSSkey) */
+    /* glibc: pthread_getspecific(key) = specific[key / l2][key % l2].data, from the thread pointer */
+    __s32 pthread_specific;
+    __u32 pthread_l2;
+    __u32 key_data_size;
+    __s32 key_data_data;
+    /* thread state -> innermost frame */
+    __s32 tstate_frame;            /* 3.9/3.10: tstate->frame */
+    __s32 tstate_cframe;           /* 3.11/3.12: tstate->cframe->current_frame */
+    __s32 cframe_current_frame;
+    __s32 tstate_current_frame;    /* 3.13+ */
+    /* frames */
+    __s32 frame_previous;
+    __s32 frame_code;
+    __s32 frame_lasti;             /* 3.9/3.10: f_lasti */
+    __s32 lasti_mult;              /* bytes per f_lasti unit: 1 (3.9) or 2 (3.10) */
+    __s32 frame_instr;             /* 3.11+: prev_instr / instr_ptr */
+    __s32 frame_owner;             /* 3.12+: owner byte, to skip C-stack shim frames */
+    __s32 owner_cstack;            /* value of FRAME_OWNED_BY_CSTACK, -1 = none */
+    __s32 code_adaptive;           /* 3.11+: offsetof(PyCodeObject, co_code_adaptive) */
+    __u64 code_tag_mask;           /* bits to clear from the frame's code pointer (tagged refs) */
+    /* native: callers in [wrap_lo, wrap_hi) (the libc text) are wrappers; walk the user stack */
+    __u64 wrap_lo;
+    __u64 wrap_hi;
+};
+
+struct tl_site_key {
+    __u32 pid;
+    __u32 kind;                    /* TL_SITE_* */
+    __u64 code;
+    __u32 offset;
+    __s32 stack_id;                /* native sites only; -1 otherwise */
+};
+
+/* Per-site statistics: the counts of a trackleak.table.Row. */
+struct tl_site_stats {
+    __u64 count;                   /* every allocation >= TL_MIN_SIZE */
+    __u64 total_bytes;
+    __u64 sample_count;            /* 1 in TL_SAMPLE_RATE of them, address known */
+    __u64 sample_total_bytes;
+    __u64 sample_free_count;       /* sampled blocks freed since (free, realloc move) */
+    __u64 sample_free_bytes;
+    __u64 peak_single;
+};
+
+struct tl_live_key {
+    __u32 pid;
+    __u32 pad;
+    __u64 addr;
+};
+
+struct tl_live_val {
+    struct tl_site_key site;
+    __u64 size;
+};
+
+/* Between an allocator's entry and its return, for sampled calls only. */
+struct tl_pending {
+    struct tl_site_key site;
+    __u64 size;
+    __u64 memptr;                  /* posix_memalign: where the result is stored */
+};
+
+#endif /* TRACKLEAK_BPF_H */

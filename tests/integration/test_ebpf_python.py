@@ -1,0 +1,163 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The eBPF agent on every local CPython (3.9+, shared and static): Python lines from BPF.
+
+For each interpreter a script leaks through Python objects, through ctypes malloc and through a
+C extension that allocates with the GIL released, each beside a healthy twin. The agent, attached
+to the running script, must flag each leaking line (>= 80% retention) and keep each twin clean
+(<= 20%), with the allocating line, not the function's first line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from ebpf_support import (
+    BPF_SKIP,
+    PY_TARGET,
+    Target,
+    build_extension,
+    find,
+    interpreter_include,
+)
+from helpers import line_of
+
+pytestmark = [pytest.mark.integration, pytest.mark.bpf]
+
+SITES = [
+    # (leaking function, its marker, twin function, twin marker)
+    ("leak_objects", "objects_leak", "objects_twin", "objects_twin"),
+    ("leak_ctypes", "ctypes_leak", "ctypes_twin", "ctypes_twin"),
+    ("leak_extension", "ext_leak", "extension_twin", "ext_twin"),
+]
+
+
+def _script(tmp_path: Path) -> Path:
+    script = tmp_path / "py_target.py"
+    script.write_text(PY_TARGET)
+    return script
+
+
+def _start(cpython, tmp_path: Path, rounds: int, warmup: float = 0.0) -> tuple[Target, Path]:
+    ext_dir = build_extension(
+        tmp_path / "ext", interpreter_include(cpython.include, cpython.version_info), cpython.ext_suffix
+    )
+    script = _script(tmp_path)
+    target = Target([cpython.path, str(script), str(rounds), str(warmup)], env={"GILFREE_DIR": str(ext_dir)})
+    return target, script
+
+
+def _session(pids, sample_rate=5, **kw):
+    from trackleak.ebpf.loader import Tunables
+    from trackleak.ebpf.session import EbpfSession
+
+    return EbpfSession(pids, Tunables(sample_rate=sample_rate, min_size=500), **kw)
+
+
+@BPF_SKIP
+def test_python_lines_flagged_per_interpreter(cpython, tmp_path):
+    # GIVEN a script on this interpreter, and the agent attached before it works
+    target, script = _start(cpython, tmp_path, rounds=1500)
+    session = _session([target.pid])
+    session.start()
+    try:
+        info = session.targets[target.pid]
+        assert info.python is not None, info.note
+        assert info.python.full_version.startswith("{}.{}".format(*cpython.version_info[:2]))
+        # WHEN it leaks and churns through objects, ctypes and a GIL-free extension
+        target.say("go")
+        target.wait_done()
+        rows = session.poll().merged()
+    finally:
+        session.stop()
+        target.finish()
+    # THEN every leaking line is flagged and every twin line is clean
+    for leak_fn, leak_marker, twin_fn, twin_marker in SITES:
+        leak = find(rows, cpython.func(leak_fn), file_endswith=script.name, line=line_of(script, leak_marker))
+        twin = find(rows, cpython.func(twin_fn), file_endswith=script.name, line=line_of(script, twin_marker))
+        assert not leak.native and leak.source == "ebpf"
+        assert leak.count >= 1500, leak
+        assert leak.retention_pct is not None and leak.retention_pct >= 80.0, leak
+        assert twin.retention_pct is not None and twin.retention_pct <= 20.0, twin
+    assert session.counters["python_no_frame"] < 50, session.counters
+
+
+@BPF_SKIP
+def test_attach_to_a_script_running_for_a_while(cpython, tmp_path):
+    # GIVEN a script that has been allocating for a while (frames deep in its loop)
+    target, script = _start(cpython, tmp_path, rounds=800, warmup=1.0)
+    session = _session([target.pid], sample_rate=2)
+    session.start()
+    try:
+        target.say("go")
+        target.wait_done()
+        rows = session.poll().merged()
+    finally:
+        session.stop()
+        target.finish()
+    leak = find(
+        rows, cpython.func("leak_ctypes"), file_endswith=script.name, line=line_of(script, "ctypes_leak")
+    )
+    assert leak.retention_pct >= 80.0
+
+
+@BPF_SKIP
+def test_unsupported_version_falls_back_to_native(tmp_path, monkeypatch, interpreters):
+    # GIVEN an offsets table that knows no interpreter version
+    empty = tmp_path / "cpython.json"
+    empty.write_text(json.dumps({"_comment": "none"}))
+    monkeypatch.setenv("TRACKLEAK_CPYTHON_OFFSETS", str(empty))
+    cpython = interpreters[-1]
+    target, _script_path = _start(cpython, tmp_path, rounds=300)
+    notes: list[str] = []
+    session = _session([target.pid], on_note=notes.append)
+    session.start()
+    try:
+        target.say("go")
+        target.wait_done()
+        rows = session.poll().merged()
+    finally:
+        session.stop()
+        target.finish()
+    # THEN the agent says so in one sentence and still attributes natively
+    assert any("not supported" in n and "native" in n for n in notes), notes
+    assert rows and all(r.native for r in rows)
+
+
+def test_debug_offsets_agree_with_the_table(interpreters, tmp_path):
+    """3.13+: the interpreter's own _Py_DebugOffsets and bpf/offsets/cpython.json must agree."""
+    import subprocess
+
+    from trackleak.ebpf.python import FROM_DEBUG_OFFSETS, find_python, offsets_table, read_debug_offsets
+    from trackleak.symbolize.elf import read_maps
+    from trackleak.symbolize.pycode import ProcessMemory
+
+    newer = [i for i in interpreters if i.version_info[:2] >= (3, 13)]
+    if not newer:
+        pytest.skip("no CPython >= 3.13 here")
+    for interp in newer:
+        # GIVEN a running interpreter
+        proc = subprocess.Popen(
+            [interp.path, "-c", "import sys; print('ready', flush=True); sys.stdin.readline()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert proc.stdout.readline().startswith("ready")
+            # WHEN its debug offsets are read from its memory
+            py = find_python(proc.pid, read_maps(proc.pid))
+            assert py is not None
+            debug = read_debug_offsets(ProcessMemory(proc.pid), py.runtime)
+        finally:
+            proc.communicate("x\n", timeout=30)
+        # THEN every field the agent takes from them matches the generated table
+        assert debug is not None, f"{interp.path}: no _Py_DebugOffsets (cookie xdebugpy) at _PyRuntime"
+        table = offsets_table()["{}.{}".format(*interp.version_info[:2])]
+        diffs = {
+            ours: (table[ours], debug[theirs])
+            for ours, theirs in FROM_DEBUG_OFFSETS.items()
+            if table[ours] != debug[theirs]
+        }
+        assert not diffs, f"{interp.path}: table vs _Py_DebugOffsets: {diffs}"
