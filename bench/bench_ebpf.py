@@ -31,22 +31,19 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "integration"))
 
+# The same allocation-heavy workload as bench/run.py (bench/workload.py), started
+# first and run on a signal so that attaching is not part of the measured time.
 PY_WORKLOAD = r"""
 import sys, time
+sys.path.insert(0, %r)
+from workload import work
 print("ready", flush=True)
 sys.stdin.readline()
 t0 = time.perf_counter()
-keep = []
-for i in range(int(sys.argv[1])):
-    b = bytearray(1024)             # malloc-backed (> 512 B)
-    s = ("x" * 700) + str(i)        # malloc-backed str
-    d = {j: j for j in range(40)}   # dict tables
-    l = [b, s, d] * 60              # list storage
-    if i % 1000 == 0:
-        keep.append(bytes(2048))
-print("seconds %.4f" % (time.perf_counter() - t0), flush=True)
+work(int(sys.argv[1]))
+print("seconds %%.4f" %% (time.perf_counter() - t0), flush=True)
 sys.stdin.readline()
-"""
+""" % str(HERE)
 
 
 class Proc:
@@ -153,7 +150,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--pairs", type=int, default=300000)
-    ap.add_argument("--iterations", type=int, default=20000, help="Python workload iterations")
+    ap.add_argument("--iterations", type=int, default=300, help="rounds of bench/workload.py")
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--sample-rate", type=int, default=50)
     ap.add_argument("--min-size", type=int, default=500)
