@@ -128,12 +128,12 @@ static void *realloc_impl(void *p, size_t size, void *ra)
         return tl_after_alloc(q, size, ra, 0);
     }
     uint64_t entry;
-    int had = !tl_guard && tl_take(p, &entry);
+    int had = !tl_guard && tl_take(p, &entry, 0);
     void *q = real.realloc(p, size);
     if (!q && size != 0) {
         /* Failed: p is untouched and still ours. */
         if (had)
-            tl_put_back(p, entry);
+            tl_put_back(p, entry, 0);
         return NULL;
     }
     if (had) {

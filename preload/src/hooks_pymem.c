@@ -82,14 +82,14 @@ static tl_pymem_allocator prev[DOM_N];
         if (tl_guard)                                                                           \
             return prev[D].realloc(prev[D].ctx, ptr, size);                                     \
         uint64_t entry;                                                                         \
-        int had = ptr && tl_maybe_sampled(ptr) && tl_take(ptr, &entry);                         \
+        int had = ptr && tl_maybe_sampled(ptr, GIL_##D) && tl_take(ptr, &entry, GIL_##D);     \
         tl_guard = 1;                                                                           \
         void *q = prev[D].realloc(prev[D].ctx, ptr, size);                                      \
         if (had) {                                                                              \
             if (q)                                                                              \
                 tl_credit_free(ptr, entry, GIL_##D);                                            \
             else                                                                                \
-                tl_put_back(ptr, entry); /* failed: the old block is still there */             \
+                tl_put_back(ptr, entry, GIL_##D); /* failed: old block still there */     \
         }                                                                                       \
         tl_guard = 0;                                                                           \
         return tl_after_alloc(q, size, __builtin_return_address(0), GIL_##D);                   \
@@ -97,7 +97,7 @@ static tl_pymem_allocator prev[DOM_N];
     static __attribute__((noinline)) void slow_free_##D(void *ptr)                              \
     {                                                                                           \
         uint64_t entry;                                                                         \
-        if (!tl_guard && tl_take(ptr, &entry)) {                                                \
+        if (!tl_guard && tl_take(ptr, &entry, GIL_##D)) {                                       \
             tl_guard = 1;                                                                       \
             tl_credit_free(ptr, entry, GIL_##D);                                                \
             tl_guard = 0;                                                                       \
@@ -107,7 +107,7 @@ static tl_pymem_allocator prev[DOM_N];
     static void hook_free_##D(void *ctx, void *ptr)                                             \
     {                                                                                           \
         (void)ctx;                                                                              \
-        if (TL_LIKELY(!tl_maybe_sampled(ptr)))                                                  \
+        if (TL_LIKELY(!tl_maybe_sampled(ptr, GIL_##D)))                                         \
             return prev[D].free(prev[D].ctx, ptr);                                              \
         slow_free_##D(ptr); /* a nested raw free finds nothing left to credit */                \
     }

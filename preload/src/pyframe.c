@@ -20,6 +20,7 @@
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,9 +28,13 @@
 #include "tl_internal.h"
 #include "trackleak_pyoffsets.h"
 
+#define AT(base, off, type) (*(type *)((const char *)(base) + (off)))
+
 static struct {
     int present;                        /* CPython symbols found */
     volatile int up;                    /* was initialized (finalization detection) */
+    int have_key;                       /* tss_key valid: skip PyGILState_GetThisThreadState */
+    pthread_key_t tss_key;              /* the gilstate key (fixed once the runtime is up) */
     const struct tl_pyoffsets *o;       /* NULL: version without offsets */
     uint32_t version_hex;
     char version[32];
@@ -45,7 +50,22 @@ int tl_py_present(void) { return rt.present; }
 const char *tl_py_version_str(void) { return rt.present ? rt.version : NULL; }
 uint32_t tl_py_version_hex(void) { return rt.version_hex; }
 int tl_py_initialized(void) { return rt.present && rt.is_initialized(); }
-void tl_py_mark_up(void) { rt.up = 1; }
+/* Called from the install pending call (runtime up, GIL held): read the
+ * gilstate key out of _PyRuntime once, so each allocation costs one
+ * pthread_getspecific instead of three nested calls. */
+void tl_py_mark_up(void)
+{
+    const char *runtime = dlsym(RTLD_DEFAULT, "_PyRuntime");
+    if (rt.o && runtime && rt.o->runtime_autotsskey >= 0) {
+        const char *tss = runtime + rt.o->runtime_autotsskey;
+        if (AT(tss, 0, int) == 1) { /* Py_tss_t._is_initialized */
+            rt.tss_key = AT(tss, rt.o->tss_key, pthread_key_t);
+            /* Trust it only if it gives what CPython's own accessor gives. */
+            rt.have_key = pthread_getspecific(rt.tss_key) == rt.this_thread_state();
+        }
+    }
+    rt.up = 1;
+}
 int tl_py_finalizing(void) { return rt.up && !rt.is_initialized(); }
 
 int tl_py_schedule(int (*fn)(void *), void *arg)
@@ -91,13 +111,14 @@ void tl_py_discover(void)
                rt.version);
 }
 
-#define AT(base, off, type) (*(type *)((const char *)(base) + (off)))
-
+/* Distinguishes a code object from one allocated later at the same address
+ * (names are interned strings, so their addresses identify them). Cheap on
+ * purpose: it is computed for every tracked allocation. */
 static inline uint32_t code_fingerprint(const char *code, const struct tl_pyoffsets *o)
 {
-    uint64_t x = AT(code, o->code_co_name, uintptr_t) ^ (AT(code, o->code_co_filename, uintptr_t) << 7) ^
-                 (uint64_t)AT(code, o->code_co_firstlineno, int);
-    return (uint32_t)(tl_mix64(x) >> 32);
+    uint64_t x = AT(code, o->code_co_name, uintptr_t) ^ (AT(code, o->code_co_filename, uintptr_t) << 9) ^
+                 ((uint64_t)AT(code, o->code_co_firstlineno, int) << 40);
+    return (uint32_t)(x >> 4) ^ (uint32_t)(x >> 36);
 }
 
 int tl_py_current(struct tl_pyloc *loc)
@@ -107,7 +128,7 @@ int tl_py_current(struct tl_pyloc *loc)
         return rt.up ? -1 : 0;
     if (!o)
         return 0;
-    const char *ts = rt.this_thread_state();
+    const char *ts = rt.have_key ? pthread_getspecific(rt.tss_key) : rt.this_thread_state();
     if (!ts)
         return 0;
     const char *frame;

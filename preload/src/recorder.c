@@ -28,6 +28,15 @@ TL_TLS int tl_guard;
 static TL_TLS uint32_t countdown;      /* allocations until this thread's next sample */
 static TL_TLS uint32_t tick_countdown; /* samples until this thread looks at the clock */
 
+/* Per-thread cache in front of the site index: a loop allocates from the same
+ * few instructions again and again. Entries point at site records, which are
+ * never freed or moved (a forked child keeps them at the same address). */
+#define TCACHE_SIZE 64
+static TL_TLS struct {
+    uint64_t addr, aux;
+    struct tl_site *site;
+} tcache[TCACHE_SIZE];
+
 volatile int tl_active;
 volatile int tl_disabled;
 pid_t tl_owner_pid;
@@ -47,8 +56,13 @@ struct live_slot {
     uint64_t key;  /* block address; 0 empty, 1 tombstone */
     uint64_t meta; /* size << 24 | site record */
 };
-static struct live_slot *live;
-uint16_t tl_filter[1u << TL_FILTER_BITS];
+/* Two live sets: [1] for blocks of the GIL domains (pymalloc's mem and object
+ * domains: allocated and freed only by GIL holders, so plain loads and stores
+ * suffice), [0] for everything else (any thread: compare-and-swap). A block
+ * is freed through the domain that allocated it (C API contract), so each
+ * sample is found in the set that holds it. */
+static struct live_slot *live[2];
+uint16_t tl_filter[2][1u << TL_FILTER_BITS];
 
 uint64_t tl_now_ns(int clock)
 {
@@ -67,8 +81,9 @@ void tl_recorder_init(void)
 {
     tl_owner_pid = getpid();
     site_index = map_anon(sizeof(uint64_t) << INDEX_BITS);
-    live = map_anon(sizeof(struct live_slot) << LIVE_BITS);
-    if (!site_index || !live || !tl_hdr) {
+    live[0] = map_anon(sizeof(struct live_slot) << LIVE_BITS);
+    live[1] = map_anon(sizeof(struct live_slot) << LIVE_BITS);
+    if (!site_index || !live[0] || !live[1] || !tl_hdr) {
         tl_say("cannot map its tables (out of memory?); not tracking this process");
         tl_disabled = 1;
         return;
@@ -104,9 +119,10 @@ void tl_recorder_after_fork_child(void)
     /* Blocks sampled before the fork belong to the parent's table (see
      * tl_shm_after_fork_child): forget them, their frees are not ours. */
     memset(tl_filter, 0, sizeof tl_filter);
-    if (live && mmap(live, sizeof(struct live_slot) << LIVE_BITS, PROT_READ | PROT_WRITE,
-                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) == MAP_FAILED)
-        tl_disabled = 1;
+    for (int g = 0; g < 2; g++)
+        if (live[g] && mmap(live[g], sizeof(struct live_slot) << LIVE_BITS, PROT_READ | PROT_WRITE,
+                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) == MAP_FAILED)
+            tl_disabled = 1;
 }
 
 /* ---- sites ---------------------------------------------------------------- */
@@ -199,17 +215,29 @@ static inline uint64_t ptr_hash(const void *p)
     return ((a >> 4) ^ (a >> 24) ^ (a >> 44)) * 5;
 }
 
-static int live_insert(void *p, uint64_t meta)
+static int live_insert(void *p, uint64_t meta, int gil)
 {
     uint64_t h = ptr_hash(p);
-    uint16_t *f = tl_filter_slot(p);
-    if (__atomic_load_n(f, __ATOMIC_RELAXED) == UINT16_MAX)
+    uint16_t *f = tl_filter_slot(p, gil);
+    uint16_t n = __atomic_load_n(f, __ATOMIC_RELAXED);
+    if (n == UINT16_MAX)
         return 0;
-    __atomic_add_fetch(f, 1, __ATOMIC_RELAXED);
+    if (gil)
+        __atomic_store_n(f, n + 1, __ATOMIC_RELAXED);
+    else
+        __atomic_add_fetch(f, 1, __ATOMIC_RELAXED);
     size_t mask = ((size_t)1 << LIVE_BITS) - 1;
+    struct live_slot *set = live[gil];
     for (int i = 0; i < TL_PROBE; i++) {
-        struct live_slot *s = &live[(h + (uint64_t)i) & mask];
+        struct live_slot *s = &set[(h + (uint64_t)i) & mask];
         uint64_t k = __atomic_load_n(&s->key, __ATOMIC_RELAXED);
+        if (gil) {
+            if (k != 0 && k != TOMB)
+                continue;
+            s->meta = meta;
+            __atomic_store_n(&s->key, (uint64_t)(uintptr_t)p, __ATOMIC_RELAXED);
+            return 1;
+        }
         /* Claim with BUSY, fill, then publish the key: a slot's meta is only
          * ever written by the thread that owns it. */
         while (k == 0 || k == TOMB) {
@@ -220,46 +248,55 @@ static int live_insert(void *p, uint64_t meta)
             }
         }
     }
-    __atomic_sub_fetch(f, 1, __ATOMIC_RELAXED);
+    if (gil)
+        __atomic_store_n(f, __atomic_load_n(f, __ATOMIC_RELAXED) - 1, __ATOMIC_RELAXED);
+    else
+        __atomic_sub_fetch(f, 1, __ATOMIC_RELAXED);
     return 0;
 }
 
-int tl_take(void *p, uint64_t *entry)
+int tl_take(void *p, uint64_t *entry, int gil)
 {
     if (TL_UNLIKELY(!initialized))
         return 0;
-    uint64_t h = ptr_hash(p);
-    uint16_t *f = tl_filter_slot(p);
+    uint16_t *f = tl_filter_slot(p, gil);
     if (TL_LIKELY(__atomic_load_n(f, __ATOMIC_RELAXED) == 0) || tl_disabled)
         return 0;
     if (TL_UNLIKELY(tl_py_finalizing())) {
         tl_freeze();
         return 0;
     }
+    uint64_t h = ptr_hash(p);
     size_t mask = ((size_t)1 << LIVE_BITS) - 1;
     uint64_t key = (uint64_t)(uintptr_t)p;
+    struct live_slot *set = live[gil];
     for (int i = 0; i < TL_PROBE; i++) {
-        struct live_slot *s = &live[(h + (uint64_t)i) & mask];
+        struct live_slot *s = &set[(h + (uint64_t)i) & mask];
         uint64_t k = __atomic_load_n(&s->key, __ATOMIC_ACQUIRE);
         if (k == 0)
             return 0; /* slots never return to empty, so the chain ends here */
         if (k != key)
             continue;
         uint64_t meta = __atomic_load_n(&s->meta, __ATOMIC_RELAXED);
-        if (__atomic_compare_exchange_n(&s->key, &k, TOMB, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) {
+        if (gil) {
+            __atomic_store_n(&s->key, TOMB, __ATOMIC_RELAXED);
+            __atomic_store_n(f, __atomic_load_n(f, __ATOMIC_RELAXED) - 1, __ATOMIC_RELAXED);
+        } else {
+            if (!__atomic_compare_exchange_n(&s->key, &k, TOMB, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+                continue;
             __atomic_sub_fetch(f, 1, __ATOMIC_RELAXED);
-            *entry = meta;
-            return 1;
         }
+        *entry = meta;
+        return 1;
     }
     return 0;
 }
 
-void tl_put_back(void *p, uint64_t entry)
+void tl_put_back(void *p, uint64_t entry, int gil)
 {
-    if (!live_insert(p, entry)) {
+    if (!live_insert(p, entry, gil)) {
         /* No room to put it back: count it as freed rather than lose it. */
-        tl_credit_free(p, entry, 0);
+        tl_credit_free(p, entry, gil);
         __atomic_add_fetch(&tl_hdr->dropped_samples, 1, __ATOMIC_RELAXED);
     }
 }
@@ -300,12 +337,19 @@ void tl_record_alloc(void *p, size_t size, void *ra, int gil)
         tl_freeze();
         return;
     }
-    if (py)
-        s = site_lookup(TL_KIND_PYTHON, loc.code, ((uint64_t)loc.fp << 32) | loc.offset, &loc, ra);
-    else
-        s = site_lookup(TL_KIND_NATIVE, (uint64_t)(uintptr_t)ra, 0, NULL, ra);
-    if (TL_UNLIKELY(!s))
-        return;
+    uint32_t kind = py ? TL_KIND_PYTHON : TL_KIND_NATIVE;
+    uint64_t addr = py ? loc.code : (uint64_t)(uintptr_t)ra;
+    uint64_t aux = py ? ((uint64_t)loc.fp << 32) | loc.offset : 0;
+    unsigned slot = (unsigned)((addr >> 4) ^ (addr >> 12) ^ aux) & (TCACHE_SIZE - 1);
+    s = tcache[slot].site;
+    if (!s || tcache[slot].addr != addr || tcache[slot].aux != aux || s->kind != kind) {
+        s = site_lookup(kind, addr, aux, py ? &loc : NULL, ra);
+        if (TL_UNLIKELY(!s))
+            return;
+        tcache[slot].addr = addr;
+        tcache[slot].aux = aux;
+        tcache[slot].site = s;
+    }
     BUMP(s, count, 1, gil);
     BUMP(s, total_bytes, size, gil);
     uint64_t peak = __atomic_load_n(&s->peak_single, __ATOMIC_RELAXED);
@@ -319,7 +363,7 @@ void tl_record_alloc(void *p, size_t size, void *ra, int gil)
     countdown = tl_cfg.sample_rate;
     uint64_t rec = (uint64_t)(s - tl_sites);
     uint64_t sz = size > META_MAX_SIZE ? META_MAX_SIZE : size;
-    if (!live_insert(p, (sz << META_SITE_BITS) | rec)) {
+    if (!live_insert(p, (sz << META_SITE_BITS) | rec, gil)) {
         __atomic_add_fetch(&tl_hdr->dropped_samples, 1, __ATOMIC_RELAXED);
         return;
     }

@@ -70,8 +70,8 @@ void tl_freeze(void) TL_HIDDEN; /* stop counting; the table keeps its state */
 void tl_record_alloc(void *p, size_t size, void *ret_addr, int gil) TL_HIDDEN;
 /* Remove p from the sampled live set before the block is released.
  * Returns 1 and the entry (opaque) when p was sampled. */
-int tl_take(void *p, uint64_t *entry) TL_HIDDEN;
-void tl_put_back(void *p, uint64_t entry) TL_HIDDEN;
+int tl_take(void *p, uint64_t *entry, int gil) TL_HIDDEN;
+void tl_put_back(void *p, uint64_t entry, int gil) TL_HIDDEN;
 void tl_credit_free(void *p, uint64_t entry, int gil) TL_HIDDEN;
 void tl_recorder_after_fork_child(void) TL_HIDDEN;
 
@@ -142,26 +142,26 @@ static inline void *tl_after_alloc(void *p, size_t size, void *ra, int gil)
  * each bucket. Zero (nearly every free) means "not sampled" without touching
  * the live set. Static, so it exists before the constructor runs. */
 #define TL_FILTER_BITS 15
-extern uint16_t tl_filter[1u << TL_FILTER_BITS] TL_HIDDEN;
-static inline uint16_t *tl_filter_slot(const void *p)
+extern uint16_t tl_filter[2][1u << TL_FILTER_BITS] TL_HIDDEN; /* per live set, see recorder.c */
+static inline uint16_t *tl_filter_slot(const void *p, int gil)
 {
     /* Address-local: one bucket per 64-byte line of address space, so the
      * frees of one pool or heap run read the same few filter cache lines. */
     uint64_t a = (uint64_t)(uintptr_t)p;
-    return &tl_filter[((a >> 6) ^ (a >> 21) ^ (a >> 36)) & ((1u << TL_FILTER_BITS) - 1)];
+    return &tl_filter[gil][((a >> 6) ^ (a >> 21) ^ (a >> 36)) & ((1u << TL_FILTER_BITS) - 1)];
 }
 
 /* Might p be a live sample? No means certainly not. */
-static inline int tl_maybe_sampled(const void *p)
+static inline int tl_maybe_sampled(const void *p, int gil)
 {
-    return TL_UNLIKELY(__atomic_load_n(tl_filter_slot(p), __ATOMIC_RELAXED) != 0);
+    return TL_UNLIKELY(__atomic_load_n(tl_filter_slot(p, gil), __ATOMIC_RELAXED) != 0);
 }
 
 /* Before a block is released: credit it if it was sampled. */
 static inline void tl_before_free(void *p, int gil)
 {
     uint64_t entry;
-    if (tl_maybe_sampled(p) && !tl_guard && tl_take(p, &entry)) {
+    if (tl_maybe_sampled(p, gil) && !tl_guard && tl_take(p, &entry, gil)) {
         tl_guard = 1;
         tl_credit_free(p, entry, gil);
         tl_guard = 0;
