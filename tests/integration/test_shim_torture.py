@@ -13,6 +13,7 @@ from helpers import (
     assert_consistent,
     describe_row,
     exit_dump,
+    final_rows,
     find_row,
     find_rows,
     format_rows,
@@ -158,3 +159,56 @@ def test_signal_handler_that_allocates(cpython, shim, log_dir):
         rows, function="scenario_signal", file_endswith="/torture.py", line=line_of(TORTURE, "signal_main")
     )
     assert main.count >= 1000, describe_row(main)
+
+
+SMALL_STACK = """
+import os, threading
+keep = []
+def worker():
+    for i in range(2000):
+        keep.append(bytes(1000 + i % 2))  # ALLOC: small_stack
+    os._exit(7)  # the exit dump runs on this 32 KiB stack
+threading.stack_size(32 * 1024)
+t = threading.Thread(target=worker)
+t.start()
+t.join()
+"""
+
+
+def test_small_thread_stack_allocates_and_dumps(cpython, shim, log_dir, tmp_path):
+    # GIVEN a thread with a 32 KiB stack (the original kept a 512 KiB buffer on the stack)
+    script = tmp_path / "small_stack.py"
+    script.write_text(SMALL_STACK)
+    # WHEN it allocates and then ends the process with os._exit from that thread
+    result = run_preloaded(cpython, script, shim=shim, log_dir=log_dir)
+    # THEN nothing crashes, the status is the program's, and the exit dump was written from there
+    assert result.returncode == 7, result.describe()
+    row = find_row(final_rows(result.dumps), function="worker", line=line_of(script, "small_stack"))
+    assert row.count >= 2000 and row.retention_pct >= 80
+
+
+FAILED_EXEC = """
+import subprocess
+keep = []
+for i in range(50):
+    try:
+        subprocess.run(["/nonexistent/program"])  # vfork child whose exec fails calls _exit
+    except FileNotFoundError:
+        pass
+    keep.append(bytes(1500 + i % 2))  # ALLOC: after_spawn
+print("survived")
+"""
+
+
+def test_failed_exec_in_a_vfork_child_leaves_the_parent_intact(cpython, shim, log_dir, tmp_path):
+    # GIVEN a program whose subprocess launches fail at exec (CPython uses vfork where it can:
+    # the child shares the parent's memory until it calls _exit, which the shim hooks)
+    script = tmp_path / "failed_exec.py"
+    script.write_text(FAILED_EXEC)
+    result = run_preloaded(cpython, script, shim=shim, log_dir=log_dir)
+    # THEN the parent carries on and its table is whole: the vfork children wrote nothing
+    assert result.returncode == 0 and result.stdout.strip() == "survived", result.describe()
+    row = find_row(final_rows(result.dumps), line=line_of(script, "after_spawn"))
+    assert row.count >= 50 and row.retention_pct >= 80
+    assert result.exit_dump()["reason"] == "exit"
+    assert_consistent(result.dumps)
