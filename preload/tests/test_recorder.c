@@ -1,0 +1,235 @@
+/* SPDX-License-Identifier: MIT
+ * test_recorder.c - the recorder, site table, live set, fork copy and dumper
+ * driven through their C API, without LD_PRELOAD and without Python.
+ * Built with ASan + UBSan by tests/integration/test_recorder_c.py (the hook
+ * layer is not linked: these tests own malloc). Prints "N passed, M failed".
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "tl_internal.h"
+
+static int passed, failed;
+#define CHECK(cond, ...)                                                                    \
+    do {                                                                                    \
+        if (cond) {                                                                         \
+            passed++;                                                                       \
+        } else {                                                                            \
+            failed++;                                                                       \
+            printf("FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                          \
+            printf(__VA_ARGS__);                                                            \
+            printf("\n");                                                                   \
+        }                                                                                   \
+    } while (0)
+
+/* Two "allocating functions": their addresses are the return addresses. */
+__attribute__((noinline)) void site_alpha(void) { __asm__ volatile("nop; nop; nop; nop; nop; nop; nop; nop"); }
+__attribute__((noinline)) void site_beta(void) { __asm__ volatile("nop; nop; nop; nop; nop; nop; nop; nop"); }
+#define RA_ALPHA ((void *)((char *)site_alpha + 1))
+#define RA_BETA ((void *)((char *)site_beta + 1))
+
+static struct tl_site *site_named(const char *fn)
+{
+    for (uint32_t i = 0; i < tl_hdr->site_count; i++)
+        if (tl_sites[i].state == TL_SITE_READY && strcmp(tl_sites[i].function, fn) == 0 &&
+            (tl_sites[i].c[0].count || tl_sites[i].c[1].count))
+            return &tl_sites[i];
+    return NULL;
+}
+
+static uint64_t total(const struct tl_site *s, size_t field_off)
+{
+    return *(const uint64_t *)((const char *)&s->c[0] + field_off) + *(const uint64_t *)((const char *)&s->c[1] + field_off);
+}
+#define SUM(s, f) total((s), offsetof(struct tl_counts, f))
+
+static void record(void *p, size_t size, void *ra, int gil)
+{
+    tl_guard = 1;
+    tl_record_alloc(p, size, ra, gil);
+    tl_guard = 0;
+}
+
+static int release(void *p, int gil)
+{
+    uint64_t e;
+    if (!tl_take(p, &e, gil))
+        return 0;
+    tl_credit_free(p, e, gil);
+    return 1;
+}
+
+static void test_counts_and_retention(void)
+{
+    /* GIVEN 1000 blocks from alpha (kept) and 1000 from beta (all freed), exhaustive sampling */
+    static char arena[2000][64];
+    for (int i = 0; i < 1000; i++) {
+        record(arena[i], 600, RA_ALPHA, 0);
+        record(arena[1000 + i], 700, RA_BETA, i & 1); /* both kinds of writer on one site */
+    }
+    for (int i = 0; i < 1000; i++)
+        CHECK(release(arena[1000 + i], i & 1), "block %d of beta not found in its live set", i);
+    struct tl_site *a = site_named("site_alpha"), *b = site_named("site_beta");
+    CHECK(a && b, "sites named by dladdr (alpha=%p beta=%p)", (void *)a, (void *)b);
+    if (!a || !b)
+        return;
+    CHECK(SUM(a, count) == 1000 && SUM(a, total_bytes) == 600000, "alpha count %lu", (unsigned long)SUM(a, count));
+    CHECK(SUM(a, sample_count) == 1000 && SUM(a, sample_free_bytes) == 0, "alpha kept everything");
+    CHECK(SUM(b, count) == 1000 && SUM(b, sample_bytes) == 700000 && SUM(b, sample_free_bytes) == 700000,
+          "beta freed everything: free bytes %lu", (unsigned long)SUM(b, sample_free_bytes));
+    CHECK(a->peak_single == 600 && b->peak_single == 700, "peaks");
+    /* AND a block is credited once: a second free finds nothing */
+    CHECK(!release(arena[1000], 0) && !release(arena[1000], 1), "double credit");
+    /* AND an unknown pointer is not found */
+    CHECK(!release((void *)0x12340, 0), "unknown pointer found");
+    for (int i = 0; i < 1000; i++)
+        release(arena[i], 0);
+}
+
+static void test_live_set_churn_stays_bounded(void)
+{
+    /* Millions of insert/take cycles over a small neighbourhood: tombstones are
+     * reused, nothing is dropped, every block is found. */
+    static char blocks[256][16];
+    uint64_t dropped0 = tl_hdr->dropped_samples;
+    int lost = 0;
+    for (int round = 0; round < 4000; round++) {
+        for (int i = 0; i < 256; i++)
+            record(blocks[i], 16, RA_ALPHA, round & 1);
+        for (int i = 0; i < 256; i++)
+            lost += !release(blocks[i], round & 1);
+    }
+    CHECK(lost == 0, "%d blocks not found", lost);
+    CHECK(tl_hdr->dropped_samples == dropped0, "dropped %lu", (unsigned long)(tl_hdr->dropped_samples - dropped0));
+}
+
+static void test_realloc_put_back(void)
+{
+    static char blk[64];
+    uint64_t e;
+    record(blk, 900, RA_BETA, 0);
+    CHECK(tl_take(blk, &e, 0), "taken");
+    tl_put_back(blk, e, 0); /* a failed realloc: still live */
+    CHECK(release(blk, 0), "found again after put_back");
+}
+
+#define THREADS 8
+#define PER_THREAD 20000
+static void *thread_main(void *arg)
+{
+    char *mine = calloc(PER_THREAD, 32);
+    (void)arg;
+    for (int round = 0; round < 5; round++) {
+        for (int i = 0; i < PER_THREAD; i++)
+            record(mine + 32 * i, 32, RA_ALPHA, 0);
+        for (int i = 0; i < PER_THREAD; i++)
+            if (!release(mine + 32 * i, 0))
+                return (void *)1;
+    }
+    free(mine);
+    return NULL;
+}
+
+static void test_threads(void)
+{
+    struct tl_site *a = site_named("site_alpha");
+    uint64_t c0 = SUM(a, sample_count), f0 = SUM(a, sample_free_count);
+    pthread_t t[THREADS];
+    int bad = 0;
+    for (int i = 0; i < THREADS; i++)
+        pthread_create(&t[i], NULL, thread_main, NULL);
+    for (int i = 0; i < THREADS; i++) {
+        void *r;
+        pthread_join(t[i], &r);
+        bad += r != NULL;
+    }
+    CHECK(bad == 0, "%d threads lost a sample", bad);
+    uint64_t dc = SUM(a, sample_count) - c0, df = SUM(a, sample_free_count) - f0;
+    CHECK(dc == (uint64_t)THREADS * PER_THREAD * 5 && df == dc, "samples %lu freed %lu", (unsigned long)dc,
+          (unsigned long)df);
+}
+
+static void test_fork_child_counts_from_zero(void)
+{
+    struct tl_site *a = site_named("site_alpha");
+    uint64_t parent_count = SUM(a, count);
+    static char blk[64];
+    record(blk, 800, RA_ALPHA, 0); /* live in the parent */
+    pid_t pid = fork();
+    if (pid == 0) {
+        /* what init.c's atfork handler does */
+        tl_recorder_after_fork_child();
+        tl_shm_after_fork_child();
+        tl_dumper_after_fork_child();
+        int ok = SUM(a, count) == 0 && tl_hdr->pid == getpid() && (tl_hdr->flags & TL_FLAG_FORKED) &&
+                 strcmp(a->function, "site_alpha") == 0 && !release(blk, 0);
+        record(blk + 16, 800, RA_ALPHA, 0);
+        ok = ok && SUM(a, count) == 1;
+        _exit(ok ? 0 : 1);
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child view after fork (status %d)", st);
+    CHECK(SUM(a, count) == parent_count + 1, "parent's table untouched by the child");
+    CHECK(release(blk, 0), "parent still owns its sample");
+}
+
+static void test_dump_files(const char *dir)
+{
+    tl_dump("interval");
+    char path[600], line[8192];
+    snprintf(path, sizeof path, "%s/profiler.jsonl", dir);
+    FILE *f = fopen(path, "r");
+    CHECK(f != NULL, "no %s", path);
+    if (!f)
+        return;
+    int found = 0;
+    while (fgets(line, sizeof line, f))
+        found += strstr(line, "\"function\":\"site_alpha\"") != NULL && strstr(line, "\"reason\":\"interval\"") != NULL;
+    fclose(f);
+    CHECK(found == 1, "site_alpha in the JSON dump (%d)", found);
+    snprintf(path, sizeof path, "%s/profiler.json", dir);
+    f = fopen(path, "r");
+    CHECK(f && fgets(line, sizeof line, f) && strncmp(line, "FUNCTION", 8) == 0, "text table header");
+    if (f)
+        fclose(f);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s LOG_DIR\n", argv[0]);
+        return 2;
+    }
+    setenv("TRACKLEAK_LOG_DIR", argv[1], 1);
+    setenv("TRACKLEAK_STARTUP_DELAY", "0", 1);
+    setenv("TRACKLEAK_SAMPLE_RATE", "1", 1);
+    setenv("TRACKLEAK_MIN_SIZE", "0", 1);
+    setenv("TRACKLEAK_QUIET", "1", 1);
+    tl_config_load();
+    tl_py_discover();
+    tl_shm_init();
+    tl_recorder_init();
+    tl_dumper_init();
+    CHECK(tl_active && !tl_py_present(), "active, no Python");
+    test_counts_and_retention();
+    if (!site_named("site_alpha")) {
+        for (uint32_t i = 0; i < tl_hdr->site_count; i++)
+            printf("site %u: state %u kind %u %s %s count %lu\n", i, tl_sites[i].state, tl_sites[i].kind,
+                   tl_sites[i].function, tl_sites[i].file, (unsigned long)tl_sites[i].c[0].count);
+        printf("%d passed, %d failed (stopped: no site)\n", passed, failed);
+        return 1;
+    }
+    test_live_set_churn_stays_bounded();
+    test_realloc_put_back();
+    test_threads();
+    test_fork_child_counts_from_zero();
+    test_dump_files(argv[1]);
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed != 0;
+}
