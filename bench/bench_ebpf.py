@@ -1,4 +1,4 @@
-# SPDX-License-Identifier: Apache-2.0
+# SPDX-License-Identifier: MIT
 """Overhead of the eBPF agent (a benchmark, not a test; needs root and bcc).
 
 Two measurements, runs interleaved (off, trackleak, memleak, off, ...) to share machine noise:

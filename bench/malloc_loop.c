@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: Apache-2.0 */
+/* SPDX-License-Identifier: MIT */
 /* malloc_loop.c - per-call cost of allocator probes: N malloc(size)/free pairs, timed in process.
  * Prints "ready", waits for a line, runs, prints "ns_per_pair <float>", waits for a line, exits. */
 #include <stdio.h>

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: Apache-2.0 */
+/* SPDX-License-Identifier: MIT */
 /*
  * alloc_probes.bpf.c - uprobes on a target's libc allocator family (bcc).
  *

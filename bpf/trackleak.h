@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: Apache-2.0 */
+/* SPDX-License-Identifier: MIT */
 /*
  * trackleak.h - the types the BPF programs and the agent share (STYLE guideline 1).
  *

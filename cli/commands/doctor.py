@@ -1,4 +1,4 @@
-# SPDX-License-Identifier: Apache-2.0
+# SPDX-License-Identifier: MIT
 """`trackleak doctor`: can this machine attach the eBPF agent, and which interpreters are known."""
 
 import typer

@@ -1,4 +1,4 @@
-# SPDX-License-Identifier: Apache-2.0
+# SPDX-License-Identifier: MIT
 """Shared pieces of the eBPF agent's integration tests (tests/integration/test_ebpf_*.py).
 
 - ``BPF_SKIP``: one skip marker with the reason (not root / bcc missing / no kernel headers /

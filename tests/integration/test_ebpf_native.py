@@ -1,4 +1,4 @@
-# SPDX-License-Identifier: Apache-2.0
+# SPDX-License-Identifier: MIT
 """The eBPF agent on native processes: real uprobes on the target's libc (root + bcc).
 
 A C program leaks in leak_here() and frees everything in healthy_twin() (every allocator of the

@@ -1,4 +1,4 @@
-# SPDX-License-Identifier: Apache-2.0
+# SPDX-License-Identifier: MIT
 """The eBPF agent on every local CPython (3.9+, shared and static): Python lines from BPF.
 
 For each interpreter a script leaks through Python objects, through ctypes malloc and through a

@@ -1,4 +1,4 @@
-# SPDX-License-Identifier: Apache-2.0
+# SPDX-License-Identifier: MIT
 """bpf/offsets/cpython.json against every local CPython.
 
 Three independent checks of the one offsets table:
