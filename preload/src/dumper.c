@@ -5,6 +5,8 @@
  *   - Python processes: a pending call (Py_AddPendingCall) that the main
  *     thread runs between bytecodes, holding the GIL. No thread of ours:
  *     CPython 3.12+ warns on every fork() in a process with a second thread.
+ *     Unless the main thread stays blocked in C while other threads allocate:
+ *     then (multi-threaded already) the dump thread takes over.
  *   - Other processes: a background thread, started at the first sample.
  *   - Every process: at exit (destructor) and in _exit() (os._exit).
  * Files are opened per dump with O_NOFOLLOW in a checked directory, mode 0600,
@@ -482,22 +484,11 @@ static void *dumper_thread(void *arg)
     return NULL;
 }
 
-void tl_dump_tick(void)
+/* Start the dump thread of this process (once per pid). */
+static void start_dump_thread(void)
 {
-    if (tl_py_present()) {
-        uint64_t now = tl_now_ns(CLOCK_MONOTONIC_COARSE);
-        uint64_t due = __atomic_load_n(&next_due_ns, __ATOMIC_RELAXED);
-        if (now < due || !__atomic_compare_exchange_n(&next_due_ns, &due, now + period_ns(), 0, __ATOMIC_RELAXED,
-                                                      __ATOMIC_RELAXED))
-            return;
-        if (!__atomic_exchange_n(&pending_queued, 1, __ATOMIC_ACQ_REL) && tl_py_schedule(pending_dump, NULL) != 0)
-            __atomic_store_n(&pending_queued, 0, __ATOMIC_RELEASE);
-        return;
-    }
     pid_t me = tl_owner_pid;
-    if (__atomic_load_n(&thread_pid, __ATOMIC_RELAXED) == me)
-        return;
-    if (__atomic_exchange_n(&thread_pid, me, __ATOMIC_ACQ_REL) == me)
+    if (__atomic_load_n(&thread_pid, __ATOMIC_RELAXED) == me || __atomic_exchange_n(&thread_pid, me, __ATOMIC_ACQ_REL) == me)
         return;
     pthread_t t;
     pthread_attr_t attr;
@@ -507,6 +498,32 @@ void tl_dump_tick(void)
     if (pthread_create(&t, &attr, dumper_thread, NULL) != 0)
         tl_say("cannot start its dump thread; only the exit dump will be written");
     pthread_attr_destroy(&attr);
+}
+
+static uint64_t queued_at_ns; /* when the pending dump still waiting was queued */
+
+void tl_dump_tick(void)
+{
+    if (!tl_py_present() || __atomic_load_n(&thread_pid, __ATOMIC_RELAXED) == tl_owner_pid) {
+        start_dump_thread(); /* no-op once it runs */
+        return;
+    }
+    uint64_t now = tl_now_ns(CLOCK_MONOTONIC_COARSE);
+    uint64_t due = __atomic_load_n(&next_due_ns, __ATOMIC_RELAXED);
+    if (now < due ||
+        !__atomic_compare_exchange_n(&next_due_ns, &due, now + period_ns(), 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        return;
+    if (!__atomic_exchange_n(&pending_queued, 1, __ATOMIC_ACQ_REL)) {
+        queued_at_ns = now;
+        if (tl_py_schedule(pending_dump, NULL) != 0)
+            __atomic_store_n(&pending_queued, 0, __ATOMIC_RELEASE);
+    } else if (now - queued_at_ns >= period_ns()) {
+        /* The main thread has run no bytecode for a whole period (blocked in C,
+         * e.g. in join()) while other threads allocate: the process is
+         * multi-threaded already, so a dump thread changes nothing for the
+         * fork() warning. From now on it writes the interval dumps. */
+        start_dump_thread();
+    }
 }
 
 void tl_dumper_init(void)

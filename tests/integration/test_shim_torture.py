@@ -212,3 +212,32 @@ def test_failed_exec_in_a_vfork_child_leaves_the_parent_intact(cpython, shim, lo
     assert row.count >= 50 and row.retention_pct >= 80
     assert result.exit_dump()["reason"] == "exit"
     assert_consistent(result.dumps)
+
+
+BLOCKED_MAIN = """
+import threading, time
+keep = []
+def worker():
+    t0 = time.time()
+    while time.time() - t0 < 4.5:
+        keep.append(bytes(1000 + len(keep) % 2))  # ALLOC: worker
+        time.sleep(0.0005)
+t = threading.Thread(target=worker)
+t.start()
+t.join()  # the main thread runs no bytecode until the end
+"""
+
+
+def test_interval_dumps_while_the_main_thread_is_blocked(cpython, shim, log_dir, tmp_path):
+    # GIVEN a service shape: the main thread blocked in join() while a worker allocates, and a
+    # dump interval of 1 s (interval dumps normally run between the main thread's bytecodes)
+    script = tmp_path / "blocked_main.py"
+    script.write_text(BLOCKED_MAIN)
+    result = run_preloaded(cpython, script, shim=shim, log_dir=log_dir, env={"TRACKLEAK_DUMP_INTERVAL": "1"})
+    assert result.returncode == 0, result.describe()
+    # THEN interval dumps still appear while it runs (the dump thread takes over), growing
+    intervals = [d for d in result.dumps if d["reason"] == "interval" and d["pid"] == result.pid]
+    assert len(intervals) >= 2, result.describe()
+    counts = [sum(s["count"] for s in d["sites"] if s["line"] == line_of(script, "worker")) for d in intervals]
+    assert counts == sorted(counts) and counts[-1] > counts[0], counts
+    assert_consistent(result.dumps)
