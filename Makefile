@@ -70,6 +70,10 @@ install: ## Copy the built shim to /usr/local/lib/trackleak.so (PREFIX=, DESTDIR
 uninstall: ## Remove the installed /usr/local/lib/trackleak.so
 	rm -f "$(DESTDIR)$(LIBDIR)/trackleak.so"
 
+lint: | $(PY) ## ruff check + format check (pip install -e '.[dev]' first)
+	$(PY) -m ruff check agent cli tests bench
+	$(PY) -m ruff format --check agent cli tests bench
+
 bench: | $(PY) ## Run the overhead benchmarks: bench/run.py
 	$(PY) bench/run.py
 

@@ -69,7 +69,7 @@ class Row:
     def avg_size(self) -> int:
         return self.total_bytes // self.count if self.count else 0
 
-    def add(self, other: "Row") -> None:
+    def add(self, other: Row) -> None:
         """Merge another row of the same site into this one (counts add, peak is the max)."""
         self.count += other.count
         self.total_bytes += other.total_bytes
@@ -82,8 +82,9 @@ class Row:
         return {name: getattr(self, name) for name in FIELDS}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str | None = None, pid: int | None = None) -> "Row":
+    def from_dict(cls, data: Mapping[str, Any], *, source: str | None = None, pid: int | None = None) -> Row:
         """Build a row from a JSON object, validating types (input may be hostile or stale)."""
+
         def _int(name: str) -> int:
             value = data.get(name, 0)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -35,15 +35,15 @@ sys.path.insert(0, str(HERE.parent / "tests" / "integration"))
 # first and run on a signal so that attaching is not part of the measured time.
 PY_WORKLOAD = r"""
 import sys, time
-sys.path.insert(0, %r)
+sys.path.insert(0, BENCH_DIR)
 from workload import work
 print("ready", flush=True)
 sys.stdin.readline()
 t0 = time.perf_counter()
 work(int(sys.argv[1]))
-print("seconds %%.4f" %% (time.perf_counter() - t0), flush=True)
+print("seconds %.4f" % (time.perf_counter() - t0), flush=True)
 sys.stdin.readline()
-""" % str(HERE)
+""".replace("BENCH_DIR", repr(str(HERE)))
 
 
 class Proc:

@@ -10,6 +10,7 @@ interpreter start-up is not counted. Prints the median seconds and the ratio to 
 --long also runs 4x the rounds in exhaustive mode: its ratio must not grow with run length.
 Not a test: nothing here asserts.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,8 +49,20 @@ def configs(py: str, shim: str, logdir: str) -> dict[str, tuple[list[str], dict[
     if has_memray:
         out["memray run"] = ([py, "-m", "memray", "run", "-q", "-f", "-o", os.path.join(logdir, "m.bin")], {})
         out["memray --native --trace-python-allocators"] = (
-            [py, "-m", "memray", "run", "-q", "-f", "--native", "--trace-python-allocators", "-o",
-             os.path.join(logdir, "m.bin")], {})
+            [
+                py,
+                "-m",
+                "memray",
+                "run",
+                "-q",
+                "-f",
+                "--native",
+                "--trace-python-allocators",
+                "-o",
+                os.path.join(logdir, "m.bin"),
+            ],
+            {},
+        )
     else:
         print(f"(memray is not installed for {py}: pip install memray to compare)", file=sys.stderr)
     return out
@@ -93,8 +106,11 @@ def main() -> None:
         if args.long:
             long_cfgs = {k: cfgs[k] for k in ("plain", "trackleak exhaustive")}
             lmed = measure(long_cfgs, args.rounds * 4, max(3, args.repeat // 2))
-            print(f"exhaustive at {args.rounds * 4} rounds: {lmed['trackleak exhaustive'] / lmed['plain']:.2f} x plain "
-                  f"(vs {med['trackleak exhaustive'] / plain:.2f} at {args.rounds})")
+            ratio = lmed["trackleak exhaustive"] / lmed["plain"]
+            print(
+                f"exhaustive at {args.rounds * 4} rounds: {ratio:.2f} x plain "
+                f"(vs {med['trackleak exhaustive'] / plain:.2f} at {args.rounds})"
+            )
     finally:
         shutil.rmtree(logdir, ignore_errors=True)
 

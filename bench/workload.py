@@ -2,6 +2,7 @@
 
 Deterministic; prints the elapsed seconds of the measured part on stdout.
 """
+
 import json
 import sys
 import time
@@ -11,7 +12,10 @@ def work(rounds: int) -> int:
     total = 0
     keep = []
     for r in range(rounds):
-        doc = {f"key{i}": {"id": i, "name": f"user-{i}-{r}", "tags": [str(i), "x" * (i % 40)]} for i in range(200)}
+        doc = {
+            f"key{i}": {"id": i, "name": f"user-{i}-{r}", "tags": [str(i), "x" * (i % 40)]}
+            for i in range(200)
+        }
         text = json.dumps(doc)
         back = json.loads(text)
         total += len(back)

@@ -218,7 +218,9 @@ def check_interpreter(path: str) -> Check:
         if version[0] in supported_versions():
             return Check(path, OK, f"CPython {version[1]} ({kind}, {os.path.basename(cand)}): Python frames")
         if tuple(int(x) for x in version[0].split(".")[:2]) < (3, 9):
-            return Check(path, WARN, f"CPython {version[1]} ({kind}): older than 3.9, native attribution only")
+            return Check(
+                path, WARN, f"CPython {version[1]} ({kind}): older than 3.9, native attribution only"
+            )
         return Check(
             path,
             WARN,

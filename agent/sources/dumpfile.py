@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..symbolize.native import native_name
 from ..table import RetentionTable, Row
 
 FORMAT = "trackleak-dump"
@@ -160,7 +161,10 @@ def parse_dump(obj: Any) -> Dump:
         try:
             if not isinstance(site, dict):
                 raise ValueError("site is not an object")
-            rows.append(Row.from_dict(site, source="preload", pid=pid))
+            row = Row.from_dict(site, source="preload", pid=pid)
+            if row.native:
+                row.function = native_name(row.function, row.file)
+            rows.append(row)
         except ValueError:
             bad_rows += 1
     return Dump(

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from .. import layout as L
 from ..errors import UserError
+from ..symbolize.native import native_name
 from ..table import Row
 
 MEMFD_PATHNAMES = (f"/memfd:{L.TL_SHM_MEMFD_NAME} (deleted)", f"/memfd:{L.TL_SHM_MEMFD_NAME}")
@@ -106,6 +107,8 @@ class Record:
         function = self.function
         if self.native and not function:
             function = f"0x{self.key_addr:x}"  # no symbol: the return address is all we have
+        elif self.native:
+            function = native_name(function, self.file)
         return Row(
             function=function,
             file=self.file,

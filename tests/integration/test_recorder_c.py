@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import REPO_ROOT, find_cc
 
 pytestmark = pytest.mark.integration
@@ -23,18 +22,40 @@ def test_recorder_under_sanitizers(tmp_path: Path):
     cc = find_cc()
     gen = tmp_path / "gen"
     gen.mkdir()
-    subprocess.run([sys.executable, str(REPO_ROOT / "preload" / "gen_pyoffsets_h.py"),
-                    str(gen / "trackleak_pyoffsets.h")], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "preload" / "gen_pyoffsets_h.py"),
+            str(gen / "trackleak_pyoffsets.h"),
+        ],
+        check=True,
+    )
     src = REPO_ROOT / "preload" / "src"
     exe = tmp_path / "test_recorder"
     build = subprocess.run(
-        [cc, "-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer",
-         "-pthread", "-rdynamic", "-Wall", "-Wextra", "-Werror",
-         f"-I{REPO_ROOT / 'preload' / 'include'}", f"-I{src}", f"-I{gen}",
-         str(REPO_ROOT / "preload" / "tests" / "test_recorder.c"),
-         *(str(src / name) for name in ("recorder.c", "shm_table.c", "pyframe.c", "dumper.c", "config.c")),
-         "-o", str(exe), "-ldl"],
-        capture_output=True, text=True,
+        [
+            cc,
+            "-O1",
+            "-g",
+            "-fsanitize=address,undefined",
+            "-fno-sanitize-recover=all",
+            "-fno-omit-frame-pointer",
+            "-pthread",
+            "-rdynamic",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            f"-I{REPO_ROOT / 'preload' / 'include'}",
+            f"-I{src}",
+            f"-I{gen}",
+            str(REPO_ROOT / "preload" / "tests" / "test_recorder.c"),
+            *(str(src / name) for name in ("recorder.c", "shm_table.c", "pyframe.c", "dumper.c", "config.c")),
+            "-o",
+            str(exe),
+            "-ldl",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert build.returncode == 0, build.stderr
     logs = tmp_path / "logs"

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import line_of
 
 BIN = Path(sys.executable).parent
@@ -40,7 +39,9 @@ def trackleak(*args: str, cwd: Path, timeout: float = 120, **kw) -> subprocess.C
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKLEAK_") and k != "LD_PRELOAD"}
     if "TRACKLEAK_SO" in os.environ:
         env["TRACKLEAK_SO"] = os.environ["TRACKLEAK_SO"]
-    return subprocess.run([TRACKLEAK, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, **kw)
+    return subprocess.run(
+        [TRACKLEAK, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, **kw
+    )
 
 
 def sites_of(path: Path, file_name: str) -> dict:
@@ -59,11 +60,21 @@ def test_script_form_flags_the_leak_and_passes_the_exit_status(cpython, leaker, 
     # GIVEN a script that leaks on one line, churns on another and exits 3
     out = tmp_path / "out.json"
     # WHEN it runs under `trackleak run --python <cpython> --json out.json leaker.py 3`
-    res = trackleak("run", "--sample-rate", "1", "--json", str(out), "--python", cpython.path,
-                    str(leaker), "3", cwd=tmp_path)
+    res = trackleak(
+        "run",
+        "--sample-rate",
+        "1",
+        "--json",
+        str(out),
+        "--python",
+        cpython.path,
+        str(leaker),
+        "3",
+        cwd=tmp_path,
+    )
     # THEN the exit status is the script's, and the table is printed on stdout
     assert res.returncode == 3, res.stderr
-    assert "leaker.py:%d" % line_of(leaker, "leak") in res.stdout, res.stdout
+    assert f"leaker.py:{line_of(leaker, 'leak')}" in res.stdout, res.stdout
     # AND the JSON flags the leaking line and not its healthy twin
     data, sites = sites_of(out, "leaker.py")
     assert data["meta"]["exit_code"] == 3
@@ -78,14 +89,26 @@ def test_module_and_command_forms(interpreters, leaker, tmp_path):
     py = interpreters[-1].path
     # -m: the module is found on the working directory, like python -m
     out = tmp_path / "m.json"
-    res = trackleak("run", "--sample-rate", "1", "--json", str(out), "--python", py, "-m", "leaker", cwd=tmp_path)
+    res = trackleak(
+        "run", "--sample-rate", "1", "--json", str(out), "--python", py, "-m", "leaker", cwd=tmp_path
+    )
     assert res.returncode == 0, res.stderr
     _, sites = sites_of(out, "leaker.py")
     assert sites[("grow", line_of(leaker, "leak"))]["retention_pct"] >= 80
     # -- COMMAND: a shell that starts Python; the Python grandchild is what gets reported
     out = tmp_path / "c.json"
-    res = trackleak("run", "--sample-rate", "1", "--json", str(out), "--", "/bin/sh", "-c",
-                    f"'{py}' leaker.py 5", cwd=tmp_path)
+    res = trackleak(
+        "run",
+        "--sample-rate",
+        "1",
+        "--json",
+        str(out),
+        "--",
+        "/bin/sh",
+        "-c",
+        f"'{py}' leaker.py 5",
+        cwd=tmp_path,
+    )
     assert res.returncode == 5, res.stderr
     _, sites = sites_of(out, "leaker.py")
     assert sites[("grow", line_of(leaker, "leak"))]["retention_pct"] >= 80
@@ -104,11 +127,24 @@ def test_forked_workers_add_up(interpreters, tmp_path):
         "    os.wait()\n"
     )
     out = tmp_path / "w.json"
-    res = trackleak("run", "--sample-rate", "1", "--json", str(out), "--python", interpreters[-1].path,
-                    str(script), cwd=tmp_path)
+    res = trackleak(
+        "run",
+        "--sample-rate",
+        "1",
+        "--json",
+        str(out),
+        "--python",
+        interpreters[-1].path,
+        str(script),
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     data = json.loads(out.read_text())
-    rows = [s for s in data["sites"] if s["file"].endswith("workers.py") and s["line"] == line_of(script, "worker")]
+    rows = [
+        s
+        for s in data["sites"]
+        if s["file"].endswith("workers.py") and s["line"] == line_of(script, "worker")
+    ]
     # THEN each worker reports its own allocations (200 blocks + the list's growth), the same for
     # each: a later worker does not also carry what earlier forks or the parent counted
     assert len({r["pid"] for r in rows}) == 3, rows
@@ -122,7 +158,7 @@ def test_report_renders_a_saved_table(interpreters, leaker, tmp_path):
     trackleak("run", "--json", str(out), "--python", interpreters[-1].path, str(leaker), cwd=tmp_path)
     res = trackleak("report", str(out), cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert "leaker.py:%d" % line_of(leaker, "leak") in res.stdout
+    assert f"leaker.py:{line_of(leaker, 'leak')}" in res.stdout
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     res = trackleak("report", str(bad), cwd=tmp_path)
@@ -136,8 +172,14 @@ def test_inspect_reads_a_live_process(interpreters, shim, tmp_path):
         "import sys, time\nkeep = [bytes(5000 + i % 2) for i in range(300)]  # ALLOC: live\n"
         "print('ready', flush=True)\ntime.sleep(60)\n"
     )
-    env = {**os.environ, "LD_PRELOAD": str(shim), "TRACKLEAK_STARTUP_DELAY": "0", "TRACKLEAK_SAMPLE_RATE": "1",
-           "TRACKLEAK_QUIET": "1", "TRACKLEAK_LOG_DIR": str(tmp_path)}
+    env = {
+        **os.environ,
+        "LD_PRELOAD": str(shim),
+        "TRACKLEAK_STARTUP_DELAY": "0",
+        "TRACKLEAK_SAMPLE_RATE": "1",
+        "TRACKLEAK_QUIET": "1",
+        "TRACKLEAK_LOG_DIR": str(tmp_path),
+    }
     proc = subprocess.Popen([interpreters[-1].path, str(script)], env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "ready"

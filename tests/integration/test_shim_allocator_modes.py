@@ -7,10 +7,9 @@ each of these must run unchanged and still put the leak on its line.
 
 from __future__ import annotations
 
-import pytest
-
 import os
 
+import pytest
 from helpers import assert_consistent, final_rows, find_row, line_of, run_command
 
 pytestmark = pytest.mark.integration

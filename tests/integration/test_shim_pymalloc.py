@@ -8,10 +8,9 @@ leak of 505-byte objects is seen. Larger objects are always seen through the raw
 from __future__ import annotations
 
 import pytest
-
 from helpers import final_rows, find_row, line_of, run_preloaded
 
-SCRIPT = '''
+SCRIPT = """
 keep = []
 def small_class_leak():
     for i in range(3000):
@@ -21,7 +20,7 @@ def big_leak():
         keep.append(bytes(4000 + i % 2))  # ALLOC: big
 small_class_leak()
 big_leak()
-'''
+"""
 
 
 @pytest.mark.parametrize("setting", ["auto", "1", "0"])

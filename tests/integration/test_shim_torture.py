@@ -238,6 +238,8 @@ def test_interval_dumps_while_the_main_thread_is_blocked(cpython, shim, log_dir,
     # THEN interval dumps still appear while it runs (the dump thread takes over), growing
     intervals = [d for d in result.dumps if d["reason"] == "interval" and d["pid"] == result.pid]
     assert len(intervals) >= 2, result.describe()
-    counts = [sum(s["count"] for s in d["sites"] if s["line"] == line_of(script, "worker")) for d in intervals]
+    counts = [
+        sum(s["count"] for s in d["sites"] if s["line"] == line_of(script, "worker")) for d in intervals
+    ]
     assert counts == sorted(counts) and counts[-1] > counts[0], counts
     assert_consistent(result.dumps)
