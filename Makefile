@@ -16,7 +16,7 @@ ARGS    ?=
 # malloc-family names the shim must export (checked by `make verify`).
 MALLOC_FAMILY := malloc|calloc|realloc|reallocarray|free|posix_memalign|aligned_alloc|memalign|valloc|pvalloc
 
-.PHONY: help setup build check verify test demo quickstart run install uninstall bench clean distclean
+.PHONY: help setup build check verify test demo quickstart run install uninstall lint bench clean distclean
 
 help: ## Show this list of targets
 	@echo "Usage: make <target> [VAR=value]"
