@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from trackleak.ebpf.python import FROM_DEBUG_OFFSETS
+
 pytestmark = pytest.mark.integration  # needs real interpreters (and cc for some tests)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -276,32 +278,12 @@ def test_live_interpreter_readable_with_table(info):
 
 # --------------------------------------------------------------------------- _Py_DebugOffsets
 
-# our field -> "section.member" in _Py_DebugOffsets
+# our field -> "section.member" in _Py_DebugOffsets: the agent's own mapping (one source), plus
+# fields only this test compares.
 DEBUG_NAMES = {
-    "tstate.current_frame": "thread_state.current_frame",
-    "tstate.interp": "thread_state.interp",
-    "tstate.next": "thread_state.next",
-    "tstate.thread_id": "thread_state.thread_id",
-    "tstate.native_thread_id": "thread_state.native_thread_id",
-    "frame.previous": "interpreter_frame.previous",
-    "frame.code": "interpreter_frame.executable",
-    "frame.instr": "interpreter_frame.instr_ptr",
-    "frame.owner": "interpreter_frame.owner",
-    "code.co_name": "code_object.name",
-    "code.co_filename": "code_object.filename",
-    "code.co_qualname": "code_object.qualname",
-    "code.co_firstlineno": "code_object.firstlineno",
-    "code.co_code_adaptive": "code_object.co_code_adaptive",
-    "code.co_linetable": "code_object.linetable",
+    **FROM_DEBUG_OFFSETS,
     "code.sizeof": "code_object.size",
-    "object.ob_type": "pyobject.ob_type",
-    "bytes.ob_sval": "bytes_object.ob_sval",
     "varobject.ob_size": "bytes_object.ob_size",
-    "unicode.state": "unicode_object.state",
-    "unicode.length": "unicode_object.length",
-    "unicode.asciiobject_size": "unicode_object.asciiobject_size",
-    "runtime.interpreters_head": "runtime_state.interpreters_head",
-    "interp.tstate_head": "interpreter_state.threads_head",
 }
 # These must exist in every _Py_DebugOffsets we accept; the rest are compared when present.
 DEBUG_REQUIRED = [
