@@ -227,3 +227,15 @@ def interpreter_include(include: str, version_info: tuple) -> str:
         if (cand / "Python.h").exists():
             return str(cand)
     return sysconfig.get_paths()["include"]
+
+
+def run_attached(session, target):
+    """Attach, let the target run its rounds ("go"), and return the merged rows; always detach."""
+    session.start()
+    try:
+        target.say("go")
+        target.wait_done()
+        return session.poll().merged()
+    finally:
+        session.stop()
+        target.finish()

@@ -14,7 +14,16 @@ import subprocess
 import time
 
 import pytest
-from ebpf_support import AGENT_CMD, BPF_SKIP, Target, build_leaker, find, tracefs_events, uprobe_perf_events
+from ebpf_support import (
+    AGENT_CMD,
+    BPF_SKIP,
+    Target,
+    build_leaker,
+    find,
+    run_attached,
+    tracefs_events,
+    uprobe_perf_events,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.bpf]
 
@@ -36,15 +45,8 @@ def test_native_leak_named_and_twin_clean(leaker):
     # GIVEN a C program waiting to leak, and the agent attached to it
     target = Target([leaker, "400", "200"])
     session = _session([target.pid])
-    session.start()
-    try:
-        # WHEN it runs its leaking and its healthy rounds
-        target.say("go")
-        target.wait_done()
-        rows = session.poll().merged()
-    finally:
-        session.stop()
-        target.finish()
+    # WHEN it runs its leaking and its healthy rounds
+    rows = run_attached(session, target)
     # THEN the leaking function is flagged and its twin is not
     leak = find(rows, "leak_here", file_endswith="leaker")
     twin = find(rows, "healthy_twin", file_endswith="leaker")
@@ -62,14 +64,7 @@ def test_sampling_keeps_every_count(leaker):
     # GIVEN sampling 1 in 20
     target = Target([leaker, "500", "100"])
     session = _session([target.pid], sample_rate=20)
-    session.start()
-    try:
-        target.say("go")
-        target.wait_done()
-        rows = session.poll().merged()
-    finally:
-        session.stop()
-        target.finish()
+    rows = run_attached(session, target)
     # THEN counts are exact, samples are about 1 in 20, and retention still separates the two
     leak, twin = find(rows, "leak_here"), find(rows, "healthy_twin")
     assert leak.count == 8 * 500

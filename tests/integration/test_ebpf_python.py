@@ -20,6 +20,7 @@ from ebpf_support import (
     build_extension,
     find,
     interpreter_include,
+    run_attached,
 )
 from helpers import line_of
 
@@ -88,14 +89,7 @@ def test_attach_to_a_script_running_for_a_while(cpython, tmp_path):
     # GIVEN a script that has been allocating for a while (frames deep in its loop)
     target, script = _start(cpython, tmp_path, rounds=800, warmup=1.0)
     session = _session([target.pid], sample_rate=2)
-    session.start()
-    try:
-        target.say("go")
-        target.wait_done()
-        rows = session.poll().merged()
-    finally:
-        session.stop()
-        target.finish()
+    rows = run_attached(session, target)
     leak = find(
         rows, cpython.func("leak_ctypes"), file_endswith=script.name, line=line_of(script, "ctypes_leak")
     )
@@ -112,14 +106,7 @@ def test_unsupported_version_falls_back_to_native(tmp_path, monkeypatch, interpr
     target, _script_path = _start(cpython, tmp_path, rounds=300)
     notes: list[str] = []
     session = _session([target.pid], on_note=notes.append)
-    session.start()
-    try:
-        target.say("go")
-        target.wait_done()
-        rows = session.poll().merged()
-    finally:
-        session.stop()
-        target.finish()
+    rows = run_attached(session, target)
     # THEN the agent says so in one sentence and still attributes natively
     assert any("not supported" in n and "native" in n for n in notes), notes
     assert rows and all(r.native for r in rows)
