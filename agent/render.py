@@ -1,9 +1,10 @@
 # SPDX-License-Identifier: MIT
 """Show retention rows: a rich table for terminals, fixed-width plain text for pipes and files.
 
-Columns: FUNCTION, FILE:LINE, COUNT, TOTAL, SAMPLES, SAMPLED, FREED, RET%, PEAK, AVG.
-RET% is "n/a" when nothing was sampled (unknown is not healthy); a site that keeps >= 80% of its
-sampled bytes, and keeps some, is a likely leak and shown in red.
+Columns: FUNCTION, FILE:LINE, LIVE, GROWTH, COUNT, TOTAL, SAMPLES, SAMPLED, FREED, RET%, PEAK, AVG.
+LIVE is the estimated bytes allocated at the site and still live; GROWTH their trend (per second,
+"-" until the site was watched long enough). A site whose live bytes keep growing is a likely leak:
+ranked first and shown in red. RET% is "n/a" when nothing was sampled (unknown is not healthy).
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ from typing import Iterable, Sequence
 
 from .table import Row, is_leak, sorted_rows
 
-COLUMNS = ("FUNCTION", "FILE:LINE", "COUNT", "TOTAL", "SAMPLES", "SAMPLED", "FREED", "RET%", "PEAK", "AVG")
-COMPACT_COLUMNS = ("FUNCTION", "FILE:LINE", "COUNT", "TOTAL", "SAMPLES", "RET%", "PEAK")
-_RIGHT = {"COUNT", "TOTAL", "SAMPLES", "SAMPLED", "FREED", "RET%", "PEAK", "AVG"}
+COLUMNS = (
+    "FUNCTION", "FILE:LINE", "LIVE", "GROWTH", "COUNT", "TOTAL", "SAMPLES", "SAMPLED", "FREED", "RET%",
+    "PEAK", "AVG",
+)
+COMPACT_COLUMNS = ("FUNCTION", "FILE:LINE", "LIVE", "GROWTH", "TOTAL", "SAMPLES", "RET%")
+_RIGHT = {"LIVE", "GROWTH", "COUNT", "TOTAL", "SAMPLES", "SAMPLED", "FREED", "RET%", "PEAK", "AVG"}
 
 
 def human_bytes(n: int) -> str:
@@ -28,6 +32,14 @@ def human_bytes(n: int) -> str:
         if value < 1024.0 or unit == "PiB":
             return f"{value:.1f} {unit}"
     raise AssertionError("unreachable")
+
+
+def fmt_growth(bytes_per_s: float | None) -> str:
+    """"+1.5 MiB/s", "-2.0 KiB/s", "0 B/s"; "-" when unknown."""
+    if bytes_per_s is None:
+        return "-"
+    sign = "+" if bytes_per_s > 0.5 else ("-" if bytes_per_s < -0.5 else "")
+    return f"{sign}{human_bytes(int(round(abs(bytes_per_s))))}/s"
 
 
 def fmt_retention(pct: float | None) -> str:
@@ -61,6 +73,8 @@ def cells(row: Row, *, short: bool = False) -> list[str]:
     return [
         row.function or "?",
         location(row, short=short),
+        human_bytes(row.live_bytes),
+        fmt_growth(row.growth_bytes_per_s),
         str(row.count),
         human_bytes(row.total_bytes),
         str(row.sample_count),
@@ -165,11 +179,13 @@ def summary_line(rows: Sequence[Row], *, elapsed: float | None = None, pids: Ite
     parts.append(f"pids={','.join(map(str, pids)) or '-'}")
     parts.append(f"sites={len(rows)}")
     parts.append(f"tracked={human_bytes(total)}")
-    parts.append(f"leaks={len(leaks)}")
+    parts.append(f"live={human_bytes(sum(r.live_bytes for r in rows))}")
+    parts.append(f"growing={len(leaks)}")
     if rows:
         top = top_rows(rows, top=1)[0]
         parts.append(
-            f"top={top.function} ({location(top)}) ret={fmt_retention(top.retention_pct)} "
+            f"top={top.function} ({location(top)}) live={human_bytes(top.live_bytes)} "
+            f"growth={fmt_growth(top.growth_bytes_per_s)} ret={fmt_retention(top.retention_pct)} "
             f"total={human_bytes(top.total_bytes)}"
         )
     return "trackleak: " + " ".join(parts)

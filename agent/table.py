@@ -7,6 +7,7 @@ A *site* is (function, file, line); native sites have line 0, the ELF object as 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -26,6 +27,10 @@ FIELDS = (
     "source",
     "pid",
     "native",
+    "live_bytes",
+    "live_count",
+    "growth_bytes_per_s",
+    "growing",
 )
 
 SiteKey = tuple  # (function, file, line, native)
@@ -56,6 +61,15 @@ class Row:
     source: str = "preload"
     pid: int = 0
     native: bool = False
+    # Estimated from the samples (trackleak.sampling): bytes and allocations made here and still
+    # live, a block moved by realloc at its current size.
+    live_bytes: int = 0
+    live_count: int = 0
+    # Set by a reader that watched the site over time (trackleak.history): the trend of live_bytes
+    # in bytes per second over the recent window (None: not watched long enough), and whether it
+    # keeps growing (the leak signal the default ranking leads with).
+    growth_bytes_per_s: float | None = None
+    growing: bool = False
 
     @property
     def key(self) -> SiteKey:
@@ -77,6 +91,11 @@ class Row:
         self.sample_total_bytes += other.sample_total_bytes
         self.sample_free_bytes += other.sample_free_bytes
         self.peak_single = max(self.peak_single, other.peak_single)
+        self.live_bytes += other.live_bytes
+        self.live_count += other.live_count
+        if other.growth_bytes_per_s is not None:
+            self.growth_bytes_per_s = (self.growth_bytes_per_s or 0.0) + other.growth_bytes_per_s
+        self.growing = self.growing or other.growing
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in FIELDS}
@@ -97,7 +116,12 @@ class Row:
                 raise ValueError(f"field {name!r} must be a string, got {type(value).__name__}")
             return value
 
-        return cls(
+        growth = data.get("growth_bytes_per_s")
+        if growth is not None and (isinstance(growth, bool) or not isinstance(growth, (int, float))
+                                   or not math.isfinite(growth)):
+            raise ValueError(f"field 'growth_bytes_per_s' must be a number or null, got {growth!r}")
+
+        row = cls(
             function=_str("function"),
             file=_str("file"),
             line=_int("line"),
@@ -110,7 +134,17 @@ class Row:
             source=source if source is not None else (_str("source") or "preload"),
             pid=pid if pid is not None else _int("pid"),
             native=bool(data.get("native", False)),
+            live_bytes=_int("live_bytes"),
+            live_count=_int("live_count"),
+            growth_bytes_per_s=None if growth is None else float(growth),
+            growing=bool(data.get("growing", False)),
         )
+        if "live_bytes" not in data:
+            # Written before live bytes existed: the old estimate, total bytes x retention.
+            ret = row.retention_pct
+            row.live_bytes = int(row.total_bytes * ret / 100.0) if ret is not None else 0
+            row.live_count = int(row.count * ret / 100.0) if ret is not None else 0
+        return row
 
 
 @dataclass
@@ -157,30 +191,37 @@ LEAK_RETENTION_PCT = 80.0
 
 
 def estimated_kept_bytes(row: Row) -> int:
-    """Bytes the site still holds, estimated from its samples (0 when nothing was sampled)."""
-    ret = row.retention_pct
-    return int(row.total_bytes * ret / 100.0) if ret is not None else 0
+    """Bytes the site still holds: its live-bytes estimate (trackleak.sampling)."""
+    return row.live_bytes
 
 
 def is_leak(row: Row) -> bool:
-    """Retention >= 80% with bytes kept: the rows shown first and in red."""
-    ret = row.retention_pct
-    return ret is not None and ret >= LEAK_RETENTION_PCT and row.sample_total_bytes > row.sample_free_bytes
+    """The site's live bytes keep growing: the rows shown first and in red."""
+    return row.growing
 
 
 def leak_order(row: Row) -> tuple:
-    """Sort key: likely leaks first (retention >= 80% with bytes kept), the biggest estimated holder
-    first among them (a 1-sample 100% site of 1 KiB must not hide an 82% site holding megabytes);
-    then everything else by estimated bytes kept (all of them when unsampled), then by bytes."""
-    ret = row.retention_pct
-    leak = is_leak(row)
-    # Unknown is not healthy: a site without samples may hold everything it allocated.
-    kept = estimated_kept_bytes(row) if ret is not None else row.total_bytes
-    return (0 if leak else 1, -kept, -row.total_bytes, row.function, row.file, row.line)
+    """Sort key of the default ranking: sites whose live bytes keep growing first, the fastest
+    first; then every other site by live bytes (what it holds now), then by bytes allocated.
+
+    Retention alone would put import-time allocations kept at 100 % (a few KiB each) above a leak
+    that also makes temporaries (50 %, tens of MiB), and a buffer grown by realloc (old blocks
+    freed: ~0 %) out of sight; live bytes and their growth see both.
+    """
+    if row.growing:
+        return (0, -(row.growth_bytes_per_s or 0.0), -row.live_bytes, row.function, row.file, row.line)
+    return (1, -row.live_bytes, -row.total_bytes, row.function, row.file, row.line)
+
+
+SORT_KEYS = ("leak", "live", "bytes", "retention")
 
 
 def sorted_rows(rows: Iterable[Row], by: str = "leak") -> list[Row]:
     rows = list(rows)
     if by == "bytes":
         return sorted(rows, key=lambda r: (-r.total_bytes, r.function))
+    if by == "live":
+        return sorted(rows, key=lambda r: (-r.live_bytes, -r.total_bytes, r.function))
+    if by == "retention":
+        return sorted(rows, key=lambda r: (-(r.retention_pct or -1.0), -r.live_bytes, r.function))
     return sorted(rows, key=leak_order)

@@ -44,6 +44,8 @@ def test_plain_table_columns_and_na():
     assert lines[0].split() == [
         "FUNCTION",
         "FILE:LINE",
+        "LIVE",
+        "GROWTH",
         "COUNT",
         "TOTAL",
         "SAMPLES",
@@ -62,10 +64,18 @@ def test_native_rows_show_the_object_without_line():
 
 
 def test_leak_highlight_rule():
-    assert render.is_leak(row())
-    assert not render.is_leak(row(sample_free_bytes=2048))
+    # Red means "live bytes keep growing", whatever the retention.
+    assert render.is_leak(row(growing=True, growth_bytes_per_s=1e3))
+    assert render.is_leak(row(growing=True, sample_free_bytes=2048))
+    assert not render.is_leak(row())  # 100 % but not growing: start-up state, not a leak
     assert not render.is_leak(row(sample_count=0, sample_total_bytes=0))
-    assert not render.is_leak(row(sample_total_bytes=1000, sample_free_bytes=300))  # 70%
+
+
+def test_growth_format():
+    assert render.fmt_growth(None) == "-"
+    assert render.fmt_growth(0.0) == "0 B/s"
+    assert render.fmt_growth(1536.0) == "+1.5 KiB/s"
+    assert render.fmt_growth(-2048.0) == "-2.0 KiB/s"
 
 
 def test_rich_table_renders():
@@ -78,9 +88,9 @@ def test_rich_table_renders():
 
 
 def test_summary_line():
-    line = render.summary_line([row()], elapsed=3.2, pids=[5, 4])
+    line = render.summary_line([row(live_bytes=2048, growing=True, growth_bytes_per_s=1024.0)], elapsed=3.2, pids=[5, 4])
     assert line.startswith("trackleak: 3s pids=4,5 sites=1")
-    assert "leaks=1" in line and "top=leaky (/app/x.py:12) ret=100.0%" in line
+    assert "growing=1" in line and "top=leaky (/app/x.py:12) live=2.0 KiB growth=+1.0 KiB/s ret=100.0%" in line
 
 
 def test_compact_table_is_one_line_per_row_within_the_width():

@@ -94,23 +94,35 @@ def test_replace_pid_swaps_a_snapshot():
     assert sorted((r.pid, r.count) for r in tab) == [(1, 5), (2, 1)]
 
 
-def test_leaks_first_then_bytes():
-    leak = row(function="leak", total_bytes=10, sample_total_bytes=100, sample_free_bytes=0)
-    big = row(function="big", total_bytes=10**9, sample_total_bytes=100, sample_free_bytes=100)
-    unknown = row(function="unknown", total_bytes=10**6, sample_count=0, sample_total_bytes=0)
-    assert sorted_rows([big, unknown, leak])[0].function == "leak"
-    assert [r.function for r in sorted_rows([big, unknown, leak], by="bytes")] == ["big", "unknown", "leak"]
+def test_growing_sites_first_fastest_first_then_by_live_bytes():
+    # GIVEN import-time noise kept at 100 %, a leak with temporaries (50 %) and a growing buffer (0 %)
+    noise = row(function="noise", total_bytes=130_000, live_bytes=130_000)
+    leak = row(function="leak", total_bytes=60 << 20, sample_free_bytes=500, live_bytes=30 << 20,
+               growth_bytes_per_s=1e6, growing=True)
+    buf = row(function="buf", total_bytes=70 << 20, sample_free_bytes=1000, live_bytes=20 << 20,
+              growth_bytes_per_s=2e6, growing=True)
+    held = row(function="held", total_bytes=50 << 20, live_bytes=40 << 20, growth_bytes_per_s=0.0)
+    # WHEN sorted by default THEN growth first (fastest first), then what the others hold now
+    assert [r.function for r in sorted_rows([noise, held, leak, buf])] == ["buf", "leak", "held", "noise"]
+    assert [r.function for r in sorted_rows([noise, held, leak, buf], by="live")] == ["held", "leak", "buf", "noise"]
+    assert [r.function for r in sorted_rows([noise, held, leak, buf], by="bytes")] == ["buf", "leak", "held", "noise"]
 
 
-def test_a_big_leak_outranks_many_tiny_single_sample_ones():
-    # GIVEN an 82% site holding megabytes and a 100% site seen once
-    big = row(function="big", count=8000, total_bytes=8 << 20, sample_total_bytes=1000, sample_free_bytes=180)
-    tiny = row(function="tiny", count=1, total_bytes=960, sample_total_bytes=960)
-    # WHEN sorted leaks first THEN the one that holds the most comes first
-    assert [r.function for r in sorted_rows([tiny, big])] == ["big", "tiny"]
+def test_without_growth_the_biggest_holder_leads():
+    # A short script watched too briefly for a trend: its leak still holds the most.
+    noise = [row(function=f"import{i}", total_bytes=4000, live_bytes=4000) for i in range(11)]
+    leak = row(function="leak", total_bytes=60 << 20, sample_free_bytes=500, live_bytes=30 << 20)
+    assert sorted_rows(noise + [leak])[0].function == "leak"
 
 
-def test_unsampled_sites_rank_as_if_they_kept_everything():
-    healthy = row(function="healthy", total_bytes=10**6, sample_free_bytes=1000)
-    unknown = row(function="unknown", total_bytes=10**5, sample_count=0, sample_total_bytes=0)
-    assert [r.function for r in sorted_rows([healthy, unknown])] == ["unknown", "healthy"]
+def test_rows_written_before_live_bytes_existed_estimate_them_from_retention():
+    old = {k: v for k, v in row(total_bytes=1000, sample_total_bytes=100, sample_free_bytes=25).to_dict().items()
+           if k not in ("live_bytes", "live_count", "growth_bytes_per_s", "growing")}
+    assert Row.from_dict(old).live_bytes == 750
+
+
+def test_growth_must_be_a_finite_number():
+    with pytest.raises(ValueError, match="growth_bytes_per_s"):
+        Row.from_dict({**row().to_dict(), "growth_bytes_per_s": "fast"})
+    with pytest.raises(ValueError, match="growth_bytes_per_s"):
+        Row.from_dict({**row().to_dict(), "growth_bytes_per_s": float("nan")})
