@@ -42,8 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Callable, Mapping, Sequence
 
-from . import live, render
+from . import live, render, sampling
 from .errors import UserError
+from .history import History, pid_site_key
 from .shim import shim_path
 from .sources import dumpfile
 from .sources.shm import ShmError, Snapshot, find_segments, read_segment
@@ -302,6 +303,9 @@ class Session:
     def __post_init__(self) -> None:
         self.snapshots: dict[int, _Seen] = {}
         self.live_table = RetentionTable()
+        # Live bytes over time: per site (live view, ranking) and per process (JSON rows).
+        self.history = History()
+        self.pid_history = History(key=pid_site_key)
         self.shm_errors: dict[int, str] = {}
         self.started = 0.0
         self.ended = 0.0
@@ -324,13 +328,27 @@ class Session:
                 continue
             self.snapshots[pid] = _Seen(snap, self.clock())
             self.live_table.replace_pid(pid, snap.rows)
+        self._observe(self.live_table)
+
+    def _interval(self) -> int:
+        """The sampling interval R of what we read (for the noise floor of growth)."""
+        for seen in self.snapshots.values():
+            return sampling.interval_bytes(seen.snapshot.header.sample_rate)
+        return sampling.interval_bytes(self.opts.sample_rate or SHIM_DEFAULTS["sample_rate"])
+
+    def _observe(self, table: RetentionTable) -> None:
+        now = self.clock() - self.started
+        interval = self._interval()
+        self.history.observe(now, table.merged(), interval=interval)
+        self.pid_history.observe(now, table, interval=interval)
 
     def _live_renderable(self, max_rows: int, width: int | None = None):
         top = min(self.opts.top or max_rows, max_rows)
-        rows = render.top_rows(self.live_table.merged(), top=max(1, top), sort=self.opts.sort)
+        rows = self.history.annotate(self.live_table.merged())
+        rows = render.top_rows(rows, top=max(1, top), sort=self.opts.sort)
         elapsed = self.clock() - self.started
         caption = (
-            f"trackleak live, {'leaks' if self.opts.sort == 'leak' else 'bytes'} first: {elapsed:.0f}s, "
+            f"trackleak live, by {self.opts.sort}: {elapsed:.0f}s, "
             f"pids {_pid_list(sorted(self.snapshots)) or '-'}, {len(self.live_table)} sites; "
             "final table at exit"
         )
@@ -367,7 +385,7 @@ class Session:
             if view is not None:
                 view.update(self._live_renderable(view.rows - live.TABLE_OVERHEAD, view.width))
             elif self.opts.progress:
-                rows = self.live_table.merged()
+                rows = self.history.annotate(self.live_table.merged())
                 elapsed = self.clock() - self.started
                 self._say(render.summary_line(rows, elapsed=elapsed, pids=self.snapshots))
         except Exception as exc:  # reported once, the run goes on
@@ -463,7 +481,10 @@ class Session:
 
     def finish(self, status: int) -> int:
         table, info = self.final_table()
-        rows = table.merged()
+        # The final word of each process is the last point of its series.
+        self._observe(table)
+        rows = self.history.annotate(table.merged())
+        self.pid_history.annotate(table)
         if info["bad_lines"]:
             self._say(f"trackleak: skipped {info['bad_lines']} unreadable line(s) in the JSON-lines log")
             if self.opts.verbose:
@@ -475,7 +496,7 @@ class Session:
             self._say(self._nothing_message())
         if self.opts.json_path is not None:
             try:
-                write_json(self.opts.json_path, table, self._meta(info, status))
+                write_json(self.opts.json_path, table, self._meta(info, status), self.history, rows)
             except OSError as exc:
                 self._say(f"trackleak: error: cannot write {self.opts.json_path}: {exc.strerror or exc}")
                 return status or 2
@@ -500,7 +521,7 @@ class Session:
         head = (
             f"trackleak: {len(pids)} process(es) ({_pid_list(pids)}), "
             f"sample rate 1/{rate}, min size {min_size} B, "
-            f"exit status {status}; top {len(rows)} by {'leak' if self.opts.sort == 'leak' else 'bytes'}"
+            f"exit status {status}; top {len(rows)} by {self.opts.sort}"
         )
         self._say(head)
         try:
@@ -551,10 +572,23 @@ def _is_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def write_json(path: str | Path, table: RetentionTable, meta: dict) -> None:
-    """{"meta": {...}, "sites": [row, ...]}: rows per pid, likely leaks first. Atomic replace."""
+HISTORY_SITES = 50  # sites whose live-bytes series goes into the JSON document
+
+
+def write_json(
+    path: str | Path,
+    table: RetentionTable,
+    meta: dict,
+    history: History | None = None,
+    merged: list[Row] | None = None,
+) -> None:
+    """{"meta": {...}, "sites": [row, ...], "history": [...]}: rows per pid, likely leaks first;
+    the live-bytes series of the top sites (merged over pids) for plotting. Atomic replace."""
     path = Path(path).expanduser()
-    doc = {"meta": meta, "sites": [row.to_dict() for row in sorted_rows(table)]}
+    doc: dict = {"meta": meta, "sites": [row.to_dict() for row in sorted_rows(table)]}
+    if history is not None:
+        top = sorted_rows(merged if merged is not None else table.merged())[:HISTORY_SITES]
+        doc["history"] = history.to_json([r.key for r in top])
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
         json.dump(doc, fh, indent=1)

@@ -16,8 +16,18 @@ EXIT_USAGE = 2
 
 
 class SortBy(str, enum.Enum):
+    """Orders of the table (trackleak.table.sorted_rows)."""
+
     leak = "leak"
+    live = "live"
     bytes = "bytes"
+    retention = "retention"
+
+
+SORT_HELP = (
+    "Order: leak (live bytes that keep growing first, fastest first, then by live bytes), "
+    "live (live bytes), bytes (bytes allocated) or retention (RET%)."
+)
 
 
 def fail(message: str) -> typer.Exit:

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from trackleak import render
-from trackleak.cli._common import SortBy, stdout_is_terminal, user_errors
+from trackleak.cli._common import SORT_HELP, SortBy, stdout_is_terminal, user_errors
 from trackleak.report import load_report
 
 
@@ -15,7 +15,7 @@ def report(
     path: Annotated[Path, typer.Argument(help="A `trackleak run --json` file or the shim's profiler.jsonl.")],
     top: Annotated[int, typer.Option(min=0, help="Rows to show (0: all).")] = 20,
     sort: Annotated[
-        SortBy, typer.Option(help="Order: likely leaks first, or most bytes first.")
+        SortBy, typer.Option(help=SORT_HELP)
     ] = SortBy.leak,
     per_pid: Annotated[
         bool, typer.Option("--per-pid", help="One row per process and site (default: merged).")

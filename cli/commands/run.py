@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperCommand
 
 from trackleak import runner
-from trackleak.cli._common import SortBy, user_errors
+from trackleak.cli._common import SORT_HELP, SortBy, user_errors
 
 HELP = """Run a Python script, a module (-m) or any command (after --) with the shim preloaded.
 
@@ -133,7 +133,7 @@ def run(
     interval: Annotated[float, typer.Option(min=0.1, help="Seconds between live updates.")] = 1.0,
     top: Annotated[int, typer.Option(min=0, help="Rows to show (0: all).")] = 20,
     sort: Annotated[
-        SortBy, typer.Option(help="Order: likely leaks first, or most bytes first.")
+        SortBy, typer.Option(help=SORT_HELP)
     ] = SortBy.leak,
     live: Annotated[
         Optional[bool],
