@@ -29,7 +29,7 @@ from setuptools.command.build_ext import build_ext
 ROOT = Path(__file__).resolve().parent
 SHIM_EXT = "trackleak._preload.trackleak"  # -> trackleak/_preload/trackleak.so
 CFLAGS = ["-O2", "-g", "-fPIC", "-shared", "-fvisibility=hidden", "-pthread", "-Wall", "-Wextra"]
-LDLIBS = ["-ldl"]
+LDLIBS = ["-ldl", "-lm"]
 
 
 class ShimBuildError(SystemExit):

@@ -12,7 +12,8 @@ from __future__ import annotations
 import ctypes
 
 TL_SHM_MAGIC = b"TRKLEAK\x00"  # 8 bytes, NUL included
-TL_SHM_VERSION = 2
+TL_SHM_VERSION = 3
+TL_COUNT_ONE = 1024  # count weights' fixed point (== trackleak.sampling.COUNT_ONE, test-checked)
 TL_SHM_MEMFD_NAME = "trackleak"
 
 TL_FUNC_MAX = 128  # bytes incl. NUL
@@ -64,7 +65,8 @@ class TlShmHeader(ctypes.Structure):
         ("dropped_samples", ctypes.c_uint64),
         ("dropped_sites", ctypes.c_uint64),
         ("dropped_events", ctypes.c_uint64),
-        ("reserved", ctypes.c_uint64 * 8),
+        ("sample_interval", ctypes.c_uint64),
+        ("reserved", ctypes.c_uint64 * 7),
     )
 
 
@@ -82,6 +84,10 @@ class TlCounts(ctypes.Structure):
         ("sample_bytes", ctypes.c_uint64),
         ("sample_free_count", ctypes.c_uint64),
         ("sample_free_bytes", ctypes.c_uint64),
+        ("est_count", ctypes.c_uint64),
+        ("est_bytes", ctypes.c_uint64),
+        ("est_free_count", ctypes.c_uint64),
+        ("est_free_bytes", ctypes.c_uint64),
     )
 
 

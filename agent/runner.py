@@ -333,7 +333,7 @@ class Session:
     def _interval(self) -> int:
         """The sampling interval R of what we read (for the noise floor of growth)."""
         for seen in self.snapshots.values():
-            return sampling.interval_bytes(seen.snapshot.header.sample_rate)
+            return seen.snapshot.header.sample_interval
         return sampling.interval_bytes(self.opts.sample_rate or SHIM_DEFAULTS["sample_rate"])
 
     def _observe(self, table: RetentionTable) -> None:
@@ -447,17 +447,20 @@ class Session:
             elif seen is not None:
                 table.replace_pid(pid, seen.snapshot.rows)
                 sources[pid] = "live snapshot"
-        sample_rate = min_size = None
+        sample_rate = min_size = interval = None
         for dump in final.values():
             sample_rate = sample_rate or dump.sample_rate
+            interval = dump.sample_interval if interval is None else interval
             min_size = dump.min_size if min_size is None else min_size
         for seen in self.snapshots.values():
             sample_rate = sample_rate or seen.snapshot.header.sample_rate or None
+            interval = seen.snapshot.header.sample_interval if interval is None else interval
             min_size = seen.snapshot.header.min_size if min_size is None else min_size
         info = {
             "pids": sorted(sources),
             "sources": sources,
             "sample_rate": sample_rate or self.opts.sample_rate,
+            "sample_interval": interval,
             "min_size": min_size if min_size is not None else self.opts.min_size,
             "bad_lines": log.bad_lines,
             "errors": log.errors,
@@ -516,11 +519,10 @@ class Session:
     def _print_final(self, rows: list[Row], info: dict, status: int) -> None:
         rows = render.top_rows(rows, top=self.opts.top, sort=self.opts.sort)
         pids = info["pids"]
-        rate = info["sample_rate"] or "?"
         min_size = "?" if info["min_size"] is None else info["min_size"]
         head = (
             f"trackleak: {len(pids)} process(es) ({_pid_list(pids)}), "
-            f"sample rate 1/{rate}, min size {min_size} B, "
+            f"{describe_sampling(info['sample_interval'])}, min size {min_size} B, "
             f"exit status {status}; top {len(rows)} by {self.opts.sort}"
         )
         self._say(head)
@@ -544,6 +546,7 @@ class Session:
             "ended": round(self.ended, 3),
             "exit_code": status,
             "sample_rate": info["sample_rate"] or SHIM_DEFAULTS["sample_rate"],
+            "sample_interval": info["sample_interval"],
             "min_size": info["min_size"] if info["min_size"] is not None else SHIM_DEFAULTS["min_size"],
             "pids": info["pids"],
             "host": socket.gethostname(),
@@ -552,6 +555,15 @@ class Session:
     def _say(self, text: str) -> None:
         with contextlib.suppress(OSError, ValueError):
             print(text, file=self.stderr, flush=True)
+
+
+def describe_sampling(interval: int | None) -> str:
+    """"sampling 1 per 50.0 KiB" / "every allocation sampled" / "sampling ?" (unknown)."""
+    if interval is None:
+        return "sampling ?"
+    if interval == 0:
+        return "every allocation sampled"
+    return f"sampling 1 per {render.human_bytes(interval)}"
 
 
 def _pid_list(pids: Sequence[int], shown: int = 8) -> str:

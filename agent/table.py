@@ -37,7 +37,10 @@ SiteKey = tuple  # (function, file, line, native)
 
 
 def retention_pct(sample_total_bytes: int, sample_free_bytes: int, sample_count: int) -> float | None:
-    """Share of sampled bytes never freed, in percent; None when nothing was sampled.
+    """The original's formula: share of sampled bytes never freed, in percent; None when nothing
+    was sampled. Right when every allocation has the same chance to be sampled (the original's 1 in
+    N, or exhaustive mode); ``Row.retention_pct`` is the estimate that stays right when big
+    allocations are sampled more often (trackleak.sampling).
 
     Unknown is not healthy: a site with allocations but no samples must not print 0%.
     """
@@ -45,6 +48,15 @@ def retention_pct(sample_total_bytes: int, sample_free_bytes: int, sample_count:
         return None
     kept = sample_total_bytes - min(sample_free_bytes, sample_total_bytes)
     return round(100.0 * kept / sample_total_bytes, 1)
+
+
+def kept_pct(live_bytes: int, total_bytes: int, sample_count: int) -> float | None:
+    """Share of the bytes allocated at a site that it still holds, in percent, from the live-bytes
+    estimate: what retention means, estimated without the size bias of byte-weighted sampling.
+    None when nothing was sampled (unknown is not healthy)."""
+    if sample_count <= 0 or total_bytes <= 0:
+        return None
+    return round(100.0 * min(max(live_bytes, 0), total_bytes) / total_bytes, 1)
 
 
 @dataclass
@@ -77,7 +89,9 @@ class Row:
 
     @property
     def retention_pct(self) -> float | None:
-        return retention_pct(self.sample_total_bytes, self.sample_free_bytes, self.sample_count)
+        """Share of the bytes allocated here that are still held (the original's RET%), estimated
+        from live bytes: unbiased under byte-weighted sampling, exact in exhaustive mode."""
+        return kept_pct(self.live_bytes, self.total_bytes, self.sample_count)
 
     @property
     def avg_size(self) -> int:
@@ -141,7 +155,7 @@ class Row:
         )
         if "live_bytes" not in data:
             # Written before live bytes existed: the old estimate, total bytes x retention.
-            ret = row.retention_pct
+            ret = retention_pct(row.sample_total_bytes, row.sample_free_bytes, row.sample_count)
             row.live_bytes = int(row.total_bytes * ret / 100.0) if ret is not None else 0
             row.live_count = int(row.count * ret / 100.0) if ret is not None else 0
         return row

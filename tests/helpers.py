@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from trackleak.table import Row
-from trackleak.table import retention_pct as table_retention_pct
+from trackleak.table import kept_pct as table_kept_pct
 
 TESTS_DIR = Path(__file__).resolve().parent
 FIXTURES = TESTS_DIR / "fixtures"
@@ -473,6 +473,8 @@ _SITE_INT_FIELDS = (
     "sample_free_bytes",
     "peak_single",
     "avg_size",
+    "live_bytes",
+    "live_count",
 )
 
 
@@ -520,15 +522,15 @@ def dump_problems(dump: Mapping[str, Any]) -> list:
             problems.append(f"{where}: peak_single {site['peak_single']} > total_bytes {site['total_bytes']}")
         if site["count"] and site["avg_size"] != site["total_bytes"] // site["count"]:
             problems.append(f"{where}: avg_size {site['avg_size']} != total_bytes // count")
-        expected = table_retention_pct(
-            site["sample_total_bytes"], site["sample_free_bytes"], site["sample_count"]
-        )
+        expected = table_kept_pct(site["live_bytes"], site["total_bytes"], site["sample_count"])
         got = site.get("retention_pct")
         if expected is None:
             if got is not None:
                 problems.append(f"{where}: retention_pct {got!r} but no samples (must be null)")
         elif not isinstance(got, (int, float)) or isinstance(got, bool) or abs(got - expected) > 0.15:
-            problems.append(f"{where}: retention_pct {got!r}, sampled bytes say {expected}")
+            problems.append(f"{where}: retention_pct {got!r}, live bytes / total bytes say {expected}")
+        if site["sample_count"] and not site["live_count"] and site["live_bytes"]:
+            problems.append(f"{where}: live_bytes {site['live_bytes']} without live_count")
         if site.get("native") is True and site["line"] != 0:
             problems.append(f"{where}: native site with line {site['line']} (must be 0)")
         if not isinstance(site.get("native"), bool):

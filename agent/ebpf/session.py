@@ -22,7 +22,7 @@ from trackleak.ebpf.loader import ENTRY_PROGRAMS, Loader, Tunables, check_privil
 from trackleak.ebpf.python import PythonInfo, UnsupportedPython, find_python, resolve_offsets, target_fields
 from trackleak.symbolize.elf import NativeSymbolizer, elf_info, proc_path
 from trackleak.symbolize.pycode import CodeReader, ProcessMemory
-from trackleak.table import RetentionTable, Row
+from trackleak.table import RetentionTable, Row, retention_pct
 
 TL_TARGET_PYTHON = 1  # bpf/trackleak.h
 _ZERO_DEFAULT = {"flags", "code_tag_mask", "wrap_lo", "wrap_hi"}  # tl_target fields whose "none" is 0
@@ -211,6 +211,11 @@ class EbpfSession:
                 pid=k.pid,
                 native=site[3],
             )
+            # Interim, until the BPF program keeps sampling weights: 1-in-N sampling is uniform,
+            # so the sampled share kept estimates the live share.
+            ret = retention_pct(v.sample_total_bytes, v.sample_free_bytes, v.sample_count)
+            row.live_bytes = int(v.total_bytes * ret / 100.0) if ret is not None else 0
+            row.live_count = int(v.count * ret / 100.0) if ret is not None else 0
             have = per_pid[k.pid].get(site)
             if have is None:
                 per_pid[k.pid][site] = row

@@ -4,7 +4,7 @@
 One object per line and per dump::
 
     {"format": "trackleak-dump", "version": 1, "pid": ..., "ppid": ..., "timestamp": <unix s>,
-     "reason": "interval" | "exit", "elapsed_seconds": ..., "sample_rate": ..., "min_size": ...,
+     "reason": "interval" | "exit", "elapsed_seconds": ..., "sample_rate": ..., "sample_interval": ..., "min_size": ...,
      "python": "3.11.7" | null, "dropped": {"samples": ..., "sites": ..., "events": ...},
      "sites": [{function, file, line, count, total_bytes, sample_count, sample_total_bytes,
                 sample_free_bytes, retention_pct, peak_single, avg_size, native}, ...]}
@@ -60,6 +60,7 @@ class Dump:
     rows: list[Row]
     bad_rows: int = 0
     path: str = ""
+    sample_interval: int | None = None  # mean bytes between samples; absent before layout v3
     line_no: int = 0
 
     @property
@@ -179,6 +180,7 @@ def parse_dump(obj: Any) -> Dump:
         dropped=dropped,
         rows=rows,
         bad_rows=bad_rows,
+        sample_interval=_int(obj, "sample_interval"),
     )
 
 

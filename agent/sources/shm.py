@@ -70,6 +70,7 @@ class Header:
     dropped_samples: int
     dropped_sites: int
     dropped_events: int
+    sample_interval: int = 0  # mean bytes between samples (trackleak.sampling); 0: every allocation
 
     @property
     def flag_names(self) -> list[str]:
@@ -98,6 +99,18 @@ class Record:
     peak_single: int
     function: str
     file: str
+    est_count: int = 0  # sampling weights (trackleak_shm.h): live = est - est_free
+    est_bytes: int = 0
+    est_free_count: int = 0
+    est_free_bytes: int = 0
+
+    @property
+    def live_bytes(self) -> int:
+        return max(0, self.est_bytes - self.est_free_bytes)
+
+    @property
+    def live_count(self) -> int:
+        return max(0, (self.est_count - self.est_free_count + L.TL_COUNT_ONE // 2) // L.TL_COUNT_ONE)
 
     @property
     def native(self) -> bool:
@@ -122,6 +135,8 @@ class Record:
             source="preload",
             pid=pid,
             native=self.native,
+            live_bytes=self.live_bytes,
+            live_count=self.live_count,
         )
 
 
@@ -236,6 +251,7 @@ def parse_header(data: bytes, *, mapping_size: int | None = None) -> Header:
         dropped_samples=h.dropped_samples,
         dropped_sites=h.dropped_sites,
         dropped_events=h.dropped_events,
+        sample_interval=h.sample_interval,
     )
 
 
@@ -284,6 +300,10 @@ def parse_segment(data: bytes, *, pid: int = 0, mapping_size: int | None = None)
                 peak_single=rec.peak_single,
                 function=function,
                 file=file,
+                est_count=L.site_total(rec, "est_count"),
+                est_bytes=L.site_total(rec, "est_bytes"),
+                est_free_count=L.site_total(rec, "est_free_count"),
+                est_free_bytes=L.site_total(rec, "est_free_bytes"),
             )
         )
     return snap

@@ -22,7 +22,7 @@
 #include <stdint.h>
 
 #define TL_SHM_MAGIC "TRKLEAK\0" /* 8 bytes, NUL included */
-#define TL_SHM_VERSION 2u
+#define TL_SHM_VERSION 3u
 #define TL_SHM_MEMFD_NAME "trackleak"
 
 #define TL_FUNC_MAX 128 /* bytes incl. NUL; longer names are cut */
@@ -65,8 +65,17 @@ struct tl_shm_header {
     uint64_t dropped_samples;  /* samples not kept: live set full */
     uint64_t dropped_sites;    /* allocations not attributed: site table full */
     uint64_t dropped_events;   /* event-log records lost: ring full */
-    uint64_t reserved[8];
+    uint64_t sample_interval;  /* mean bytes between samples (R); 0: every allocation is sampled */
+    uint64_t reserved[7];
 };
+
+/* Sampling (agent/sampling.py has the full statement): a tracked allocation of s
+ * bytes is sampled with probability p(s) = 1 - exp(-s / sample_interval). A sample
+ * stands for 1/p(s) allocations and s/p(s) bytes; the est_* counters add those
+ * weights (counts in TL_COUNT_ONE units) when the sample is taken and again, the
+ * same amounts, when it is freed, so live = est - est_free is an unbiased estimate
+ * of what the site allocated and still holds. */
+#define TL_COUNT_ONE 1024u
 
 /* The counters of a site, kept twice (tl_site.c): c[TL_C_ATOMIC] is updated
  * with locked adds by any thread; c[TL_C_GIL] with plain adds, and only by
@@ -82,6 +91,10 @@ struct tl_counts {
     uint64_t sample_bytes;
     uint64_t sample_free_count; /* sampled allocations since freed */
     uint64_t sample_free_bytes;
+    uint64_t est_count;         /* sum of 1/p(s) over samples, in TL_COUNT_ONE units */
+    uint64_t est_bytes;         /* sum of s/p(s) over samples */
+    uint64_t est_free_count;    /* the same for the samples since freed */
+    uint64_t est_free_bytes;
 };
 
 struct tl_site {

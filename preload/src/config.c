@@ -158,6 +158,10 @@ void tl_config_load(void)
     v = tl_cfg.sample_rate;
     env_uint("TRACKLEAK_SAMPLE_RATE", 1, 1u << 30, &v);
     tl_cfg.sample_rate = (unsigned)v;
+    /* Mean bytes between samples; agent/sampling.py interval_bytes() is the same rule. */
+    v = 0;
+    env_uint("TRACKLEAK_SAMPLE_BYTES", 0, 1ull << 40, &v);
+    tl_cfg.sample_interval = v ? v : tl_cfg.sample_rate <= 1 ? 0 : (uint64_t)tl_cfg.sample_rate * 1024u;
     v = tl_cfg.min_size;
     env_uint("TRACKLEAK_MIN_SIZE", 0, 1ull << 40, &v);
     tl_cfg.min_size = (size_t)v;
@@ -204,8 +208,14 @@ void tl_banner(void)
     tl_say("json_log=%s/%s", dir, tl_cfg.json_log);
     tl_say("event_log=%s/%s", dir, tl_cfg.event_log);
     tl_say("Configuration loaded:");
-    tl_say("dump_interval=%us, sample_rate=1/%u, min_size=%zu, startup_delay=%us", tl_cfg.dump_interval,
-           tl_cfg.sample_rate, tl_cfg.min_size, tl_cfg.startup_delay);
+    char how[96];
+    if (tl_cfg.sample_interval)
+        snprintf(how, sizeof how, "byte-weighted: one sample per %llu bytes on average",
+                 (unsigned long long)tl_cfg.sample_interval);
+    else
+        snprintf(how, sizeof how, "every allocation");
+    tl_say("dump_interval=%us, sample_rate=1/%u (%s), min_size=%zu, startup_delay=%us", tl_cfg.dump_interval,
+           tl_cfg.sample_rate, how, tl_cfg.min_size, tl_cfg.startup_delay);
     if (env_flag("ENABLE_ELASTICSEARCH")) {
         const char *url = getenv("ELASTICSEARCH_URL");
         char red[256];

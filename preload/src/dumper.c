@@ -146,6 +146,7 @@ static void append_file(const char *name, const char *data, size_t len)
 struct row {
     const struct tl_site *s; /* names and line */
     uint64_t count, total, scount, sbytes, sfree, peak;
+    uint64_t est_c, est_b, est_fc, est_fb; /* weights (trackleak_shm.h): live = est - est_free */
 };
 
 static int cmp_site_key(const void *a, const void *b)
@@ -228,6 +229,10 @@ static size_t collect_rows(struct row **out, size_t *bytes)
             w->scount += __atomic_load_n(&s->c[c].sample_count, __ATOMIC_RELAXED);
             w->sbytes += __atomic_load_n(&s->c[c].sample_bytes, __ATOMIC_RELAXED);
             w->sfree += __atomic_load_n(&s->c[c].sample_free_bytes, __ATOMIC_RELAXED);
+            w->est_c += __atomic_load_n(&s->c[c].est_count, __ATOMIC_RELAXED);
+            w->est_b += __atomic_load_n(&s->c[c].est_bytes, __ATOMIC_RELAXED);
+            w->est_fc += __atomic_load_n(&s->c[c].est_free_count, __ATOMIC_RELAXED);
+            w->est_fb += __atomic_load_n(&s->c[c].est_free_bytes, __ATOMIC_RELAXED);
         }
         uint64_t pk = __atomic_load_n(&s->peak_single, __ATOMIC_RELAXED);
         if (pk > w->peak)
@@ -248,9 +253,23 @@ static size_t collect_rows(struct row **out, size_t *bytes)
     return r;
 }
 
+/* Estimated bytes and allocations made at the site and still live (0 when the
+ * counters, read at slightly different times, cross). */
+static uint64_t live_bytes(const struct row *w) { return w->est_b > w->est_fb ? w->est_b - w->est_fb : 0; }
+static uint64_t live_count(const struct row *w)
+{
+    return w->est_c > w->est_fc ? (w->est_c - w->est_fc + TL_COUNT_ONE / 2) / TL_COUNT_ONE : 0;
+}
+
+/* RET%: the share of the bytes allocated here that are still held, from the
+ * live-bytes estimate (agent/table.py kept_pct: the same rule); -1 when nothing
+ * was sampled. */
 static double retention(const struct row *w)
 {
-    return w->sbytes ? 100.0 * (double)(w->sbytes - w->sfree) / (double)w->sbytes : -1.0;
+    if (!w->scount || !w->total)
+        return -1.0;
+    uint64_t live = live_bytes(w);
+    return 100.0 * (double)(live < w->total ? live : w->total) / (double)w->total;
 }
 
 #define MB(x) ((double)(x) / (1024.0 * 1024.0))
@@ -285,8 +304,10 @@ static void format_json(struct obuf *b, const struct row *rows, size_t n, long n
     uint64_t start_s = tl_hdr->start_time_ns / 1000000000ull;
     ob_printf(b,
               "{\"format\":\"trackleak-dump\",\"version\":1,\"pid\":%d,\"ppid\":%d,\"timestamp\":%ld,"
-              "\"reason\":\"%s\",\"elapsed_seconds\":%ld,\"sample_rate\":%u,\"min_size\":%zu,\"python\":",
-              (int)getpid(), (int)getppid(), now, reason, now - (long)start_s, tl_cfg.sample_rate, tl_cfg.min_size);
+              "\"reason\":\"%s\",\"elapsed_seconds\":%ld,\"sample_rate\":%u,\"sample_interval\":%llu,"
+              "\"min_size\":%zu,\"python\":",
+              (int)getpid(), (int)getppid(), now, reason, now - (long)start_s, tl_cfg.sample_rate,
+              (unsigned long long)tl_cfg.sample_interval, tl_cfg.min_size);
     if (py)
         ob_json_str(b, py);
     else
@@ -310,9 +331,10 @@ static void format_json(struct obuf *b, const struct row *rows, size_t n, long n
             ob_printf(b, "null");
         else
             ob_printf(b, "%.1f", ret);
-        ob_printf(b, ",\"peak_single\":%llu,\"avg_size\":%llu,\"native\":%s}", (unsigned long long)w->peak,
-                  (unsigned long long)(w->count ? w->total / w->count : 0),
-                  w->s->kind == TL_KIND_NATIVE ? "true" : "false");
+        ob_printf(b, ",\"peak_single\":%llu,\"avg_size\":%llu,\"native\":%s,\"live_bytes\":%llu,\"live_count\":%llu}",
+                  (unsigned long long)w->peak, (unsigned long long)(w->count ? w->total / w->count : 0),
+                  w->s->kind == TL_KIND_NATIVE ? "true" : "false", (unsigned long long)live_bytes(w),
+                  (unsigned long long)live_count(w));
     }
     ob_printf(b, "]}\n");
 }

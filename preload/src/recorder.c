@@ -16,6 +16,7 @@
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -25,7 +26,12 @@
 #include "tl_internal.h"
 
 TL_TLS int tl_guard;
-static TL_TLS uint32_t countdown;      /* allocations until this thread's next sample */
+/* Sampling (agent/sampling.py): sample points fall on the stream of tracked bytes
+ * with exponential gaps of mean tl_cfg.sample_interval. gap is the bytes this
+ * thread may still allocate before the next point; rng is 0 until seeded (a new
+ * thread, a forked child). */
+static TL_TLS int64_t gap;
+static TL_TLS uint64_t rng;
 static TL_TLS uint32_t tick_countdown; /* samples until this thread looks at the clock */
 
 /* Per-thread cache in front of the site index: a loop allocates from the same
@@ -116,6 +122,7 @@ void tl_freeze(void)
 void tl_recorder_after_fork_child(void)
 {
     tl_owner_pid = getpid();
+    rng = 0; /* the parent's thread goes on drawing the same numbers: reseed */
     /* Blocks sampled before the fork belong to the parent's table (see
      * tl_shm_after_fork_child): forget them, their frees are not ours. */
     memset(tl_filter, 0, sizeof tl_filter);
@@ -313,6 +320,58 @@ void tl_put_back(void *p, uint64_t entry, int gil)
             __atomic_add_fetch(f_, (v), __ATOMIC_RELAXED);                                     \
     } while (0)
 
+/* ---- sampling ------------------------------------------------------------- */
+
+static void seed_rng(void)
+{
+    uint64_t x = tl_now_ns(CLOCK_MONOTONIC) ^ ((uint64_t)(uintptr_t)&gap << 17) ^ ((uint64_t)getpid() << 40);
+    static uint64_t threads;
+    x ^= __atomic_add_fetch(&threads, 0x9e3779b97f4a7c15ull, __ATOMIC_RELAXED);
+    x = tl_mix64(x);
+    rng = x ? x : 0x2545f4914f6cdd1dull;
+}
+
+/* xorshift64*: fast, good enough to place sample points. */
+static inline uint64_t next_random(void)
+{
+    rng ^= rng >> 12;
+    rng ^= rng << 25;
+    rng ^= rng >> 27;
+    return rng * 0x2545f4914f6cdd1dull;
+}
+
+/* An exponential gap of mean sample_interval bytes: -R ln(U), U uniform in (0, 1]. */
+static int64_t next_gap(void)
+{
+    double u = (double)((next_random() >> 11) + 1) * 0x1.0p-53;
+    double g = -(double)tl_cfg.sample_interval * log(u);
+    if (g < 1.0)
+        return 1;
+    if (g > 0x1.0p62)
+        return INT64_C(1) << 62;
+    return (int64_t)g;
+}
+
+/* What one sample of SIZE bytes stands for: 1/p allocations (in TL_COUNT_ONE
+ * units) and size/p bytes, p = 1 - exp(-size / R). Deterministic in size, so the
+ * free of a sample takes back exactly what its allocation added. */
+static void weights(uint64_t size, uint64_t *count_w, uint64_t *bytes_w)
+{
+    uint64_t r = tl_cfg.sample_interval;
+    if (!r || !size) {
+        *count_w = size ? TL_COUNT_ONE : 0;
+        *bytes_w = size;
+        return;
+    }
+    double p = -expm1(-(double)size / (double)r);
+    if (p <= 0.0) { /* not reachable for size >= 1 and r < 2^62; stay finite anyway */
+        *count_w = *bytes_w = 0;
+        return;
+    }
+    *count_w = (uint64_t)((double)TL_COUNT_ONE / p + 0.5);
+    *bytes_w = (uint64_t)((double)size / p + 0.5);
+}
+
 void tl_credit_free(void *p, uint64_t entry, int gil)
 {
     uint32_t rec = (uint32_t)(entry & ((1u << META_SITE_BITS) - 1));
@@ -320,8 +379,12 @@ void tl_credit_free(void *p, uint64_t entry, int gil)
     if (rec >= tl_hdr->site_capacity)
         return;
     struct tl_site *s = &tl_sites[rec];
+    uint64_t wc, wb;
+    weights(size, &wc, &wb);
     BUMP(s, sample_free_count, 1, gil);
     BUMP(s, sample_free_bytes, size, gil);
+    BUMP(s, est_free_count, wc, gil);
+    BUMP(s, est_free_bytes, wb, gil);
     if (TL_UNLIKELY(tl_cfg.events))
         tl_event(2, p, size, rec);
 }
@@ -356,19 +419,30 @@ void tl_record_alloc(void *p, size_t size, void *ra, int gil)
     while (size > peak &&
            !__atomic_compare_exchange_n(&s->peak_single, &peak, size, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
         ;
-    if (countdown > 1) {
-        countdown--;
-        return;
+    if (TL_LIKELY(tl_cfg.sample_interval)) {
+        gap -= (int64_t)size;
+        if (TL_LIKELY(gap > 0))
+            return;
+        if (TL_UNLIKELY(!rng)) { /* first allocation of this thread: draw where its first point is */
+            seed_rng();
+            gap = next_gap() - (int64_t)size;
+            if (gap > 0)
+                return;
+        }
+        gap = next_gap(); /* memoryless: the next point is a fresh draw from here */
     }
-    countdown = tl_cfg.sample_rate;
     uint64_t rec = (uint64_t)(s - tl_sites);
     uint64_t sz = size > META_MAX_SIZE ? META_MAX_SIZE : size;
     if (!live_insert(p, (sz << META_SITE_BITS) | rec, gil)) {
         __atomic_add_fetch(&tl_hdr->dropped_samples, 1, __ATOMIC_RELAXED);
         return;
     }
+    uint64_t wc, wb;
+    weights(sz, &wc, &wb);
     BUMP(s, sample_count, 1, gil);
     BUMP(s, sample_bytes, sz, gil);
+    BUMP(s, est_count, wc, gil);
+    BUMP(s, est_bytes, wb, gil);
     if (TL_UNLIKELY(tl_cfg.events))
         tl_event(1, p, size, (uint32_t)rec);
     if (TL_UNLIKELY(tick_countdown == 0)) {

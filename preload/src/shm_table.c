@@ -61,6 +61,7 @@ void tl_shm_init(void)
     tl_hdr->ppid = getppid();
     tl_hdr->start_time_ns = tl_now_ns(CLOCK_REALTIME);
     tl_hdr->sample_rate = tl_cfg.sample_rate;
+    tl_hdr->sample_interval = tl_cfg.sample_interval;
     tl_hdr->min_size = tl_cfg.min_size > UINT32_MAX ? UINT32_MAX : (uint32_t)tl_cfg.min_size;
     tl_hdr->py_version_hex = tl_py_version_hex();
     tl_hdr->flags = tl_py_present() ? TL_FLAG_PYTHON : 0;

@@ -5,7 +5,7 @@
  *   hooks_libc.c   malloc-family interposers, dlsym bootstrap, _exit hook
  *   hooks_pymem.c  PyMem_SetAllocator wrappers (raw, mem, object domains)
  *   pyframe.c      CPython runtime discovery; own thread's frame -> (code, offset); names
- *   recorder.c     reentrancy guard, sampling, site table, sampled live set
+ *   recorder.c     reentrancy guard, byte-weighted sampling, site table, sampled live set
  *   shm_table.c    the memfd segment (layout in include/trackleak_shm.h), fork handling
  *   dumper.c       text table, JSON lines, event log; scheduling; never inside malloc
  *   config.c       environment parsing, banner, one-time warnings
@@ -32,7 +32,9 @@
 #define TL_PYMALLOC_AUTO_MAX 496
 struct tl_config {
     unsigned dump_interval;  /* s */
-    unsigned sample_rate;    /* 1 in N */
+    unsigned sample_rate;    /* TRACKLEAK_SAMPLE_RATE: 1 = every allocation */
+    uint64_t sample_interval;/* mean bytes between samples (agent/sampling.py): TRACKLEAK_SAMPLE_BYTES,
+                                else sample_rate KiB; 0 when sample_rate is 1 (exhaustive) */
     size_t min_size;         /* bytes */
     unsigned startup_delay;  /* s */
     int events;              /* MEMORY_PROFILER_EVENTS */

@@ -53,6 +53,7 @@ def test_recorder_under_sanitizers(tmp_path: Path):
             "-o",
             str(exe),
             "-ldl",
+            "-lm",
         ],
         capture_output=True,
         text=True,

@@ -25,6 +25,24 @@ class FakeSite:
     peak_single: int = 1_000
     key_addr: int = 0x7F0000001000
     key_aux: int = 42
+    # Sampling weights; None: consistent with the samples (the site's bytes in the sampled
+    # share kept, as if each sample stood for total/sample bytes).
+    est_count: int | None = None
+    est_bytes: int | None = None
+    est_free_count: int | None = None
+    est_free_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        scale = self.total_bytes / self.sample_bytes if self.sample_bytes else 0
+        per = self.count / self.sample_count if self.sample_count else 0
+        if self.est_bytes is None:
+            self.est_bytes = int(self.sample_bytes * scale)
+        if self.est_free_bytes is None:
+            self.est_free_bytes = int(self.sample_free_bytes * scale)
+        if self.est_count is None:
+            self.est_count = int(self.sample_count * per * L.TL_COUNT_ONE)
+        if self.est_free_count is None:
+            self.est_free_count = int(self.sample_free_count * per * L.TL_COUNT_ONE)
 
 
 def site_bytes(s: FakeSite) -> bytes:
@@ -39,6 +57,10 @@ def site_bytes(s: FakeSite) -> bytes:
         "sample_bytes",
         "sample_free_count",
         "sample_free_bytes",
+        "est_count",
+        "est_bytes",
+        "est_free_count",
+        "est_free_bytes",
     ):
         value = getattr(s, name)
         setattr(rec.c[L.TL_C_ATOMIC], name, value // 3)

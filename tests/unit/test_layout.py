@@ -31,7 +31,14 @@ CONSTANTS = {
     "TL_SITE_READY": L.TL_SITE_READY,
     "TL_KIND_PYTHON": L.TL_KIND_PYTHON,
     "TL_KIND_NATIVE": L.TL_KIND_NATIVE,
+    "TL_COUNT_ONE": L.TL_COUNT_ONE,
 }
+
+
+def test_count_weights_have_one_fixed_point():
+    from trackleak import sampling
+
+    assert L.TL_COUNT_ONE == sampling.COUNT_ONE
 
 
 def _probe_source() -> str:

@@ -22,6 +22,9 @@ def row(**kw) -> Row:
         pid=1,
     )
     base.update(kw)
+    if "live_bytes" not in kw:  # consistent with the samples: total x sampled share kept
+        st, sf = base["sample_total_bytes"], base["sample_free_bytes"]
+        base["live_bytes"] = base["total_bytes"] * (st - min(sf, st)) // st if st else 0
     return Row(**base)
 
 
@@ -59,12 +62,22 @@ def test_from_dict_validates_and_overrides_pid_source():
 
 def test_merge_same_site_same_pid_adds_and_takes_max_peak():
     tab = RetentionTable()
-    tab.add(row(count=1, total_bytes=100, peak_single=100))
-    tab.add(row(count=2, total_bytes=300, peak_single=200, sample_free_bytes=500))
+    tab.add(row(count=1, total_bytes=100, peak_single=100, live_bytes=100))
+    tab.add(row(count=2, total_bytes=300, peak_single=200, sample_free_bytes=500, live_bytes=200))
     (only,) = list(tab)
     assert (only.count, only.total_bytes, only.peak_single) == (3, 400, 200)
     assert only.sample_total_bytes == 2000 and only.sample_free_bytes == 500
-    assert only.retention_pct == 75.0
+    assert only.live_bytes == 300 and only.retention_pct == 75.0
+
+
+def test_retention_is_the_share_of_allocated_bytes_still_live():
+    # Byte-weighted sampling over-represents big blocks in the raw samples (here the freed 64 KiB
+    # list-growth blocks): RET% comes from the unbiased live-bytes estimate instead.
+    r = row(total_bytes=21_000_000, sample_total_bytes=1_170_000, sample_free_bytes=360_000,
+            live_bytes=20_000_000)
+    assert retention_pct(r.sample_total_bytes, r.sample_free_bytes, r.sample_count) == 69.2
+    assert r.retention_pct == 95.2
+    assert row(live_bytes=5_000, total_bytes=1_000).retention_pct == 100.0  # estimate above total: clamped
 
 
 def test_different_line_file_or_native_are_different_sites():
