@@ -38,10 +38,13 @@ FLAG_NAMES = {
 TL_SITE_EMPTY = 0
 TL_SITE_RESERVED = 1
 TL_SITE_READY = 2
+TL_SITE_RETIRED = 3  # idle, nothing live: still counted until folded
+TL_SITE_FREE = 4  # folded into the TL_KIND_OTHER record: skip
 
 # site.kind
 TL_KIND_PYTHON = 1
 TL_KIND_NATIVE = 2
+TL_KIND_OTHER = 3  # the totals of sites folded to make room
 
 
 class TlShmHeader(ctypes.Structure):
@@ -66,7 +69,8 @@ class TlShmHeader(ctypes.Structure):
         ("dropped_sites", ctypes.c_uint64),
         ("dropped_events", ctypes.c_uint64),
         ("sample_interval", ctypes.c_uint64),
-        ("reserved", ctypes.c_uint64 * 7),
+        ("recycled_sites", ctypes.c_uint64),
+        ("reserved", ctypes.c_uint64 * 6),
     )
 
 

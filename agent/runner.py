@@ -456,7 +456,19 @@ class Session:
             sample_rate = sample_rate or seen.snapshot.header.sample_rate or None
             interval = seen.snapshot.header.sample_interval if interval is None else interval
             min_size = seen.snapshot.header.min_size if min_size is None else min_size
+        dropped = {name: 0 for name in DROP_NAMES}
+        for pid in sources:
+            dump = final.get(pid)
+            if sources[pid] != "live snapshot" and dump is not None:
+                counts = dump.dropped
+            else:
+                h = self.snapshots[pid].snapshot.header
+                counts = {"sites": h.dropped_sites, "samples": h.dropped_samples,
+                          "recycled_sites": h.recycled_sites}
+            for name in DROP_NAMES:
+                dropped[name] += int(counts.get(name, 0))
         info = {
+            "dropped": dropped,
             "pids": sorted(sources),
             "sources": sources,
             "sample_rate": sample_rate or self.opts.sample_rate,
@@ -526,6 +538,9 @@ class Session:
             f"exit status {status}; top {len(rows)} by {self.opts.sort}"
         )
         self._say(head)
+        lost = describe_dropped(info["dropped"])
+        if lost:
+            self._say(f"trackleak: {lost}")
         try:
             if _isatty(self.stdout):
                 from rich.console import Console
@@ -549,12 +564,30 @@ class Session:
             "sample_interval": info["sample_interval"],
             "min_size": info["min_size"] if info["min_size"] is not None else SHIM_DEFAULTS["min_size"],
             "pids": info["pids"],
+            "dropped": info["dropped"],
             "host": socket.gethostname(),
         }
 
     def _say(self, text: str) -> None:
         with contextlib.suppress(OSError, ValueError):
             print(text, file=self.stderr, flush=True)
+
+
+DROP_NAMES = ("sites", "samples", "recycled_sites")
+
+
+def describe_dropped(dropped: Mapping[str, int]) -> str:
+    """What the table could not show, in words ("" when nothing): never silent."""
+    parts = []
+    if dropped.get("sites"):
+        parts.append(
+            f"{dropped['sites']} allocation(s) not attributed (site table full; counted here, in no row)"
+        )
+    if dropped.get("samples"):
+        parts.append(f"{dropped['samples']} sample(s) not kept (live set full: live bytes may be low)")
+    if dropped.get("recycled_sites"):
+        parts.append(f"{dropped['recycled_sites']} idle site(s) folded into '[other sites]' to make room")
+    return "; ".join(parts)
 
 
 def describe_sampling(interval: int | None) -> str:

@@ -25,6 +25,9 @@ from ..errors import UserError
 from ..symbolize.native import native_name
 from ..table import Row
 
+# The row of the sites folded to make room (trackleak_shm.h, record 0): the names the shim writes.
+OTHER_SITES = "[other sites]"
+OTHER_SITES_FILE = "[idle sites folded to make room]"
 MEMFD_PATHNAMES = (f"/memfd:{L.TL_SHM_MEMFD_NAME} (deleted)", f"/memfd:{L.TL_SHM_MEMFD_NAME}")
 
 # Upper bound of what we are willing to read from one process (a forged capacity must not make us
@@ -71,6 +74,7 @@ class Header:
     dropped_sites: int
     dropped_events: int
     sample_interval: int = 0  # mean bytes between samples (trackleak.sampling); 0: every allocation
+    recycled_sites: int = 0  # idle site records folded into "[other sites]" to make room
 
     @property
     def flag_names(self) -> list[str]:
@@ -118,14 +122,16 @@ class Record:
 
     def to_row(self, pid: int) -> Row:
         function = self.function
-        if self.native and not function:
+        if self.kind == L.TL_KIND_OTHER:
+            function = OTHER_SITES  # whatever the segment says: one fixed name for one meaning
+        elif self.native and not function:
             function = f"0x{self.key_addr:x}"  # no symbol: the return address is all we have
         elif self.native:
             function = native_name(function, self.file)
         return Row(
             function=function,
-            file=self.file,
-            line=0 if self.native else self.line,
+            file=OTHER_SITES_FILE if self.kind == L.TL_KIND_OTHER else self.file,
+            line=0 if self.kind != L.TL_KIND_PYTHON else self.line,
             count=self.count,
             total_bytes=self.total_bytes,
             sample_count=self.sample_count,
@@ -146,6 +152,7 @@ class Snapshot:
     header: Header
     records: list[Record] = field(default_factory=list)
     not_ready: int = 0  # records handed out but not yet published (normal, transient)
+    free: int = 0  # records given back (their totals are in "[other sites]")
     bad_records: int = 0  # READY records we refused (unknown kind, names without NUL)
 
     @property
@@ -153,6 +160,8 @@ class Snapshot:
         """One row per site (same function, file, line, native merge)."""
         merged: dict[tuple, Row] = {}
         for rec in self.records:
+            if not rec.count:
+                continue  # a record that never counted (lost a race, or "other sites" still empty)
             row = rec.to_row(self.pid)
             have = merged.get(row.key)
             if have is None:
@@ -252,6 +261,7 @@ def parse_header(data: bytes, *, mapping_size: int | None = None) -> Header:
         dropped_sites=h.dropped_sites,
         dropped_events=h.dropped_events,
         sample_interval=h.sample_interval,
+        recycled_sites=h.recycled_sites,
     )
 
 
@@ -276,12 +286,15 @@ def parse_segment(data: bytes, *, pid: int = 0, mapping_size: int | None = None)
     for index in range(header.site_count):
         off = L.HEADER_SIZE + index * L.SITE_SIZE
         rec = L.TlSite.from_buffer_copy(view[off : off + L.SITE_SIZE])
-        if rec.state != L.TL_SITE_READY:
+        if rec.state == L.TL_SITE_FREE:
+            snap.free += 1
+            continue
+        if rec.state not in (L.TL_SITE_READY, L.TL_SITE_RETIRED):
             snap.not_ready += 1
             continue
         function = _cstr(bytes(view[off + _F_FUNCTION : off + _F_FUNCTION + L.TL_FUNC_MAX]))
         file = _cstr(bytes(view[off + _F_FILE : off + _F_FILE + L.TL_FILE_MAX]))
-        if function is None or file is None or rec.kind not in (L.TL_KIND_PYTHON, L.TL_KIND_NATIVE):
+        if function is None or file is None or rec.kind not in (L.TL_KIND_PYTHON, L.TL_KIND_NATIVE, L.TL_KIND_OTHER):
             snap.bad_records += 1
             continue
         snap.records.append(

@@ -10,11 +10,15 @@
  * bump TL_SHM_VERSION.
  *
  * Concurrency: the segment is written by many threads with relaxed atomics and
- * read by other processes with no lock. Site records are append-only: a writer
- * reserves an index (header.site_count), fills key and names, then sets
- * state = TL_SITE_READY with a release store. Counters only grow. A reader
- * ignores records that are not READY, clamps everything, and treats the whole
- * segment as hostile input (it may belong to any process).
+ * read by other processes with no lock. A writer takes a record (a given-back
+ * one, else the next index: header.site_count), fills key and names, then sets
+ * state = TL_SITE_READY with a release store. Counters only grow while a
+ * record is READY or RETIRED. When the table runs short, records of sites that
+ * hold nothing live and stayed idle are RETIRED (out of the writers' index),
+ * then FREE: their counters added to record 0 (TL_KIND_OTHER, "other
+ * sites") and the record given back. A reader counts READY and RETIRED
+ * records, skips the others, clamps everything, and treats the whole segment
+ * as hostile input (it may belong to any process).
  */
 #ifndef TRACKLEAK_SHM_H
 #define TRACKLEAK_SHM_H
@@ -40,10 +44,13 @@
 #define TL_SITE_EMPTY 0u
 #define TL_SITE_RESERVED 1u
 #define TL_SITE_READY 2u
+#define TL_SITE_RETIRED 3u /* idle, nothing live: out of the index, still counted, folded later */
+#define TL_SITE_FREE 4u    /* folded into the TL_KIND_OTHER record: skip it (it may be reused) */
 
 /* site.kind */
 #define TL_KIND_PYTHON 1u /* function/file/line of a Python frame */
 #define TL_KIND_NATIVE 2u /* caller of the allocator: symbol / ELF object */
+#define TL_KIND_OTHER 3u  /* record 0: the totals of sites folded to make room */
 
 struct tl_shm_header {
     char magic[8];          /* TL_SHM_MAGIC */
@@ -66,7 +73,8 @@ struct tl_shm_header {
     uint64_t dropped_sites;    /* allocations not attributed: site table full */
     uint64_t dropped_events;   /* event-log records lost: ring full */
     uint64_t sample_interval;  /* mean bytes between samples (R); 0: every allocation is sampled */
-    uint64_t reserved[7];
+    uint64_t recycled_sites;   /* idle records folded into the TL_KIND_OTHER one and given back */
+    uint64_t reserved[6];
 };
 
 /* Sampling (agent/sampling.py has the full statement): a tracked allocation of s

@@ -20,6 +20,7 @@ struct tl_config tl_cfg = {
     .sample_rate = 50,
     .min_size = 500,
     .startup_delay = 10,
+    .max_sites = 65536,
 };
 
 void tl_say(const char *fmt, ...)
@@ -165,6 +166,9 @@ void tl_config_load(void)
     v = tl_cfg.min_size;
     env_uint("TRACKLEAK_MIN_SIZE", 0, 1ull << 40, &v);
     tl_cfg.min_size = (size_t)v;
+    v = tl_cfg.max_sites;
+    env_uint("TRACKLEAK_MAX_SITES", 64, 1u << 22, &v); /* 2^22: the live set's 24-bit record field */
+    tl_cfg.max_sites = (unsigned)v;
     v = tl_cfg.startup_delay;
     env_uint("TRACKLEAK_STARTUP_DELAY", 0, 86400 * 365, &v);
     tl_cfg.startup_delay = (unsigned)v;

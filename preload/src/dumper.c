@@ -213,7 +213,8 @@ static size_t collect_rows(struct row **out, size_t *bytes)
     size_t k = 0;
     for (uint32_t i = 0; i < n; i++) {
         const struct tl_site *s = &tl_sites[i];
-        if (__atomic_load_n(&s->state, __ATOMIC_ACQUIRE) == TL_SITE_READY && (s->c[0].count || s->c[1].count))
+        uint32_t st = __atomic_load_n(&s->state, __ATOMIC_ACQUIRE);
+        if ((st == TL_SITE_READY || st == TL_SITE_RETIRED) && (s->c[0].count || s->c[1].count))
             idx[k++] = s;
     }
     heap_sort(idx, k, sizeof *idx, cmp_site_key);
@@ -312,9 +313,12 @@ static void format_json(struct obuf *b, const struct row *rows, size_t n, long n
         ob_json_str(b, py);
     else
         ob_printf(b, "null");
-    ob_printf(b, ",\"truncated\":%zu,\"dropped\":{\"samples\":%llu,\"sites\":%llu,\"events\":%llu},\"sites\":[",
+    ob_printf(b,
+              ",\"truncated\":%zu,\"dropped\":{\"samples\":%llu,\"sites\":%llu,\"events\":%llu,"
+              "\"recycled_sites\":%llu},\"sites\":[",
               n > JSON_ROWS_MAX ? n - JSON_ROWS_MAX : 0, (unsigned long long)tl_hdr->dropped_samples,
-              (unsigned long long)tl_hdr->dropped_sites, (unsigned long long)tl_hdr->dropped_events);
+              (unsigned long long)tl_hdr->dropped_sites, (unsigned long long)tl_hdr->dropped_events,
+              (unsigned long long)tl_hdr->recycled_sites);
     for (size_t i = 0; i < n && i < JSON_ROWS_MAX; i++) {
         const struct row *w = &rows[i];
         ob_printf(b, i ? ",{\"function\":" : "{\"function\":");

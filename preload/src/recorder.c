@@ -17,6 +17,7 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -42,6 +43,7 @@ static TL_TLS struct {
     uint64_t addr, aux;
     struct tl_site *site;
 } tcache[TCACHE_SIZE];
+static TL_TLS uint64_t tcache_epoch; /* site_epoch when this thread's cache was last valid */
 
 volatile int tl_active;
 volatile int tl_disabled;
@@ -50,14 +52,26 @@ static volatile int initialized;
 static uint64_t activate_at_ns;
 
 #define TL_PROBE 16
-#define INDEX_BITS 17 /* site index slots: 4x the site records */
+static unsigned index_bits; /* site index slots: 2^index_bits >= 4x the site records */
 #define LIVE_BITS 20  /* live-set slots */
 #define TOMB ((uint64_t)1) /* freed; reusable */
 #define BUSY ((uint64_t)2) /* being filled */
 #define META_SITE_BITS 24
 #define META_MAX_SIZE (((uint64_t)1 << (64 - META_SITE_BITS)) - 1)
 
-static uint64_t *site_index; /* (hash32 << 32) | (record + 1), 0 = empty */
+static uint64_t *site_index; /* (hash32 << 32) | (record + 1), 0 = empty, IDX_TOMB = removed */
+#define IDX_TOMB UINT64_MAX
+
+/* Making room (see "reclaim" below). Private to the process, like the index. */
+static volatile uint64_t site_epoch;  /* bumped when records leave the index: caches drop them */
+static uint32_t *free_ring;           /* given-back record numbers */
+static uint64_t free_head, free_tail; /* consumers CAS head; the one reclaimer advances tail */
+static uint64_t *idle_count;          /* per record: its count at the previous pass */
+static volatile int reclaiming;       /* one pass at a time */
+static uint64_t next_pass_ns;         /* passes are at least RECLAIM_GAP_NS apart */
+static uint32_t pass_cursor;          /* where the next pass starts */
+#define RECLAIM_GAP_NS 100000000ull   /* 100 ms between passes */
+#define RECLAIM_CHUNK 8192u           /* records per pass: a pass costs ~100 us, wherever it runs */
 struct live_slot {
     uint64_t key;  /* block address; 0 empty, 1 tombstone */
     uint64_t meta; /* size << 24 | site record */
@@ -86,10 +100,16 @@ static void *map_anon(size_t size)
 void tl_recorder_init(void)
 {
     tl_owner_pid = getpid();
-    site_index = map_anon(sizeof(uint64_t) << INDEX_BITS);
+    for (index_bits = 10; ((size_t)1 << index_bits) < (size_t)tl_cfg.max_sites * 4; index_bits++)
+        ;
+    site_index = map_anon(sizeof(uint64_t) << index_bits);
     live[0] = map_anon(sizeof(struct live_slot) << LIVE_BITS);
     live[1] = map_anon(sizeof(struct live_slot) << LIVE_BITS);
-    if (!site_index || !live[0] || !live[1] || !tl_hdr) {
+    if (tl_hdr) {
+        free_ring = map_anon(sizeof(uint32_t) * tl_hdr->site_capacity);
+        idle_count = map_anon(sizeof(uint64_t) * tl_hdr->site_capacity);
+    }
+    if (!site_index || !live[0] || !live[1] || !tl_hdr || !free_ring || !idle_count) {
         tl_say("cannot map its tables (out of memory?); not tracking this process");
         tl_disabled = 1;
         return;
@@ -123,6 +143,7 @@ void tl_recorder_after_fork_child(void)
 {
     tl_owner_pid = getpid();
     rng = 0; /* the parent's thread goes on drawing the same numbers: reseed */
+    reclaiming = 0; /* a pass another thread was running is not running here */
     /* Blocks sampled before the fork belong to the parent's table (see
      * tl_shm_after_fork_child): forget them, their frees are not ours. */
     memset(tl_filter, 0, sizeof tl_filter);
@@ -158,16 +179,51 @@ static void site_describe_native(void *ra, struct tl_site *s)
     s->line = 0;
 }
 
+static void reclaim_maybe(void);
+
+/* A given-back record number, or -1. */
+static int64_t free_pop(void)
+{
+    uint64_t h = __atomic_load_n(&free_head, __ATOMIC_ACQUIRE);
+    while (h < __atomic_load_n(&free_tail, __ATOMIC_ACQUIRE)) {
+        uint32_t rec = __atomic_load_n(&free_ring[h % tl_hdr->site_capacity], __ATOMIC_RELAXED);
+        if (__atomic_compare_exchange_n(&free_head, &h, h + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            return rec;
+    }
+    return -1;
+}
+
+static struct tl_site *site_take(void)
+{
+    /* Record 0 is the "other sites" one (tl_shm_init): never handed out. */
+    uint32_t cap = tl_hdr->site_capacity;
+    uint32_t n = __atomic_load_n(&tl_hdr->site_count, __ATOMIC_RELAXED);
+    if (n >= cap * 7 / 8)
+        reclaim_maybe(); /* running short: give back idle records (rate-limited) */
+    int64_t rec = free_pop();
+    if (rec >= 0) {
+        struct tl_site *s = &tl_sites[rec];
+        __atomic_store_n(&s->state, TL_SITE_RESERVED, __ATOMIC_RELEASE);
+        memset(s->c, 0, sizeof s->c);
+        s->peak_single = 0;
+        memset(s->function, 0, sizeof s->function);
+        memset(s->file, 0, sizeof s->file);
+        return s;
+    }
+    do {
+        if (n >= cap)
+            return NULL;
+    } while (!__atomic_compare_exchange_n(&tl_hdr->site_count, &n, n + 1, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+    return &tl_sites[n];
+}
+
 static struct tl_site *site_new(uint32_t kind, uint64_t addr, uint64_t aux, const struct tl_pyloc *loc, void *ra)
 {
-    uint32_t n = __atomic_load_n(&tl_hdr->site_count, __ATOMIC_RELAXED);
-    do {
-        if (n >= tl_hdr->site_capacity) {
-            __atomic_add_fetch(&tl_hdr->dropped_sites, 1, __ATOMIC_RELAXED);
-            return NULL;
-        }
-    } while (!__atomic_compare_exchange_n(&tl_hdr->site_count, &n, n + 1, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
-    struct tl_site *s = &tl_sites[n];
+    struct tl_site *s = site_take();
+    if (!s) {
+        __atomic_add_fetch(&tl_hdr->dropped_sites, 1, __ATOMIC_RELAXED);
+        return NULL;
+    }
     s->kind = kind;
     s->key_addr = addr;
     s->key_aux = aux;
@@ -179,34 +235,165 @@ static struct tl_site *site_new(uint32_t kind, uint64_t addr, uint64_t aux, cons
     return s;
 }
 
+static inline uint64_t site_hash(uint32_t kind, uint64_t addr, uint64_t aux)
+{
+    return tl_mix64(addr ^ (aux * 0x9e3779b97f4a7c15ull) ^ kind);
+}
+
 static struct tl_site *site_lookup(uint32_t kind, uint64_t addr, uint64_t aux, const struct tl_pyloc *loc, void *ra)
 {
-    uint64_t h = tl_mix64(addr ^ (aux * 0x9e3779b97f4a7c15ull) ^ kind);
+    uint64_t h = site_hash(kind, addr, aux);
     uint32_t tag = (uint32_t)(h >> 32);
-    size_t mask = ((size_t)1 << INDEX_BITS) - 1;
+    size_t mask = ((size_t)1 << index_bits) - 1;
     struct tl_site *mine = NULL;
-    for (int i = 0; i < TL_PROBE; i++) {
-        uint64_t *slot = &site_index[(h + (uint64_t)i) & mask];
-        uint64_t w = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+    uint64_t *tomb = NULL; /* first removed slot on the chain: reused for a new key */
+    for (int i = 0; i <= TL_PROBE; i++) {
+        uint64_t *slot = i < TL_PROBE ? &site_index[(h + (uint64_t)i) & mask] : NULL;
+        uint64_t w = slot ? __atomic_load_n(slot, __ATOMIC_ACQUIRE) : 0;
+        if (w == IDX_TOMB) {
+            if (!tomb)
+                tomb = slot;
+            continue;
+        }
         if (w == 0) {
+            /* End of the chain: the key is not there. Take the first removed
+             * slot, else this empty one (none left: the neighbourhood is full). */
+            uint64_t *at = tomb ? tomb : slot;
+            if (!at)
+                break;
             if (!mine && !(mine = site_new(kind, addr, aux, loc, ra)))
                 return NULL;
             uint64_t want = ((uint64_t)tag << 32) | (uint64_t)(mine - tl_sites + 1);
-            if (__atomic_compare_exchange_n(slot, &w, want, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            uint64_t expect = tomb ? IDX_TOMB : 0;
+            if (__atomic_compare_exchange_n(at, &expect, want, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
                 return mine;
-            /* Another thread filled this slot first: look at what it put there. */
+            /* Another thread took that slot first: look again from the start
+             * (it may have put this very key there). */
+            tomb = NULL;
+            i = -1;
+            continue;
         }
         if ((uint32_t)(w >> 32) != tag)
             continue;
         struct tl_site *s = &tl_sites[(uint32_t)w - 1];
         /* key_aux carries the code object's fingerprint, so a code object
          * freed and replaced at the same address is a different key. */
-        if (s->key_addr == addr && s->key_aux == aux && s->kind == kind)
-            return s; /* a record we made in a lost race stays unused: zero counts */
+        if (s->key_addr == addr && s->key_aux == aux && s->kind == kind) {
+            if (mine) /* made in a lost race: give it back as an empty record */
+                __atomic_store_n(&mine->state, TL_SITE_RETIRED, __ATOMIC_RELEASE);
+            return s;
+        }
     }
     /* Neighbourhood full: count the loss instead of guessing a site. */
+    if (mine)
+        __atomic_store_n(&mine->state, TL_SITE_RETIRED, __ATOMIC_RELEASE);
     __atomic_add_fetch(&tl_hdr->dropped_sites, 1, __ATOMIC_RELAXED);
     return NULL;
+}
+
+/* Take record REC out of the index (the reclaimer only). */
+static void index_remove(const struct tl_site *s, uint32_t rec)
+{
+    uint64_t h = site_hash(s->kind, s->key_addr, s->key_aux);
+    uint64_t want = ((uint64_t)(uint32_t)(h >> 32) << 32) | (uint64_t)(rec + 1);
+    size_t mask = ((size_t)1 << index_bits) - 1;
+    for (int i = 0; i < TL_PROBE; i++) {
+        uint64_t *slot = &site_index[(h + (uint64_t)i) & mask];
+        uint64_t w = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+        if (w == 0)
+            return;
+        if (w == want) {
+            __atomic_compare_exchange_n(slot, &w, IDX_TOMB, 0, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
+            return;
+        }
+    }
+}
+
+/* ---- reclaim: give back the records of idle sites that hold nothing ------- */
+/*
+ * When the table is 7/8 full, allocating threads run a pass at most every
+ * RECLAIM_GAP_NS (one at a time; a pass never allocates and never waits). A
+ * READY site with no sampled block live whose count did not move since the
+ * previous pass is RETIRED: taken out of the index (new allocations there get
+ * a new record) and every thread's cache is dropped (site_epoch). A RETIRED
+ * site still idle at the next pass is folded: its counters are added to the
+ * "other sites" record, it becomes FREE and its number goes on the free ring.
+ * A RETIRED site that moved (a thread still held it) stays RETIRED and keeps
+ * counting: nothing is lost, readers merge it with its successor by name.
+ */
+static uint64_t counts_sum(const struct tl_site *s, int field_off)
+{
+    uint64_t v = 0;
+    for (int c = 0; c < 2; c++)
+        v += __atomic_load_n((const uint64_t *)((const char *)&s->c[c] + field_off), __ATOMIC_RELAXED);
+    return v;
+}
+#define SUM(s, field) counts_sum((s), (int)offsetof(struct tl_counts, field))
+
+static void fold_into_other(const struct tl_site *s)
+{
+    struct tl_site *o = &tl_sites[0];
+    uint64_t *dst = (uint64_t *)&o->c[TL_C_ATOMIC];
+    for (size_t f = 0; f < sizeof(struct tl_counts) / sizeof(uint64_t); f++)
+        for (int c = 0; c < 2; c++)
+            __atomic_add_fetch(&dst[f], __atomic_load_n(&((const uint64_t *)&s->c[c])[f], __ATOMIC_RELAXED),
+                               __ATOMIC_RELAXED);
+    uint64_t pk = s->peak_single, cur = __atomic_load_n(&o->peak_single, __ATOMIC_RELAXED);
+    while (pk > cur && !__atomic_compare_exchange_n(&o->peak_single, &cur, pk, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        ;
+}
+
+static void reclaim_pass(void)
+{
+    uint32_t n = __atomic_load_n(&tl_hdr->site_count, __ATOMIC_ACQUIRE);
+    if (n > tl_hdr->site_capacity)
+        n = tl_hdr->site_capacity;
+    int retired = 0;
+    if (pass_cursor < 1 || pass_cursor >= n)
+        pass_cursor = 1; /* record 0 is "other sites" */
+    uint32_t end = n - pass_cursor > RECLAIM_CHUNK ? pass_cursor + RECLAIM_CHUNK : n;
+    for (uint32_t i = pass_cursor; i < end; i++) {
+        struct tl_site *s = &tl_sites[i];
+        uint32_t st = __atomic_load_n(&s->state, __ATOMIC_ACQUIRE);
+        if (st != TL_SITE_READY && st != TL_SITE_RETIRED)
+            continue;
+        uint64_t count = SUM(s, count);
+        if (count == 0 && st == TL_SITE_READY)
+            continue; /* being born: its first allocation is on its way */
+        int idle = count == idle_count[i] && SUM(s, sample_count) == SUM(s, sample_free_count);
+        idle_count[i] = count;
+        if (!idle)
+            continue;
+        if (st == TL_SITE_READY) {
+            index_remove(s, i);
+            __atomic_store_n(&s->state, TL_SITE_RETIRED, __ATOMIC_RELEASE);
+            retired = 1;
+        } else {
+            __atomic_store_n(&s->state, TL_SITE_FREE, __ATOMIC_RELEASE);
+            fold_into_other(s);
+            idle_count[i] = 0;
+            uint64_t t = __atomic_load_n(&free_tail, __ATOMIC_RELAXED);
+            __atomic_store_n(&free_ring[t % tl_hdr->site_capacity], i, __ATOMIC_RELAXED);
+            __atomic_store_n(&free_tail, t + 1, __ATOMIC_RELEASE);
+            __atomic_add_fetch(&tl_hdr->recycled_sites, 1, __ATOMIC_RELAXED);
+        }
+    }
+    pass_cursor = end;
+    if (retired)
+        __atomic_add_fetch(&site_epoch, 1, __ATOMIC_RELEASE);
+}
+
+static void reclaim_maybe(void)
+{
+    uint64_t now = tl_now_ns(CLOCK_MONOTONIC_COARSE);
+    if (now < __atomic_load_n(&next_pass_ns, __ATOMIC_RELAXED))
+        return;
+    int expect = 0;
+    if (!__atomic_compare_exchange_n(&reclaiming, &expect, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+        return;
+    __atomic_store_n(&next_pass_ns, now + RECLAIM_GAP_NS, __ATOMIC_RELAXED);
+    reclaim_pass();
+    __atomic_store_n(&reclaiming, 0, __ATOMIC_RELEASE);
 }
 
 /* ---- live set ------------------------------------------------------------- */
@@ -404,6 +591,10 @@ void tl_record_alloc(void *p, size_t size, void *ra, int gil)
     uint64_t addr = py ? loc.code : (uint64_t)(uintptr_t)ra;
     uint64_t aux = py ? ((uint64_t)loc.fp << 32) | loc.offset : 0;
     unsigned slot = (unsigned)((addr >> 4) ^ (addr >> 12) ^ aux) & (TCACHE_SIZE - 1);
+    if (TL_UNLIKELY(tcache_epoch != site_epoch)) { /* records left the index: forget them */
+        memset(tcache, 0, sizeof tcache);
+        tcache_epoch = site_epoch;
+    }
     s = tcache[slot].site;
     if (!s || tcache[slot].addr != addr || tcache[slot].aux != aux || s->kind != kind) {
         s = site_lookup(kind, addr, aux, py ? &loc : NULL, ra);

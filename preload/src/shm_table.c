@@ -20,7 +20,9 @@
 
 #include "tl_internal.h"
 
-#define SITE_CAPACITY 32768u
+/* Records: TRACKLEAK_MAX_SITES (config.c). The memfd is sized for all of them
+ * at once, but its pages cost nothing until a record is first written. */
+#define SITE_CAPACITY ((uint32_t)tl_cfg.max_sites)
 
 struct tl_shm_header *tl_hdr;
 struct tl_site *tl_sites;
@@ -36,6 +38,18 @@ static void *map_segment(void *at)
         p = mmap(at, seg_size, PROT_READ | PROT_WRITE, MAP_SHARED | (at ? MAP_FIXED : 0), fd, 0);
     close(fd);
     return p == MAP_FAILED ? NULL : p;
+}
+
+/* Record 0 keeps the totals of the sites folded to make room (recorder.c,
+ * "reclaim"). It is never handed out for a site: site_count starts at 1. */
+static void init_other_record(void)
+{
+    struct tl_site *o = &tl_sites[0];
+    memset(o, 0, sizeof *o);
+    o->kind = TL_KIND_OTHER;
+    strcpy(o->function, "[other sites]");
+    strcpy(o->file, "[idle sites folded to make room]");
+    __atomic_store_n(&o->state, TL_SITE_READY, __ATOMIC_RELEASE);
 }
 
 void tl_shm_init(void)
@@ -65,6 +79,8 @@ void tl_shm_init(void)
     tl_hdr->min_size = tl_cfg.min_size > UINT32_MAX ? UINT32_MAX : (uint32_t)tl_cfg.min_size;
     tl_hdr->py_version_hex = tl_py_version_hex();
     tl_hdr->flags = tl_py_present() ? TL_FLAG_PYTHON : 0;
+    init_other_record();
+    tl_hdr->site_count = 1;
 }
 
 void tl_shm_after_fork_child(void)
@@ -97,6 +113,7 @@ void tl_shm_after_fork_child(void)
         tl_sites[i].peak_single = 0;
     }
     tl_hdr->live_samples = tl_hdr->dropped_samples = tl_hdr->dropped_sites = tl_hdr->dropped_events = 0;
+    tl_hdr->recycled_sites = 0;
     tl_hdr->update_time_ns = 0;
     tl_hdr->start_time_ns = tl_now_ns(CLOCK_REALTIME);
     tl_hdr->pid = getpid();

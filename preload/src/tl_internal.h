@@ -36,6 +36,7 @@ struct tl_config {
     uint64_t sample_interval;/* mean bytes between samples (agent/sampling.py): TRACKLEAK_SAMPLE_BYTES,
                                 else sample_rate KiB; 0 when sample_rate is 1 (exhaustive) */
     size_t min_size;         /* bytes */
+    unsigned max_sites;      /* site records in the shared table (TRACKLEAK_MAX_SITES) */
     unsigned startup_delay;  /* s */
     int events;              /* MEMORY_PROFILER_EVENTS */
     int quiet;               /* TRACKLEAK_QUIET */
