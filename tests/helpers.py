@@ -577,3 +577,20 @@ def build_extension(
         )
     out = Path(out_dir) / f"{module}{python.ext_suffix}"
     return compile_c([source], out, "-shared", "-fPIC", "-O0", "-g", f"-I{python.include}")
+
+
+# --------------------------------------------------------------------------- trackleak run
+
+
+def run_trackleak(*args: str, cwd: os.PathLike | str, timeout: float = 120, env: Mapping[str, str] | None = None):
+    """The real `trackleak` CLI of this environment, with no TRACKLEAK_* of the caller's (but
+    TRACKLEAK_SO, so a test run can point at another build) and ENV added."""
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TRACKLEAK_") and k != "LD_PRELOAD"}
+    if "TRACKLEAK_SO" in os.environ:
+        clean["TRACKLEAK_SO"] = os.environ["TRACKLEAK_SO"]
+    clean.update(env or {})
+    exe = str(Path(sys.executable).parent / "trackleak")
+    return subprocess.run([exe, *args], cwd=cwd, env=clean, capture_output=True, text=True, timeout=timeout)

@@ -71,6 +71,7 @@ static volatile int reclaiming;       /* one pass at a time */
 static uint64_t next_pass_ns;         /* passes are at least RECLAIM_GAP_NS apart */
 static uint32_t pass_cursor;          /* where the next pass starts */
 #define RECLAIM_GAP_NS 100000000ull   /* 100 ms between passes */
+#define URGENT_GAP_NS 5000000ull      /* 5 ms when the table is full and a new site waits */
 #define RECLAIM_CHUNK 8192u           /* records per pass: a pass costs ~100 us, wherever it runs */
 struct live_slot {
     uint64_t key;  /* block address; 0 empty, 1 tombstone */
@@ -179,7 +180,7 @@ static void site_describe_native(void *ra, struct tl_site *s)
     s->line = 0;
 }
 
-static void reclaim_maybe(void);
+static void reclaim_maybe(int urgent);
 
 /* A given-back record number, or -1. */
 static int64_t free_pop(void)
@@ -199,8 +200,12 @@ static struct tl_site *site_take(void)
     uint32_t cap = tl_hdr->site_capacity;
     uint32_t n = __atomic_load_n(&tl_hdr->site_count, __ATOMIC_RELAXED);
     if (n >= cap * 7 / 8)
-        reclaim_maybe(); /* running short: give back idle records (rate-limited) */
+        reclaim_maybe(0); /* running short: give back idle records (rate-limited) */
     int64_t rec = free_pop();
+    if (rec < 0 && n >= cap) {
+        reclaim_maybe(1); /* full: a site is waiting for a record now */
+        rec = free_pop();
+    }
     if (rec >= 0) {
         struct tl_site *s = &tl_sites[rec];
         __atomic_store_n(&s->state, TL_SITE_RESERVED, __ATOMIC_RELEASE);
@@ -383,10 +388,13 @@ static void reclaim_pass(void)
         __atomic_add_fetch(&site_epoch, 1, __ATOMIC_RELEASE);
 }
 
-static void reclaim_maybe(void)
+/* URGENT: the table is full and a site waits for a record; then "idle" means
+ * no allocation for 5 ms instead of 100: making room comes first. */
+static void reclaim_maybe(int urgent)
 {
     uint64_t now = tl_now_ns(CLOCK_MONOTONIC_COARSE);
-    if (now < __atomic_load_n(&next_pass_ns, __ATOMIC_RELAXED))
+    uint64_t next = __atomic_load_n(&next_pass_ns, __ATOMIC_RELAXED);
+    if (now < (urgent ? next - (RECLAIM_GAP_NS - URGENT_GAP_NS) : next))
         return;
     int expect = 0;
     if (!__atomic_compare_exchange_n(&reclaiming, &expect, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))

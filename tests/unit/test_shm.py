@@ -165,3 +165,24 @@ def test_process_without_segment_and_missing_process():
         shm.read_snapshot(os.getpid())  # no fixture: nothing mapped
     with pytest.raises(ShmError, match="no process"):
         shm.read_snapshot(2**22 + 12345)
+
+
+def test_retired_records_count_free_ones_are_skipped_and_other_sites_has_one_name():
+    # GIVEN a retired record (out of the shim's index, still counting), a free one (folded) and
+    # record 0, "other sites", whatever names a hostile segment gives it
+    data = segment(
+        [
+            FakeSite(function=b"whatever", file=b"/evil", kind=L.TL_KIND_OTHER, count=7, total_bytes=7000),
+            FakeSite(function=b"old", state=L.TL_SITE_RETIRED),
+            FakeSite(function=b"gone", state=L.TL_SITE_FREE),
+            FakeSite(function=b"never", count=0, total_bytes=0, sample_count=0, sample_bytes=0),
+        ],
+        capacity=8,
+    )
+    snap = parse_segment(data, pid=5)
+    rows = {r.function: r for r in snap.rows}
+    # THEN the retired site counts, the free one and the never-used one are not rows
+    assert set(rows) == {"old", shm.OTHER_SITES}
+    assert snap.free == 1
+    other = rows[shm.OTHER_SITES]
+    assert (other.file, other.line, other.count) == (shm.OTHER_SITES_FILE, 0, 7)
