@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Overhead of the preload shim against plain Python and the tools people use instead.
 
-    python bench/run.py [--python PY] [--rounds N] [--repeat K] [--long]
+    python bench/run.py [--python PY] [--rounds N] [--repeat K] [--long] [--baseline-shim SO] [--no-others]
 
 Every configuration runs the same allocation-heavy workload (bench/workload.py: JSON,
 dicts, strings, bytearrays); runs are interleaved (plain, shim, tracemalloc, memray, ...
 then again) so a noisy neighbour slows all of them alike. The workload times itself, so
 interpreter start-up is not counted. Prints the median seconds and the ratio to plain.
 --long also runs 4x the rounds in exhaustive mode: its ratio must not grow with run length.
+--baseline-shim SO adds the same two shim configurations with another build (say, the last
+release's: `git worktree add /tmp/old v1 && cc ...`) to compare before/after in one interleaved run.
 Not a test: nothing here asserts.
 """
 
@@ -36,15 +38,24 @@ def shim_path() -> str:
     return str(find())
 
 
-def configs(py: str, shim: str, logdir: str) -> dict[str, tuple[list[str], dict[str, str]]]:
+def configs(
+    py: str, shim: str, logdir: str, baseline: str | None = None, others: bool = True
+) -> dict[str, tuple[list[str], dict[str, str]]]:
     base = {"TRACKLEAK_QUIET": "1", "TRACKLEAK_LOG_DIR": logdir, "TRACKLEAK_STARTUP_DELAY": "0"}
     pre = {"LD_PRELOAD": shim, **base}
+    exhaustive = {"TRACKLEAK_SAMPLE_RATE": "1", "TRACKLEAK_MIN_SIZE": "0"}
     out = {
         "plain": ([py], {}),
         "trackleak (defaults)": ([py], pre),
-        "trackleak exhaustive": ([py], {**pre, "TRACKLEAK_SAMPLE_RATE": "1", "TRACKLEAK_MIN_SIZE": "0"}),
-        "tracemalloc": ([py, "-X", "tracemalloc"], {}),
+        "trackleak exhaustive": ([py], {**pre, **exhaustive}),
     }
+    if baseline:
+        old = {"LD_PRELOAD": baseline, **base}
+        out["baseline shim (defaults)"] = ([py], old)
+        out["baseline shim exhaustive"] = ([py], {**old, **exhaustive})
+    if not others:
+        return out
+    out["tracemalloc"] = ([py, "-X", "tracemalloc"], {})
     has_memray = subprocess.run([py, "-c", "import memray"], capture_output=True).returncode == 0
     if has_memray:
         out["memray run"] = ([py, "-m", "memray", "run", "-q", "-f", "-o", os.path.join(logdir, "m.bin")], {})
@@ -92,11 +103,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=600)
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--long", action="store_true", help="also run exhaustive mode at 4x the rounds")
+    ap.add_argument("--baseline-shim", help="another trackleak.so to compare against, interleaved")
+    ap.add_argument("--no-others", action="store_true", help="skip tracemalloc and memray")
     args = ap.parse_args()
     shim = shim_path()
     logdir = tempfile.mkdtemp(prefix="trackleak-bench-")
     try:
-        cfgs = configs(args.python, shim, logdir)
+        cfgs = configs(args.python, shim, logdir, args.baseline_shim, not args.no_others)
         med = measure(cfgs, args.rounds, args.repeat)
         plain = med["plain"]
         print(f"python: {args.python}  rounds: {args.rounds}  repeat: {args.repeat} (interleaved, median)")
