@@ -57,6 +57,7 @@ RUN_VERSION = 1
 SHIM_DEFAULTS = {"sample_rate": 50, "min_size": 500}
 
 ENV_SAMPLE_RATE = "TRACKLEAK_SAMPLE_RATE"
+ENV_SAMPLE_BYTES = "TRACKLEAK_SAMPLE_BYTES"
 ENV_MIN_SIZE = "TRACKLEAK_MIN_SIZE"
 ENV_DUMP_INTERVAL = "TRACKLEAK_DUMP_INTERVAL"
 ENV_STARTUP_DELAY = "TRACKLEAK_STARTUP_DELAY"
@@ -86,6 +87,7 @@ class RunOptions:
     target: Target
     python: str | None = None
     sample_rate: int | None = None
+    sample_bytes: int | None = None
     min_size: int | None = None
     dump_interval: int | None = None
     startup_delay: int | None = None
@@ -195,6 +197,7 @@ def build_env(opts: RunOptions, base: Mapping[str, str], *, shim: str, log_dir: 
         env[ENV_STARTUP_DELAY] = "0"
     for value, name in (
         (opts.sample_rate, ENV_SAMPLE_RATE),
+        (opts.sample_bytes, ENV_SAMPLE_BYTES),
         (opts.min_size, ENV_MIN_SIZE),
         (opts.dump_interval, ENV_DUMP_INTERVAL),
     ):
@@ -334,7 +337,7 @@ class Session:
         """The sampling interval R of what we read (for the noise floor of growth)."""
         for seen in self.snapshots.values():
             return seen.snapshot.header.sample_interval
-        return sampling.interval_bytes(self.opts.sample_rate or SHIM_DEFAULTS["sample_rate"])
+        return sampling.interval_bytes(self.opts.sample_rate or SHIM_DEFAULTS["sample_rate"], self.opts.sample_bytes)
 
     def _observe(self, table: RetentionTable) -> None:
         now = self.clock() - self.started

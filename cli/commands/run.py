@@ -81,7 +81,17 @@ def run(
         typer.Option(
             envvar="TRACKLEAK_SAMPLE_RATE",
             min=1,
-            help="Sample 1 in N tracked allocations (shim default: 50).",
+            help="Sample by bytes, one sample per N KiB allocated on average (shim default: 50); "
+            "1 samples every allocation.",
+            show_default=False,
+        ),
+    ] = None,
+    sample_bytes: Annotated[
+        Optional[int],
+        typer.Option(
+            envvar="TRACKLEAK_SAMPLE_BYTES",
+            min=1,
+            help="Mean bytes between samples, set directly (default: the sample rate in KiB).",
             show_default=False,
         ),
     ] = None,
@@ -156,6 +166,7 @@ def run(
             target=target,
             python=python,
             sample_rate=sample_rate,
+            sample_bytes=sample_bytes,
             min_size=min_size,
             dump_interval=dump_interval,
             startup_delay=startup_delay,
