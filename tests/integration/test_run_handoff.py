@@ -46,20 +46,23 @@ def describe(data: dict, res) -> str:
 
 
 POOL = """\
-import multiprocessing as mp, os
+import multiprocessing as mp, os, time
 keep = []
-def init(b):
-    global barrier
-    barrier = b
+def init(b, q):
+    global barrier, done
+    barrier, done = b, q
 def work(_):
     keep.extend([bytearray(1 << 20) for _ in range(18)])  # ALLOC: worker
     barrier.wait(60)  # three tasks, three workers: none can take two
-    return os.getpid()
+    done.put(os.getpid())
+    time.sleep(60)  # still busy when the pool is terminated
 if __name__ == "__main__":
     ctx = mp.get_context("fork")
-    with ctx.Pool(3, initializer=init, initargs=(ctx.Barrier(3),)) as pool:
-        print(len(set(pool.map(work, range(3), chunksize=1))), flush=True)
-    # leaving the with block terminates the workers (SIGTERM): no exit dump from any of them
+    done = ctx.Queue()
+    with ctx.Pool(3, initializer=init, initargs=(ctx.Barrier(3), done)) as pool:
+        pool.map_async(work, range(3), chunksize=1)
+        print(len({done.get(timeout=60) for _ in range(3)}), flush=True)
+    # leaving the with block terminates the busy workers (SIGTERM): none writes an exit dump
 """
 
 
