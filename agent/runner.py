@@ -429,7 +429,7 @@ class Session:
     def _open_handoff(self, env: Mapping[str, str]) -> Mapping[str, str]:
         """Listen for the tables' descriptors; the child's env names the socket (TRACKLEAK_HANDOFF)."""
         if not self.opts.handoff:
-            return env
+            return {k: v for k, v in env.items() if k != ENV_HANDOFF}  # not an outer run's either
         try:
             self.listener = Listener(self.tables.offer, on_error=self.tables.error)
         except OSError as exc:
