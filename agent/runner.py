@@ -18,12 +18,19 @@ What the child gets (``prepare``):
 
 While it runs (``Session``): stdin/stdout/stderr are the child's; SIGINT is left to the child (the
 terminal sends Ctrl-C to the whole foreground process group); SIGTERM and SIGHUP are forwarded.
-Every ``interval`` seconds the live tables of the child and its descendants are read from their
-shared-memory segments and shown on stderr (a live view on a terminal, one line otherwise).
+The child also gets ``TRACKLEAK_HANDOFF``, the socket on which every preloaded process (forked or
+exec'd) hands us a descriptor of its table as soon as it makes one (``trackleak.sources.handoff``):
+we read those tables through our descriptors, so a process's table outlives it, however it ends.
+Every ``interval`` seconds the handed-off tables are read, and the shared-memory segments of the
+child's descendants that did not hand off are read through /proc; the result is shown on stderr (a
+live view on a terminal, one line otherwise).
 
-At the end: each process's final word (its exit dump in the JSON-lines file, else the newest of its
-last snapshot and its last interval dump) makes the final table, printed on stdout; ``--json``
-writes it with run metadata. The return value is the child's exit status (128+N if killed by N).
+At the end: the final table is each process's final word, printed on stdout; ``--json`` writes it
+with run metadata. One rule decides which source is a process's final word: a process that handed
+off its table is read from that table (every table it handed off, one per exec, added up: each
+starts from zero); the JSON-lines dumps are only for processes that never handed off (their exit
+dump, else the newest of their last snapshot and their last interval dump). The return value is
+the child's exit status (128+N if killed by N).
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from .errors import UserError
 from .history import History, pid_site_key
 from .shim import shim_path
 from .sources import dumpfile
+from .sources.handoff import ENV_HANDOFF, HandoffTables, Listener
 from .sources.shm import ShmError, Snapshot, find_segments, read_segment
 from .table import RetentionTable, Row, sorted_rows
 
@@ -99,6 +107,7 @@ class RunOptions:
     verbose: bool = False
     live: bool | None = None  # None: a live view when stdout and stderr are terminals
     progress: bool = True  # False: no live view and no periodic lines (final table only)
+    handoff: bool = True  # False: find the tables through /proc only (the original way)
 
 
 @dataclass
@@ -304,7 +313,10 @@ class Session:
     spawn: Callable[[Sequence[str], Mapping[str, str]], subprocess.Popen] = spawn
 
     def __post_init__(self) -> None:
-        self.snapshots: dict[int, _Seen] = {}
+        self.snapshots: dict[int, _Seen] = {}  # tables read through /proc (no handoff), per pid
+        self.tables = HandoffTables()  # tables handed off to us, per incarnation
+        self.listener: Listener | None = None
+        self.handoff_note: str | None = None  # why there is no handoff (for -v)
         self.live_table = RetentionTable()
         # Live bytes over time: per site (live view, ranking) and per process (JSON rows).
         self.history = History()
@@ -318,9 +330,16 @@ class Session:
     # ---- the live side
 
     def poll(self) -> None:
-        """Read the segments of the child and its descendants into the live table."""
+        """Read the handed-off tables, and through /proc the segments of the descendants that did
+        not hand theirs off, into the live table."""
         assert self.child is not None
-        for pid in descendants(self.child.pid):
+        self.tables.refresh()
+        held = self.tables.held_pids()
+        pids = descendants(self.child.pid)
+        known = set(pids) | held
+        for pid in pids:
+            if pid in held:
+                continue  # read through our descriptor already
             try:
                 segs = find_segments(pid)
                 if not segs:
@@ -329,12 +348,37 @@ class Session:
             except ShmError as exc:
                 self.shm_errors[pid] = str(exc)
                 continue
+            if snap.header.pid != pid and snap.header.pid in known:
+                continue  # a child caught between fork() and mapping its own table: its parent's
             self.snapshots[pid] = _Seen(snap, self.clock())
-            self.live_table.replace_pid(pid, snap.rows)
+        self.live_table = self._current_table()
         self._observe(self.live_table)
+
+    def _proc_snapshot_counts(self, pid: int, seen: _Seen) -> bool:
+        """A /proc snapshot counts unless a handed-off table covers that process: it does when the
+        pid never handed off, or when it shows a later table (exec'd without handing off)."""
+        latest = self.tables.latest_start(pid)
+        return latest is None or seen.snapshot.header.start_time_ns > latest
+
+    def _current_table(self) -> RetentionTable:
+        table = RetentionTable()
+        for rows in self.tables.rows_by_pid().values():
+            for row in rows:
+                table.add(row)
+        for pid, seen in self.snapshots.items():
+            if self._proc_snapshot_counts(pid, seen):
+                for row in seen.snapshot.rows:
+                    table.add(row)
+        return table
+
+    def _pids(self) -> list[int]:
+        return sorted(set(self.snapshots) | self.tables.pids())
 
     def _interval(self) -> int:
         """The sampling interval R of what we read (for the noise floor of growth)."""
+        header = self.tables.header()
+        if header is not None:
+            return header.sample_interval
         for seen in self.snapshots.values():
             return seen.snapshot.header.sample_interval
         return sampling.interval_bytes(self.opts.sample_rate or SHIM_DEFAULTS["sample_rate"], self.opts.sample_bytes)
@@ -352,7 +396,7 @@ class Session:
         elapsed = self.clock() - self.started
         caption = (
             f"trackleak live, by {self.opts.sort}: {elapsed:.0f}s, "
-            f"pids {_pid_list(sorted(self.snapshots)) or '-'}, {len(self.live_table)} sites; "
+            f"pids {_pid_list(self._pids()) or '-'}, {len(self.live_table)} sites; "
             "final table at exit"
         )
         return render.rich_table(rows, caption=caption, compact=True, width=width)
@@ -364,20 +408,55 @@ class Session:
         live_view = live_view and self.opts.progress and live.supported(self.stderr)
         # Our handlers go in before the child starts (no window where Ctrl-C kills us, not it);
         # exec resets caught signals to their defaults, so the child does not inherit them.
-        with self._signals():
-            self.started = self.clock()
-            self.child = self.spawn(self.plan.argv, self.plan.env)
-            with self._live(live_view) as view:
-                while True:
-                    try:
-                        returncode = self.child.wait(timeout=self.opts.interval)
-                        break
-                    except subprocess.TimeoutExpired:
-                        pass
-                    self._tick(view)
-        self.ended = self.clock()
-        status = exit_status(returncode)
-        return self.finish(status)
+        try:
+            with self._signals():
+                env = self._open_handoff(self.plan.env)
+                self.started = self.clock()
+                self.child = self.spawn(self.plan.argv, env)
+                with self._live(live_view) as view:
+                    while True:
+                        try:
+                            returncode = self.child.wait(timeout=self.opts.interval)
+                            break
+                        except subprocess.TimeoutExpired:
+                            pass
+                        self._tick(view)
+            self.ended = self.clock()
+            status = exit_status(returncode)
+            return self.finish(status)
+        finally:
+            self._close_handoff()
+
+    # ---- the handoff socket
+
+    def _open_handoff(self, env: Mapping[str, str]) -> Mapping[str, str]:
+        """Listen for the tables' descriptors; the child's env names the socket (TRACKLEAK_HANDOFF)."""
+        if not self.opts.handoff:
+            return {k: v for k, v in env.items() if k != ENV_HANDOFF}  # not an outer run's either
+        try:
+            self.listener = Listener(self.tables.offer, on_error=self.tables.error)
+        except OSError as exc:
+            # Not fatal: the tables are still found through /proc while their processes run.
+            self.handoff_note = f"no handoff socket ({exc.strerror or exc}): tables are read through /proc only"
+            if self.opts.verbose:
+                self._say(f"trackleak: {self.handoff_note}")
+            return {k: v for k, v in env.items() if k != ENV_HANDOFF}
+        self.listener.start()
+        if self.opts.verbose:
+            self._say(f"trackleak: {ENV_HANDOFF}={self.listener.path}")
+        return {**env, ENV_HANDOFF: self.listener.path}
+
+    def _end_handoff(self) -> None:
+        """Take what is still queued on the socket, read every table one last time, close them."""
+        if self.listener is not None:
+            self.listener.stop()
+        self.tables.finish_all()
+
+    def _close_handoff(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
+        self.tables.close()
 
     def _tick(self, view: live.PinnedView | None) -> None:
         """One live update. Best effort: whatever goes wrong here must not abandon the child."""
@@ -390,7 +469,7 @@ class Session:
             elif self.opts.progress:
                 rows = self.history.annotate(self.live_table.merged())
                 elapsed = self.clock() - self.started
-                self._say(render.summary_line(rows, elapsed=elapsed, pids=self.snapshots))
+                self._say(render.summary_line(rows, elapsed=elapsed, pids=self._pids()))
         except Exception as exc:  # reported once, the run goes on
             if not self.tick_failed:
                 self.tick_failed = True
@@ -435,15 +514,28 @@ class Session:
 
     def final_table(self) -> tuple[RetentionTable, dict]:
         """Each pid's final word, and what we know about the run (pids, sample rate, min size)."""
+        self._end_handoff()
         log = dumpfile.load(self.plan.jsonl_paths)
         if not self.plan.private_log_dir:
             log.dumps = self._our_dumps(log.dumps)
         final = log.final()
         table = RetentionTable()
         sources: dict[int, str] = {}
+        # A process that handed off its table: that table is its final word (frozen at exit as its
+        # exit dump is, and there however it ended). The dumps are for the others.
+        for pid, rows in self.tables.rows_by_pid().items():
+            for row in rows:
+                table.add(row)
+            sources[pid] = "handoff"
         for pid in sorted(set(final) | set(self.snapshots)):
             dump = final.get(pid)
             seen = self.snapshots.get(pid)
+            if self.tables.latest_start(pid) is not None:
+                if seen is not None and self._proc_snapshot_counts(pid, seen):
+                    for row in seen.snapshot.rows:  # a later table that was not handed off
+                        table.add(row)
+                    sources[pid] = "handoff + live snapshot"
+                continue
             if dump is not None and (dump.is_exit or seen is None or dump.timestamp >= seen.when):
                 table.replace_pid(pid, dump.rows)
                 sources[pid] = "exit dump" if dump.is_exit else "interval dump"
@@ -451,6 +543,10 @@ class Session:
                 table.replace_pid(pid, seen.snapshot.rows)
                 sources[pid] = "live snapshot"
         sample_rate = min_size = interval = None
+        header = self.tables.header()
+        if header is not None:
+            sample_rate, min_size = header.sample_rate or None, header.min_size
+            interval = header.sample_interval
         for dump in final.values():
             sample_rate = sample_rate or dump.sample_rate
             interval = dump.sample_interval if interval is None else interval
@@ -459,26 +555,31 @@ class Session:
             sample_rate = sample_rate or seen.snapshot.header.sample_rate or None
             interval = seen.snapshot.header.sample_interval if interval is None else interval
             min_size = seen.snapshot.header.min_size if min_size is None else min_size
-        dropped = {name: 0 for name in DROP_NAMES}
+        dropped = self.tables.dropped()  # handed-off tables, every incarnation
         for pid in sources:
+            if sources[pid] == "handoff":
+                continue
             dump = final.get(pid)
-            if sources[pid] != "live snapshot" and dump is not None:
+            if sources[pid] not in ("live snapshot", "handoff + live snapshot") and dump is not None:
                 counts = dump.dropped
             else:
                 h = self.snapshots[pid].snapshot.header
                 counts = {"sites": h.dropped_sites, "samples": h.dropped_samples,
                           "recycled_sites": h.recycled_sites}
             for name in DROP_NAMES:
-                dropped[name] += int(counts.get(name, 0))
+                dropped[name] = dropped.get(name, 0) + int(counts.get(name, 0))
+        folded = sources.pop(0, None)
         info = {
-            "dropped": dropped,
-            "pids": sorted(sources),
+            "dropped": {name: dropped.get(name, 0) for name in DROP_NAMES},
+            "pids": sorted(set(sources) | (self.tables.folded_pids if folded else set())),
             "sources": sources,
             "sample_rate": sample_rate or self.opts.sample_rate,
             "sample_interval": interval,
             "min_size": min_size if min_size is not None else self.opts.min_size,
             "bad_lines": log.bad_lines,
             "errors": log.errors,
+            "handoff_rejected": self.tables.rejected,
+            "handoff_errors": list(self.tables.errors),
         }
         return table, info
 
@@ -487,7 +588,7 @@ class Session:
         the child, by a process we saw live, or by a descendant of those (followed through ppid)."""
         assert self.child is not None
         recent = [d for d in dumps if d.timestamp >= self.started - 1.0]
-        ours = {self.child.pid, *self.snapshots}
+        ours = {self.child.pid, *self.snapshots, *self.tables.pids()}
         grew = True
         while grew:
             grew = False
@@ -503,6 +604,10 @@ class Session:
         self._observe(table)
         rows = self.history.annotate(table.merged())
         self.pid_history.annotate(table)
+        if info["handoff_rejected"] and self.opts.verbose:
+            self._say(f"trackleak: refused {info['handoff_rejected']} handed-off table(s)")
+            for err in info["handoff_errors"]:
+                self._say(f"trackleak:   {err}")
         if info["bad_lines"]:
             self._say(f"trackleak: skipped {info['bad_lines']} unreadable line(s) in the JSON-lines log")
             if self.opts.verbose:
@@ -522,12 +627,12 @@ class Session:
         return status
 
     def _nothing_message(self) -> str:
-        if not self.snapshots and not self.shm_errors:
+        if not self.snapshots and not self.shm_errors and not self.tables.pids():
             return (
                 "trackleak: no data: the shim never reported (the program may be statically linked or "
                 "setuid, or it cleared LD_PRELOAD; or it ended before the start-up delay)"
             )
-        if self.shm_errors and not self.snapshots:
+        if self.shm_errors and not self.snapshots and not self.tables.pids():
             return f"trackleak: no data: {next(iter(self.shm_errors.values()))}"
         return "trackleak: no allocation at or above the minimum size was recorded"
 

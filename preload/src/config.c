@@ -15,6 +15,8 @@
 
 #include "tl_internal.h"
 
+char tl_handoff_path[TL_HANDOFF_PATH_MAX];
+
 struct tl_config tl_cfg = {
     .dump_interval = 300,
     .sample_rate = 50,
@@ -150,6 +152,32 @@ static void resolve_log_dir(void)
     snprintf(tl_cfg.log_dir, sizeof tl_cfg.log_dir, "%s", fallback);
 }
 
+/* TRACKLEAK_HANDOFF, set by `trackleak run`: untrusted like every variable.
+ * An absolute path, short enough for sockaddr_un, a plain name after the last
+ * '/', no control characters. Anything else: one warning, no handoff (the
+ * reader can still find the table through /proc while the process lives). */
+static void load_handoff(void)
+{
+    tl_handoff_path[0] = '\0';
+    const char *v = getenv("TRACKLEAK_HANDOFF");
+    if (!v || !*v)
+        return;
+    size_t n = strnlen(v, TL_HANDOFF_PATH_MAX);
+    const char *name = strrchr(v, '/');
+    int ok = v[0] == '/' && n < TL_HANDOFF_PATH_MAX && name && name[1] &&
+             strlen(name + 1) <= TL_HANDOFF_NAME_MAX && strcmp(name + 1, ".") && strcmp(name + 1, "..");
+    for (size_t i = 0; ok && i < n; i++)
+        if ((unsigned char)v[i] < 0x20 || v[i] == 0x7f)
+            ok = 0;
+    if (!ok) {
+        tl_say("ignoring TRACKLEAK_HANDOFF=\"%.40s\": expected the absolute path of a socket (under %d bytes, "
+               "a name of at most %d); this process's table is only readable while it runs",
+               v, TL_HANDOFF_PATH_MAX, TL_HANDOFF_NAME_MAX);
+        return;
+    }
+    memcpy(tl_handoff_path, v, n + 1);
+}
+
 void tl_config_load(void)
 {
     unsigned long long v;
@@ -187,6 +215,7 @@ void tl_config_load(void)
         snprintf(tl_cfg.jsonl_log, sizeof tl_cfg.jsonl_log, "%sl", tl_cfg.json_log);
     else
         snprintf(tl_cfg.jsonl_log, sizeof tl_cfg.jsonl_log, "%s.jsonl", tl_cfg.json_log);
+    load_handoff();
     resolve_log_dir();
 }
 
@@ -235,6 +264,8 @@ void tl_banner(void)
     }
     const char *job = getenv("NOMAD_JOB_NAME");
     tl_say("job_name=%s", job && *job ? job : "unknown");
+    if (tl_handoff_path[0])
+        tl_say("handoff=%s", tl_handoff_path);
     const char *py = tl_py_version_str();
     tl_say("pid=%d python=%s pymalloc=%s jsonl_log=%s/%s", (int)getpid(), py ? py : "none",
            !py ? "n/a" : tl_cfg.pymalloc ? "tracked" : "not tracked (min_size above its range)", dir, tl_cfg.jsonl_log);

@@ -10,12 +10,23 @@
  * It gets a fresh memfd holding a copy (its heap, and so its live samples,
  * are copies of the parent's too), mapped over the same address so every
  * pointer into the table stays valid.
+ *
+ * Handoff: when TRACKLEAK_HANDOFF names the socket of `trackleak run`, each
+ * new memfd (at start-up, and in a forked child) is sent there with
+ * SCM_RIGHTS before it is closed here. The reader then holds its own
+ * descriptor: the memfd outlives the process, so its table can still be read
+ * after a SIGKILL. The path is used only through a descriptor of its
+ * directory, checked to be ours and private (see handoff()).
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 #include <time.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "tl_internal.h"
@@ -28,16 +39,174 @@ struct tl_shm_header *tl_hdr;
 struct tl_site *tl_sites;
 static size_t seg_size;
 
-static void *map_segment(void *at)
+/* Create the memfd and map it (at AT when given). Returns the mapping and
+ * leaves the descriptor in *fdp (the caller hands it off, then closes it). */
+static void *map_segment(void *at, int *fdp)
 {
+    *fdp = -1;
     int fd = memfd_create(TL_SHM_MEMFD_NAME, MFD_CLOEXEC);
     if (fd < 0)
         return NULL;
     void *p = MAP_FAILED;
     if (ftruncate(fd, (off_t)seg_size) == 0)
         p = mmap(at, seg_size, PROT_READ | PROT_WRITE, MAP_SHARED | (at ? MAP_FIXED : 0), fd, 0);
-    close(fd);
-    return p == MAP_FAILED ? NULL : p;
+    if (p == MAP_FAILED) {
+        close(fd);
+        return NULL;
+    }
+    *fdp = fd;
+    return p;
+}
+
+/* ---- handoff to trackleak run ---------------------------------------------
+ * One datagram per table: this message, plus the memfd in SCM_RIGHTS. The
+ * reader (agent/sources/handoff.py mirrors the struct) checks pid against the
+ * kernel's SCM_CREDENTIALS and pid, ppid and start time against the header.
+ *
+ * Runs in the constructor and in a forked child (pthread_atfork), so it uses
+ * only async-signal-safe calls, no malloc, everything on the stack. It never
+ * blocks (non-blocking socket, MSG_DONTWAIT) and never raises SIGPIPE
+ * (MSG_NOSIGNAL). Failures cost the handoff only: the reader still finds the
+ * table through /proc while the process lives. */
+#define TL_HANDOFF_MAGIC "TLHANDOF" /* 8 bytes, no NUL */
+#define TL_HANDOFF_VERSION 1u
+struct tl_handoff_msg {
+    char magic[8];
+    uint32_t version;
+    int32_t pid;
+    int32_t ppid;
+    uint32_t reserved;
+    uint64_t start_time_ns; /* header.start_time_ns of the table sent */
+};
+_Static_assert(sizeof(struct tl_handoff_msg) == 32, "handoff message layout");
+
+static int handoff_said;
+
+static size_t put_str(char *dst, size_t at, size_t cap, const char *s)
+{
+    while (*s && at + 1 < cap)
+        dst[at++] = *s++;
+    dst[at] = '\0';
+    return at;
+}
+
+static size_t put_uint(char *dst, size_t at, size_t cap, unsigned long v)
+{
+    char tmp[24];
+    int n = 0;
+    do
+        tmp[n++] = (char)('0' + v % 10);
+    while ((v /= 10) && n < (int)sizeof tmp);
+    while (n > 0 && at + 1 < cap)
+        dst[at++] = tmp[--n];
+    dst[at] = '\0';
+    return at;
+}
+
+/* Once per process (and its forks): the table may be lost if the process is
+ * killed between two reads. write(2) only: safe in a forked child. */
+static void handoff_say(const char *why, int err)
+{
+    if (handoff_said)
+        return;
+    handoff_said = 1;
+    char buf[256];
+    size_t n = put_str(buf, 0, sizeof buf, "[trackleak] cannot hand its table to trackleak run (");
+    n = put_str(buf, n, sizeof buf, why);
+    if (err) {
+        n = put_str(buf, n, sizeof buf, ", errno ");
+        n = put_uint(buf, n, sizeof buf, (unsigned long)err);
+    }
+    n = put_str(buf, n, sizeof buf, "); it is read live only, and lost if the process is killed between two reads\n");
+    (void)!write(2, buf, n);
+}
+
+static void handoff(int memfd)
+{
+    if (!tl_handoff_path[0] || memfd < 0 || !tl_hdr)
+        return;
+    int saved_errno = errno;
+    /* The socket's directory, pinned by a descriptor and checked: ours (or
+     * root's) and writable by nobody else. The datagram then goes to
+     * /proc/self/fd/DIRFD/NAME, so the directory cannot be swapped between
+     * the check and the send (say, removed at the end of the run and made
+     * again by another user to collect tables of processes left running). */
+    const char *path = tl_handoff_path;
+    const char *name = strrchr(path, '/'); /* config.c: absolute, name non-empty */
+    char dir[TL_HANDOFF_PATH_MAX];
+    size_t dlen = (size_t)(name - path);
+    if (dlen == 0)
+        dlen = 1; /* "/" */
+    memcpy(dir, path, dlen);
+    dir[dlen] = '\0';
+    int dfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) {
+        if (errno != ENOENT) /* ENOENT: the run is over, nobody listens */
+            handoff_say("its directory cannot be opened", errno);
+        errno = saved_errno;
+        return;
+    }
+    struct stat st;
+    if (fstat(dfd, &st) != 0 || (st.st_uid != geteuid() && st.st_uid != 0) || (st.st_mode & (S_IWGRP | S_IWOTH))) {
+        handoff_say("its directory is not private to this user", 0);
+        close(dfd);
+        errno = saved_errno;
+        return;
+    }
+    struct sockaddr_un addr;
+    memset(&addr, 0, sizeof addr);
+    addr.sun_family = AF_UNIX;
+    size_t n = put_str(addr.sun_path, 0, sizeof addr.sun_path, "/proc/self/fd/");
+    n = put_uint(addr.sun_path, n, sizeof addr.sun_path, (unsigned long)dfd);
+    n = put_str(addr.sun_path, n, sizeof addr.sun_path, name); /* "/NAME" */
+    if (n + 1 >= sizeof addr.sun_path) { /* cannot happen: config.c bounds the name */
+        close(dfd);
+        errno = saved_errno;
+        return;
+    }
+
+    struct tl_handoff_msg msg;
+    memset(&msg, 0, sizeof msg);
+    memcpy(msg.magic, TL_HANDOFF_MAGIC, sizeof msg.magic);
+    msg.version = TL_HANDOFF_VERSION;
+    msg.pid = tl_hdr->pid;
+    msg.ppid = tl_hdr->ppid;
+    msg.start_time_ns = tl_hdr->start_time_ns;
+    struct iovec iov = {.iov_base = &msg, .iov_len = sizeof msg};
+    union {
+        struct cmsghdr h;
+        char buf[CMSG_SPACE(sizeof(int))];
+    } ctl;
+    memset(&ctl, 0, sizeof ctl);
+    struct msghdr mh = {
+        .msg_name = &addr,
+        .msg_namelen = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1),
+        .msg_iov = &iov,
+        .msg_iovlen = 1,
+        .msg_control = ctl.buf,
+        .msg_controllen = sizeof ctl.buf,
+    };
+    struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(c), &memfd, sizeof(int));
+
+    int s = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (s < 0) {
+        handoff_say("no socket", errno);
+    } else {
+        if (sendmsg(s, &mh, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
+            int e = errno;
+            if (e == EAGAIN || e == EWOULDBLOCK || e == ENOBUFS)
+                handoff_say("its queue is full", 0);
+            else if (e != ENOENT && e != ECONNREFUSED) /* nobody listens any more: the run is over */
+                handoff_say("send failed", e);
+        }
+        close(s);
+    }
+    close(dfd);
+    errno = saved_errno;
 }
 
 /* Record 0 keeps the totals of the sites folded to make room (recorder.c,
@@ -55,7 +224,8 @@ static void init_other_record(void)
 void tl_shm_init(void)
 {
     seg_size = sizeof(struct tl_shm_header) + (size_t)SITE_CAPACITY * sizeof(struct tl_site);
-    void *p = map_segment(NULL);
+    int fd;
+    void *p = map_segment(NULL, &fd);
     if (!p) {
         tl_say("cannot create its shared table (memfd: %s); the table is kept private, "
                "so trackleak run and the agent cannot read it live",
@@ -81,6 +251,9 @@ void tl_shm_init(void)
     tl_hdr->flags = tl_py_present() ? TL_FLAG_PYTHON : 0;
     init_other_record();
     tl_hdr->site_count = 1;
+    handoff(fd); /* the header is complete: a reader may look at once */
+    if (fd >= 0)
+        close(fd);
 }
 
 void tl_shm_after_fork_child(void)
@@ -95,7 +268,8 @@ void tl_shm_after_fork_child(void)
         return;
     }
     memcpy(copy, tl_hdr, used);
-    if (!map_segment(tl_hdr) &&
+    int fd;
+    if (!map_segment(tl_hdr, &fd) &&
         mmap(tl_hdr, seg_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1,
              0) == MAP_FAILED) {
         tl_disabled = 1;
@@ -119,4 +293,7 @@ void tl_shm_after_fork_child(void)
     tl_hdr->pid = getpid();
     tl_hdr->ppid = getppid();
     tl_hdr->flags |= TL_FLAG_FORKED;
+    handoff(fd); /* before this child allocates anything the reader could miss */
+    if (fd >= 0)
+        close(fd);
 }

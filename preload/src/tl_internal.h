@@ -49,6 +49,12 @@ struct tl_config {
 };
 extern struct tl_config tl_cfg TL_HIDDEN;
 void tl_config_load(void) TL_HIDDEN;
+/* TRACKLEAK_HANDOFF: the Unix datagram socket `trackleak run` listens on for
+ * the descriptors of the tables (shm_table.c). "" when unset or refused. The
+ * path must fit sockaddr_un through /proc/self/fd/N/ (see shm_table.c). */
+#define TL_HANDOFF_PATH_MAX 108 /* sizeof(sun_path), NUL included */
+#define TL_HANDOFF_NAME_MAX 64  /* the socket's own name (after the last '/') */
+extern char tl_handoff_path[TL_HANDOFF_PATH_MAX] TL_HIDDEN;
 void tl_banner(void) TL_HIDDEN;
 /* One line on stderr, written with write(2); never allocates. */
 void tl_say(const char *fmt, ...) TL_HIDDEN __attribute__((format(printf, 1, 2)));
