@@ -13,8 +13,9 @@ LIBDIR  ?= $(PREFIX)/lib
 SCRIPT  ?=
 ARGS    ?=
 
-# malloc-family names the shim must export (checked by `make verify`).
-MALLOC_FAMILY := malloc|calloc|realloc|reallocarray|free|posix_memalign|aligned_alloc|memalign|valloc|pvalloc
+# malloc-family names the shim must export (checked by `make verify`), and the lookups it hooks so
+# that handles (ctypes.CDLL("libc.so.6"), cffi's ffi.dlopen) get them too.
+MALLOC_FAMILY := malloc|calloc|realloc|reallocarray|free|posix_memalign|aligned_alloc|memalign|valloc|pvalloc|_exit|dlsym|dlvsym
 
 .PHONY: help setup build check verify test demo quickstart run install uninstall lint bench clean distclean
 
@@ -38,13 +39,13 @@ check: | $(PY) ## Check the environment: trackleak doctor
 	@if [[ -x $(TL) ]]; then $(TL) doctor; \
 	else echo "$(TL) not found: run 'make setup' first" >&2; exit 1; fi
 
-verify: | $(PY) ## Show the built shim: its path, ldd, and exported malloc-family symbols
+verify: | $(PY) ## Show the built shim: its path, ldd, and exported malloc-family and dlsym symbols
 	@set -euo pipefail; \
 	so="$$($(TL) where | tail -n 1)"; \
 	[[ -f "$$so" ]] || { echo "shim not found ('trackleak where' printed '$$so'): run 'make build'" >&2; exit 1; }; \
 	echo "== shim: $$so"; \
 	echo "== ldd"; ldd "$$so"; \
-	echo "== exported malloc-family symbols (nm -D --defined-only)"; \
+	echo "== exported malloc-family and dlsym symbols (nm -D --defined-only)"; \
 	nm -D --defined-only "$$so" | grep -E ' ($(MALLOC_FAMILY))(@.*)?$$' \
 	  || { echo "no malloc-family symbols exported by $$so" >&2; exit 1; }
 

@@ -6,6 +6,8 @@
  * thread cannot get the same address back and have its new sample removed.
  * The real functions come from dlsym(RTLD_NEXT); while dlsym itself allocates
  * we serve it from a static bootstrap arena whose blocks are never released.
+ * dlsym is the shim's own (hooks_dl.c), which forwards RTLD_NEXT lookups to
+ * the C library's dlsym with a jump: "next" is still relative to this file.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -21,6 +23,7 @@ static struct {
     void *(*malloc)(size_t);
     void *(*calloc)(size_t, size_t);
     void *(*realloc)(void *, size_t);
+    void *(*reallocarray)(void *, size_t, size_t); /* only compared (tl_libc_swap); NULL before glibc 2.26 */
     void (*free)(void *);
     int (*posix_memalign)(void **, size_t, size_t);
     void *(*aligned_alloc)(size_t, size_t);
@@ -60,6 +63,7 @@ static void resolve(void)
     real.malloc = dlsym(RTLD_NEXT, "malloc");
     real.calloc = dlsym(RTLD_NEXT, "calloc");
     real.realloc = dlsym(RTLD_NEXT, "realloc");
+    real.reallocarray = dlsym(RTLD_NEXT, "reallocarray");
     real.free = dlsym(RTLD_NEXT, "free");
     real.posix_memalign = dlsym(RTLD_NEXT, "posix_memalign");
     real.aligned_alloc = dlsym(RTLD_NEXT, "aligned_alloc");
@@ -205,4 +209,38 @@ TL_EXPORT void _exit(int status)
         tl_dump_at_exit();
     real.exit_(status);
     __builtin_unreachable();
+}
+
+/* For hooks_dl.c: a lookup through a library handle returned found for name.
+ * Hand out our hook when found is exactly what that hook wraps. */
+void *tl_libc_swap(const char *name, void *found)
+{
+    static const struct {
+        const char *name;
+        void *const *real; /* &real.x */
+        void *hook;
+    } swaps[] = {
+        {"malloc", (void *const *)&real.malloc, (void *)malloc},
+        {"calloc", (void *const *)&real.calloc, (void *)calloc},
+        {"realloc", (void *const *)&real.realloc, (void *)realloc},
+        {"reallocarray", (void *const *)&real.reallocarray, (void *)reallocarray},
+        {"free", (void *const *)&real.free, (void *)free},
+        {"posix_memalign", (void *const *)&real.posix_memalign, (void *)posix_memalign},
+        {"aligned_alloc", (void *const *)&real.aligned_alloc, (void *)aligned_alloc},
+        {"memalign", (void *const *)&real.memalign, (void *)memalign},
+        {"valloc", (void *const *)&real.valloc, (void *)valloc},
+        {"pvalloc", (void *const *)&real.pvalloc, (void *)pvalloc},
+        {"_exit", (void *const *)&real.exit_, (void *)_exit},
+    };
+    if (!found || !name)
+        return found;
+    if (TL_UNLIKELY(!real.free)) {
+        if (resolving)
+            return found;
+        resolve();
+    }
+    for (size_t i = 0; i < sizeof swaps / sizeof swaps[0]; i++)
+        if (!strcmp(name, swaps[i].name))
+            return *swaps[i].real == found ? swaps[i].hook : found;
+    return found;
 }

@@ -3,6 +3,7 @@
  *
  * Module map:
  *   hooks_libc.c   malloc-family interposers, dlsym bootstrap, _exit hook
+ *   hooks_dl.c     dlsym/dlvsym interposers: allocator lookups through handles
  *   hooks_pymem.c  PyMem_SetAllocator wrappers (raw, mem, object domains)
  *   pyframe.c      CPython runtime discovery; own thread's frame -> (code, offset); names
  *   recorder.c     reentrancy guard, byte-weighted sampling, site table, sampled live set
@@ -100,6 +101,14 @@ int tl_py_schedule(int (*fn)(void *), void *arg) TL_HIDDEN; /* Py_AddPendingCall
 int tl_py_initialized(void) TL_HIDDEN;
 void tl_py_mark_up(void) TL_HIDDEN;     /* the interpreter finished starting */
 int tl_py_finalizing(void) TL_HIDDEN;   /* it was up and is now shutting down */
+
+/* ---- hooks_libc.c / hooks_dl.c ------------------------------------------ */
+/* found: what the real dlsym returned for name. The shim's own function when
+ * name is one the shim interposes and found is the very function it wraps
+ * (its dlsym(RTLD_NEXT) result); found itself otherwise. */
+void *tl_libc_swap(const char *name, void *found) TL_HIDDEN;
+/* Find the C library's dlsym/dlvsym (hooks_dl.c); idempotent, never allocates. */
+void tl_dl_init(void) TL_HIDDEN;
 
 /* ---- hooks_pymem.c ----------------------------------------------------- */
 extern volatile int tl_pymem_wanted TL_HIDDEN; /* set until the hooks are installed */
