@@ -67,7 +67,10 @@ class Agent:
             if not parent.is_dir():
                 raise UserError(f"--json: directory does not exist: {parent}")
         tun = Tunables(
-            self.opts.sample_rate, self.opts.min_size, self.opts.native_stacks, sample_bytes=self.opts.sample_bytes
+            self.opts.sample_rate,
+            self.opts.min_size,
+            self.opts.native_stacks,
+            sample_bytes=self.opts.sample_bytes,
         )
         self.session = self.session_factory(
             self.opts.pids, tun, python_frames=self.opts.python_frames, on_note=self._say

@@ -24,16 +24,16 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable
 
 from trackleak import sampling
 from trackleak.ebpf import AttachError, procinfo
 from trackleak.ebpf.loader import ENTRY_PROGRAMS, Loader, Tunables, check_privileges
 from trackleak.ebpf.python import PythonInfo, UnsupportedPython, find_python, resolve_offsets, target_fields
+from trackleak.history import History, pid_site_key
 from trackleak.symbolize.elf import NativeSymbolizer, elf_info, proc_path
 from trackleak.symbolize.pycode import CodeReader, ProcessMemory
-from trackleak.history import History, pid_site_key
 from trackleak.table import RetentionTable, Row
 
 TL_TARGET_PYTHON = 1  # bpf/trackleak.h
@@ -46,10 +46,6 @@ DROPPED = {
     "live_full": "samples lost (live-set map full)",
     "pending_full": "samples lost (pending map full)",
 }
-STATS_FIELDS = (
-    "count", "total_bytes", "sample_count", "sample_total_bytes", "sample_free_count",
-    "sample_free_bytes", "peak_single", "est_count", "est_bytes", "est_free_count", "est_free_bytes",
-)
 
 
 @dataclass
@@ -93,9 +89,13 @@ class Stats:
         return max(0, round((self.est_count - self.est_free_count) / sampling.COUNT_ONE))
 
 
+STATS_FIELDS = tuple(f.name for f in fields(Stats))  # struct tl_site_stats, in order
+
+
 def _key(k) -> tuple:
     """A tl_sites key as a tuple: (pid, kind, code, offset, stack_id)."""
     return (int(k.pid), int(k.kind), int(k.code), int(k.offset), int(k.stack_id))
+
 
 # Frames in these objects are the allocator's own wrappers: a native site is the first caller
 # outside them (strdup -> its caller; operator new -> its caller).
@@ -348,7 +348,7 @@ class EbpfSession:
         """A target that exited: its rows are final; free its map entries for the others."""
         for name in ("tl_sites", "tl_live"):
             table = self.loader.table(name)
-            for k in [k for k in table.keys() if k.pid == pid]:
+            for k in [k for k in table if k.pid == pid]:
                 with contextlib.suppress(KeyError):
                     del table[k]
         self._last_count = {k: v for k, v in self._last_count.items() if k[0] != pid}

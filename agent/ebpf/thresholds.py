@@ -56,7 +56,7 @@ class ThresholdTable:
             return cls(0)
         mult = (STEPS << 32) // interval
         scale = float(1 << (32 + SHIFT)) / interval
-        slopes = tuple(int(round(_g((i + 0.5) / STEPS) * scale)) for i in range(MAX_X * STEPS))
+        slopes = tuple(round(_g((i + 0.5) / STEPS) * scale) for i in range(MAX_X * STEPS))
         return cls(interval, mult, MAX_X * interval, slopes)
 
     @property

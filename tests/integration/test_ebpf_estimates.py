@@ -18,7 +18,6 @@ Workloads: tests/fixtures/ebpf_estimates.py.
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import pytest
@@ -83,9 +82,7 @@ def attached_run(cpython):
     a realloc-grown buffer, big buffers), one session polled every 0.25 s: (rows, done line, R)."""
     if BPF_REASON is not None:
         pytest.skip(BPF_REASON)
-    target = Target(
-        [cpython.path, str(WORKLOAD), "all", str(ROUNDS), str(BIG_ROUNDS), str(GROW_APPENDS)]
-    )
+    target = Target([cpython.path, str(WORKLOAD), "all", str(ROUNDS), str(BIG_ROUNDS), str(GROW_APPENDS)])
     session = _session([target.pid], sample_rate=5)
     rows, done = _attach_and_run(session, target, poll_every=0.25)
     return rows, done, session.interval
@@ -146,12 +143,12 @@ def test_realloc_grown_buffer_shows_its_current_size(cpython, attached_run):
     assert leak.retention_pct is not None and leak.retention_pct < 90.0
 
 
-SITES_TARGET_HEAD = '''
+SITES_TARGET_HEAD = """
 import os, sys
 KEEP = [None] * 200
 def leak(i):
     KEEP[i] = bytes(20000)  # ALLOC: overflow_leak
-'''
+"""
 
 
 def _sites_script(tmp_path: Path, n_sites: int) -> Path:
@@ -227,9 +224,23 @@ def test_agent_command_ranks_a_growing_leak_and_writes_its_series(interpreters, 
     out = tmp_path / "agent.json"
     try:
         res = subprocess.run(
-            [*AGENT_CMD, "--pid", str(target.pid), "--duration", "2.5", "--interval", "0.25",
-             "--json", str(out), "--sort", "live", "--no-live"],
-            capture_output=True, text=True, timeout=120,
+            [
+                *AGENT_CMD,
+                "--pid",
+                str(target.pid),
+                "--duration",
+                "2.5",
+                "--interval",
+                "0.25",
+                "--json",
+                str(out),
+                "--sort",
+                "live",
+                "--no-live",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
     finally:
         target.say("stop")

@@ -40,10 +40,26 @@ class FakeSession:
         self.polls += 1
         pid = self.pids[0]
         rows = [
-            Row("leak", "/app/a.py", 3, count=self.polls, total_bytes=self.polls << 20, pid=pid,
-                source="ebpf", live_bytes=self.polls << 20),
-            Row("flat", "/app/a.py", 9, count=5, total_bytes=5 << 20, pid=pid, source="ebpf",
-                live_bytes=2 << 20),
+            Row(
+                "leak",
+                "/app/a.py",
+                3,
+                count=self.polls,
+                total_bytes=self.polls << 20,
+                pid=pid,
+                source="ebpf",
+                live_bytes=self.polls << 20,
+            ),
+            Row(
+                "flat",
+                "/app/a.py",
+                9,
+                count=5,
+                total_bytes=5 << 20,
+                pid=pid,
+                source="ebpf",
+                live_bytes=2 << 20,
+            ),
         ]
         self.table.replace_pid(pid, rows)
         t = float(self.polls)  # one second per poll
@@ -93,7 +109,10 @@ def test_final_table_json_and_summaries_carry_growth_and_drops(tmp_path, sort):
 
 
 def test_texts():
-    assert dropped_text({"sites_full": 0, "live_full": 0, "pending_full": 0}) == "nothing dropped (maps never full)"
+    assert (
+        dropped_text({"sites_full": 0, "live_full": 0, "pending_full": 0})
+        == "nothing dropped (maps never full)"
+    )
     assert dropped_text({"sites_full": 0, "live_full": 0, "pending_full": 0}, short=True) == "dropped=0"
     assert dropped_text({"sites_full": 0, "live_full": 7, "pending_full": 0}) == (
         "dropped: 7 samples lost (live-set map full)"
