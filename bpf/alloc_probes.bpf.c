@@ -3,9 +3,11 @@
  * alloc_probes.bpf.c - uprobes on a target's libc allocator family (bcc).
  *
  * Per allocation >= TL_MIN_SIZE: find the site (the innermost Python frame's code object and
- * bytecode offset, else the native caller), count it, and keep 1 in TL_SAMPLE_RATE of them in
- * tl_live until freed, crediting the free (or the realloc move) to the site. Only pointers and
- * offsets are recorded; the agent turns them into names (STYLE guideline 6).
+ * bytecode offset, else the native caller), count it, and sample it with probability
+ * p(s) = 1 - exp(-s/R) (trackleak.sampling; the threshold table below), keeping the sample in
+ * tl_live until freed, with its Horvitz-Thompson weights; the free (or the realloc move) credits
+ * the site with exactly those weights. Only pointers and offsets are recorded; the agent turns
+ * them into names (STYLE guideline 6).
  *
  * The entry points at the bottom are thin: each decodes its arguments and calls one of the
  * generic handlers (tl_alloc_enter, tl_alloc_return, tl_credit_free).
@@ -14,9 +16,29 @@
 #include "trackleak.h"
 
 /* ===================== tunables (set by the agent with cflags -D) ===================== */
-#ifndef TL_SAMPLE_RATE
-#define TL_SAMPLE_RATE 50          /* keep 1 in N counted allocations for retention (>= 1) */
+/* Sampling (agent/ebpf/thresholds.py computes these and fills tl_pslope before attaching):
+ * an allocation of s bytes is sampled when bpf_get_prandom_u32() < thr(s), with
+ * thr(s) = (s * tl_pslope[(s * TL_P_MULT) >> 32] + 2^(TL_P_SHIFT-1)) >> TL_P_SHIFT ~ p(s) * 2^32,
+ * and always when s >= TL_P_MAX_BYTES (23 R). TL_SAMPLE_ALL: R = 0, every allocation sampled. */
+#ifndef TL_SAMPLE_ALL
+#define TL_SAMPLE_ALL 1
 #endif
+#ifndef TL_P_LEN
+#define TL_P_LEN 1
+#endif
+#ifndef TL_P_MULT
+#define TL_P_MULT 0ULL
+#endif
+#ifndef TL_P_MAX_BYTES
+#define TL_P_MAX_BYTES 0ULL
+#endif
+#ifndef TL_P_SHIFT
+#define TL_P_SHIFT 24
+#endif
+#ifndef TL_COUNT_ONE
+#define TL_COUNT_ONE 1024          /* trackleak.sampling.COUNT_ONE: one allocation in est_count */
+#endif
+#define TL_P_ONE (1ULL << 32)
 #ifndef TL_MIN_SIZE
 #define TL_MIN_SIZE 500            /* smaller allocations are neither counted nor sampled */
 #endif
@@ -39,6 +61,7 @@ BPF_HASH(tl_pending, u64, struct tl_pending, TL_MAX_PENDING);
 BPF_HASH(tl_nested, u64, struct tl_site_key, TL_MAX_PENDING);
 BPF_STACK_TRACE(tl_stacks, TL_MAX_STACKS);
 BPF_PERCPU_ARRAY(tl_counters, u64, TL_CNT_MAX);
+BPF_ARRAY(tl_pslope, u64, TL_P_LEN);    /* p(s)/s per size bucket, fixed point (see above) */
 
 static __always_inline void tl_count(int index)
 {
@@ -124,6 +147,34 @@ static __always_inline int tl_python_site(struct tl_target *t, struct tl_site_ke
     return 0;
 }
 
+/* ---- sampling: p(s) = 1 - exp(-s/R), and the weights of a sample ---- */
+
+/* 1 when an allocation of `size` bytes is sampled; then *w_count (TL_COUNT_ONE units) and
+ * *w_bytes are 1/p and size/p for the p actually applied (thr / 2^32). */
+static __always_inline int tl_sample(u64 size, u64 *w_count, u64 *w_bytes)
+{
+    u64 thr = TL_P_ONE;
+#if !TL_SAMPLE_ALL
+    if (size < TL_P_MAX_BYTES) {
+        u32 i = (size * TL_P_MULT) >> 32;
+        u64 *slope = tl_pslope.lookup(&i);
+        if (!slope)
+            return 0;
+        thr = (size * *slope + (1ULL << (TL_P_SHIFT - 1))) >> TL_P_SHIFT;
+        if ((u64)bpf_get_prandom_u32() >= thr)
+            return 0;                   /* also when thr == 0: never */
+    }
+#endif
+    if (thr >= TL_P_ONE) {
+        *w_count = TL_COUNT_ONE;
+        *w_bytes = size;
+    } else {
+        *w_count = (((u64)TL_COUNT_ONE << 32) + thr / 2) / thr;
+        *w_bytes = ((size / thr) << 32) + (((size % thr) << 32) / thr);   /* size * 2^32 / thr */
+    }
+    return 1;
+}
+
 /* ---- generic handlers ---- */
 
 /* The site of the current call: Python frame when there is one, else the native caller. */
@@ -152,10 +203,15 @@ static __always_inline void tl_credit_free(u32 pid, u64 addr)
     struct tl_live_val *live = tl_live.lookup(&lk);
     if (!live)
         return;
-    struct tl_site_stats *s = tl_sites.lookup(&live->site);
+    /* The agent deletes only entries with nothing live; if it raced with this sample, the free
+     * goes to a fresh entry and carry + map still add up. */
+    struct tl_site_stats zero = {};
+    struct tl_site_stats *s = tl_sites.lookup_or_try_init(&live->site, &zero);
     if (s) {
         __sync_fetch_and_add(&s->sample_free_count, 1);
         __sync_fetch_and_add(&s->sample_free_bytes, live->size);
+        __sync_fetch_and_add(&s->est_free_count, live->w_count);
+        __sync_fetch_and_add(&s->est_free_bytes, live->w_bytes);
     }
     tl_live.delete(&lk);
     tl_count(TL_CNT_FREES_MATCHED);
@@ -197,12 +253,15 @@ static __always_inline int tl_alloc_enter(struct pt_regs *ctx, u64 size, u64 mem
     if (size > s->peak_single)
         s->peak_single = size;          /* racy max: a lost update only lowers a peak */
 
-    if (TL_SAMPLE_RATE > 1 && bpf_get_prandom_u32() % TL_SAMPLE_RATE)
+    u64 w_count, w_bytes;
+    if (!tl_sample(size, &w_count, &w_bytes))
         return 0;
     struct tl_pending p = {};
     p.site = key;
     p.size = size;
     p.memptr = memptr;
+    p.w_count = w_count;
+    p.w_bytes = w_bytes;
     if (tl_pending.update(&id, &p))
         tl_count(TL_CNT_PENDING_FULL);
     return 0;
@@ -219,21 +278,26 @@ static __always_inline int tl_alloc_exit(struct pt_regs *ctx)
     if (p->memptr) {                    /* posix_memalign: 0 = success, result in *memptr */
         addr = addr == 0 ? tl_read_ptr(p->memptr) : 0;
     }
-    if (addr) {
+    struct tl_site_stats zero = {};
+    struct tl_site_stats *s = addr ? tl_sites.lookup_or_try_init(&p->site, &zero) : 0;
+    if (addr && !s) {
+        tl_count(TL_CNT_SITES_FULL);
+    } else if (addr) {
         struct tl_live_key lk = {};
         lk.pid = id >> 32;
         lk.addr = addr;
         struct tl_live_val v = {};
         v.site = p->site;
         v.size = p->size;
+        v.w_count = p->w_count;
+        v.w_bytes = p->w_bytes;
         if (tl_live.update(&lk, &v)) {
             tl_count(TL_CNT_LIVE_FULL);
         } else {
-            struct tl_site_stats *s = tl_sites.lookup(&p->site);
-            if (s) {
-                __sync_fetch_and_add(&s->sample_count, 1);
-                __sync_fetch_and_add(&s->sample_total_bytes, p->size);
-            }
+            __sync_fetch_and_add(&s->sample_count, 1);
+            __sync_fetch_and_add(&s->sample_total_bytes, p->size);
+            __sync_fetch_and_add(&s->est_count, p->w_count);
+            __sync_fetch_and_add(&s->est_bytes, p->w_bytes);
         }
     }
     tl_pending.delete(&id);

@@ -33,7 +33,7 @@
 #define TL_SITE_NATIVE 0           /* code = allocator's return address, stack_id = user stack */
 #define TL_SITE_PYTHON 1           /* code = PyCodeObject *, offset = bytecode byte offset */
 
-/* tl_counters indexes */
+/* tl_counters indexes (the first three are what could not be tracked; the agent shows them) */
 #define TL_CNT_SITES_FULL 0        /* allocations not counted: tl_sites full */
 #define TL_CNT_LIVE_FULL 1         /* samples dropped: tl_live full */
 #define TL_CNT_PENDING_FULL 2      /* samples dropped: tl_pending full */
@@ -83,15 +83,25 @@ struct tl_site_key {
     __s32 stack_id;                /* native sites only; -1 otherwise */
 };
 
-/* Per-site statistics: the counts of a trackleak.table.Row. */
+/*
+ * Per-site statistics: the counts of a trackleak.table.Row. The est_* sums are the
+ * Horvitz-Thompson weights of the samples (trackleak.sampling): a sample of s bytes drawn with
+ * probability p adds 1/p allocations (in TL_COUNT_ONE units) and s/p bytes; its free subtracts
+ * exactly what it added (the weights travel in tl_live_val). Live = est_* - est_free_*.
+ * The agent may delete an entry that holds nothing live and carry its totals (row = carry + map).
+ */
 struct tl_site_stats {
     __u64 count;                   /* every allocation >= TL_MIN_SIZE */
     __u64 total_bytes;
-    __u64 sample_count;            /* 1 in TL_SAMPLE_RATE of them, address known */
+    __u64 sample_count;            /* sampled with p(s) = 1 - exp(-s/R), address known */
     __u64 sample_total_bytes;
     __u64 sample_free_count;       /* sampled blocks freed since (free, realloc move) */
     __u64 sample_free_bytes;
     __u64 peak_single;
+    __u64 est_count;               /* sum of 1/p over samples, TL_COUNT_ONE units */
+    __u64 est_bytes;               /* sum of s/p over samples */
+    __u64 est_free_count;          /* the same sums over the samples freed since */
+    __u64 est_free_bytes;
 };
 
 struct tl_live_key {
@@ -103,6 +113,8 @@ struct tl_live_key {
 struct tl_live_val {
     struct tl_site_key site;
     __u64 size;
+    __u64 w_count;                 /* the sample's weights (credited back by its free) */
+    __u64 w_bytes;
 };
 
 /* Between an allocator's entry and its return, for sampled calls only. */
@@ -110,6 +122,8 @@ struct tl_pending {
     struct tl_site_key site;
     __u64 size;
     __u64 memptr;                  /* posix_memalign: where the result is stored */
+    __u64 w_count;
+    __u64 w_bytes;
 };
 
 #endif /* TRACKLEAK_BPF_H */

@@ -2,6 +2,12 @@
 
 Ctrl-C, SIGTERM, SIGHUP or --duration end the session cleanly (every probe detached, the target
 runs on). A target that exits ends its part of the report; when all have exited the agent ends.
+
+Every poll feeds the session's history (live bytes per site over time), so the live view, the
+summary lines, the final table and the JSON document rank by growth like `trackleak run`; the
+JSON document is written by trackleak.runner.write_json (with the live-bytes series). What could
+not be tracked (maps full) is said once when it starts, then on every summary line, the final
+table's head line and in the JSON meta ("dropped").
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from pathlib import Path
 from typing import IO, Callable
 
 from trackleak.ebpf.loader import Tunables
-from trackleak.ebpf.session import EbpfSession
+from trackleak.ebpf.session import DROPPED, EbpfSession
 from trackleak.errors import UserError
 
 AGENT_FORMAT = "trackleak-agent"
@@ -32,6 +38,7 @@ class AgentOptions:
     json_path: Path | None = None
     sample_rate: int = 50
     min_size: int = 500
+    sample_bytes: int | None = None  # TRACKLEAK_SAMPLE_BYTES: the sampling interval R directly
     top: int = 20
     sort: str = "leak"
     live: bool | None = None  # None: when stdout and stderr are terminals
@@ -59,7 +66,12 @@ class Agent:
             parent = Path(self.opts.json_path).expanduser().resolve().parent
             if not parent.is_dir():
                 raise UserError(f"--json: directory does not exist: {parent}")
-        tun = Tunables(self.opts.sample_rate, self.opts.min_size, self.opts.native_stacks)
+        tun = Tunables(
+            self.opts.sample_rate,
+            self.opts.min_size,
+            self.opts.native_stacks,
+            sample_bytes=self.opts.sample_bytes,
+        )
         self.session = self.session_factory(
             self.opts.pids, tun, python_frames=self.opts.python_frames, on_note=self._say
         )
@@ -82,8 +94,8 @@ class Agent:
             parts.append(f"{t.pid} ({what})")
         n = len(self.session.loader.probes)
         return (
-            f"trackleak-agent: attached to {', '.join(parts)}: {n} probes, sample rate "
-            f"1/{self.opts.sample_rate}, min size {self.opts.min_size} B"
+            f"trackleak-agent: attached to {', '.join(parts)}: {n} probes, "
+            f"{sampling_text(self.session.interval)}, min size {self.opts.min_size} B"
         )
 
     def _loop(self) -> None:
@@ -106,13 +118,10 @@ class Agent:
                 elif self.opts.progress and len(self.session.table):
                     from trackleak import render
 
-                    self._say(
-                        render.summary_line(
-                            self.session.table.merged(),
-                            elapsed=time.time() - self.started,
-                            pids=self.session.pids,
-                        )
+                    line = render.summary_line(
+                        self.session.merged_rows(), elapsed=time.time() - self.started, pids=self.session.pids
                     )
+                    self._say(f"{line} {dropped_text(self.session.dropped(), short=True)}")
                 if not any(t.alive for t in self.session.targets.values()):
                     self.reason = "every target exited"
                     break
@@ -124,12 +133,13 @@ class Agent:
         from trackleak import render
 
         assert self.session is not None
-        rows = render.top_rows(self.session.table.merged(), top=self.opts.top, sort=self.opts.sort)
+        rows = render.top_rows(self.session.merged_rows(), top=self.opts.top, sort=self.opts.sort)
         caption = (
             f"{time.time() - self.started:.0f}s  pids {', '.join(map(str, self.session.pids))}  "
-            f"{len(self.session.table)} sites  (Ctrl-C: detach and print the final table)"
+            f"{len(self.session.table)} sites  {dropped_text(self.session.dropped(), short=True)}  "
+            "(Ctrl-C: detach and print the final table)"
         )
-        return render.rich_table(rows, title="trackleak-agent: live, leaks first", caption=caption)
+        return render.rich_table(rows, title=f"trackleak-agent: live, by {self.opts.sort}", caption=caption)
 
     @contextlib.contextmanager
     def _live(self, enabled: bool):
@@ -176,15 +186,18 @@ class Agent:
         from trackleak import render
 
         assert self.session is not None
-        rows = self.session.table.merged()
+        # The session's last poll (in stop()) is the last point of every series.
+        rows = self.session.merged_rows()
+        table = self.session.pid_rows()
+        dropped = dropped_text(self.session.dropped())
         if rows:
             shown = render.top_rows(rows, top=self.opts.top, sort=self.opts.sort)
             pids = ", ".join(map(str, self.session.pids))
             self._say(
                 f"trackleak-agent: {len(self.session.pids)} process(es) ({pids}), "
-                f"sample rate 1/{self.opts.sample_rate}, min size {self.opts.min_size} B, "
-                f"{self.ended - self.started:.1f}s attached ({self.reason or 'stopped'}); "
-                f"top {len(shown)} by {'leak' if self.opts.sort == 'leak' else 'bytes'}"
+                f"{sampling_text(self.session.interval)}, min size {self.opts.min_size} B, "
+                f"{self.ended - self.started:.1f}s attached ({self.reason or 'stopped'}); {dropped}; "
+                f"top {len(shown)} by {self.opts.sort}"
             )
             try:
                 if _isatty(self.stdout):
@@ -199,13 +212,13 @@ class Agent:
         else:
             self._say(
                 f"trackleak-agent: no allocation of at least {self.opts.min_size} B was seen "
-                f"in {self.ended - self.started:.1f}s"
+                f"in {self.ended - self.started:.1f}s; {dropped}"
             )
         if self.opts.json_path is not None:
             from trackleak.runner import write_json
 
             try:
-                write_json(self.opts.json_path, self.session.table, self.meta())
+                write_json(self.opts.json_path, table, self.meta(), self.session.history, rows)
             except OSError as exc:
                 raise UserError(f"cannot write {self.opts.json_path}: {exc.strerror or exc}") from None
             self._say(f"trackleak-agent: table written to {self.opts.json_path}")
@@ -214,6 +227,25 @@ class Agent:
     def _say(self, text: str) -> None:
         with contextlib.suppress(OSError, ValueError):
             print(text, file=self.stderr, flush=True)
+
+
+def sampling_text(interval: int) -> str:
+    """How allocations are sampled, in words (trackleak.sampling)."""
+    from trackleak.render import human_bytes
+
+    if interval <= 0:
+        return "every allocation sampled"
+    return f"sampling p(s) = 1 - exp(-s / {human_bytes(interval)})"
+
+
+def dropped_text(dropped: dict[str, int], *, short: bool = False) -> str:
+    """What could not be tracked: "nothing dropped", or each non-zero counter with its meaning."""
+    lost = {name: n for name, n in dropped.items() if n}
+    if not lost:
+        return "dropped=0" if short else "nothing dropped (maps never full)"
+    if short:
+        return "dropped=" + ",".join(f"{name}:{n}" for name, n in lost.items())
+    return "dropped: " + ", ".join(f"{n} {DROPPED[name]}" for name, n in lost.items())
 
 
 def _isatty(stream: IO[str]) -> bool:

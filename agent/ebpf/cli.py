@@ -14,6 +14,7 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
+from trackleak.cli._common import SORT_HELP, SortBy
 from trackleak.errors import UserError
 
 EXIT_USAGE = 2
@@ -40,14 +41,25 @@ def attach(
     sample_rate: Annotated[
         int,
         typer.Option(
-            envvar="TRACKLEAK_SAMPLE_RATE", min=1, help="Keep 1 in N counted allocations for retention."
+            envvar="TRACKLEAK_SAMPLE_RATE",
+            min=1,
+            help="Sample allocations byte-weighted, one per N KiB allocated on average "
+            "(an allocation of s bytes with p = 1 - exp(-s / N KiB)); 1: every allocation.",
         ),
     ] = 50,
+    sample_bytes: Annotated[
+        Optional[int],
+        typer.Option(
+            envvar="TRACKLEAK_SAMPLE_BYTES",
+            min=1,
+            help="The mean sampling interval in bytes (overrides --sample-rate).",
+        ),
+    ] = None,
     min_size: Annotated[
         int, typer.Option(envvar="TRACKLEAK_MIN_SIZE", min=0, help="Count allocations of at least N bytes.")
     ] = 500,
     top: Annotated[int, typer.Option(min=0, help="Rows to show (0: all).")] = 20,
-    sort: Annotated[str, typer.Option(help="Order: leak (likely leaks first) or bytes.")] = "leak",
+    sort: Annotated[SortBy, typer.Option(help=SORT_HELP)] = SortBy.leak,
     live: Annotated[
         Optional[bool], typer.Option("--live/--no-live", help="Live view on stderr (default: on a terminal).")
     ] = None,
@@ -62,8 +74,6 @@ def attach(
     """Attach to --pid PID ... and report per-site retention (source "ebpf")."""
     from trackleak.ebpf.agent import AgentOptions, run_agent
 
-    if sort not in ("leak", "bytes"):
-        raise typer.BadParameter("must be 'leak' or 'bytes'", param_hint="--sort")
     opts = AgentOptions(
         pids=list(pid),
         duration=duration,
@@ -71,8 +81,9 @@ def attach(
         json_path=json_path,
         sample_rate=sample_rate,
         min_size=min_size,
+        sample_bytes=sample_bytes,
         top=top,
-        sort=sort,
+        sort=SortBy(sort).value,
         live=live,
         progress=not quiet,
         python_frames=python,

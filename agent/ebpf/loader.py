@@ -15,8 +15,10 @@ import errno
 import os
 from dataclasses import dataclass, field
 
+from trackleak import sampling
 from trackleak.ebpf import AttachError, btf, headers
 from trackleak.ebpf.python import bpf_dir
+from trackleak.ebpf.thresholds import ThresholdTable
 
 PROBE_SOURCE = "alloc_probes.bpf.c"
 
@@ -102,6 +104,11 @@ class _LibBCC:
         self.close_perf_event_fd = lib.bpf_close_perf_event_fd
         self.close_perf_event_fd.restype = ct.c_int
         self.close_perf_event_fd.argtypes = [ct.c_int]
+        # int bpf_lookup_and_delete(int fd, void *key, void *value)
+        self.lookup_and_delete = getattr(lib, "bpf_lookup_and_delete", None)
+        if self.lookup_and_delete is not None:
+            self.lookup_and_delete.restype = ct.c_int
+            self.lookup_and_delete.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]
 
 
 @dataclass
@@ -116,19 +123,37 @@ class Probe:
     fd: int
 
 
+# Map sizes of bpf/trackleak.h that Tunables.limits may override (-D), e.g. small ones in tests.
+LIMITS = ("TL_MAX_TARGETS", "TL_MAX_SITES", "TL_MAX_LIVE", "TL_MAX_PENDING", "TL_MAX_STACKS")
+
+
 @dataclass
 class Tunables:
     sample_rate: int = 50
     min_size: int = 500
     native_stacks: int = 1  # 0 never, 1 when the direct caller is in libc, 2 always
+    sample_bytes: int | None = None  # TRACKLEAK_SAMPLE_BYTES: the sampling interval R directly
+    limits: dict[str, int] = field(default_factory=dict)  # {"TL_MAX_SITES": 64, ...}
+
+    @property
+    def interval(self) -> int:
+        """The sampling interval R in bytes (trackleak.sampling); 0: every allocation sampled."""
+        return sampling.interval_bytes(self.sample_rate, self.sample_bytes)
+
+    def thresholds(self) -> ThresholdTable:
+        return ThresholdTable.build(self.interval)
 
     def cflags(self) -> list[str]:
         if self.sample_rate < 1:
             raise AttachError("TRACKLEAK_SAMPLE_RATE must be >= 1")
+        unknown = set(self.limits) - set(LIMITS)
+        if unknown:
+            raise AttachError(f"unknown map limit(s): {', '.join(sorted(unknown))}")
         flags = [
-            f"-DTL_SAMPLE_RATE={int(self.sample_rate)}",
             f"-DTL_MIN_SIZE={int(self.min_size)}",
             f"-DTL_NATIVE_STACKS={int(self.native_stacks)}",
+            *self.thresholds().cflags(),
+            *(f"-D{name}={int(value)}" for name, value in sorted(self.limits.items())),
             f"-I{bpf_dir()}",
         ]
         # No BTF: the program builds without Python frames (native attribution only).
@@ -171,6 +196,33 @@ class Loader:
         except Exception as e:  # bcc raises bare Exception with compiler output on stderr
             raise AttachError(f"cannot compile {src} with bcc ({found.how}): {e}") from None
         self._lib = _LibBCC()
+        self._fill_thresholds()
+
+    def _fill_thresholds(self) -> None:
+        """p(s)/s per size bucket into tl_pslope, before any probe is attached."""
+        table = self.tunables.thresholds()
+        if table.sample_all:
+            return
+        pslope = self.table("tl_pslope")
+        keys = (pslope.Key * len(table.slopes))(*range(len(table.slopes)))
+        values = (pslope.Leaf * len(table.slopes))(*table.slopes)
+        try:
+            pslope.items_update_batch(keys, values)
+        except Exception:  # no batch operations on this kernel: one by one
+            for i, slope in enumerate(table.slopes):
+                pslope[pslope.Key(i)] = pslope.Leaf(slope)
+
+    def lookup_and_delete(self, name: str, key) -> object | None:
+        """Atomically read and delete one entry of a hash map (kernel >= 5.14); None when the
+        kernel cannot (the caller falls back to read + delete) or the key is gone."""
+        table = self.table(name)
+        leaf = table.Leaf()
+        fn = self._lib.lookup_and_delete
+        if fn is None:
+            return None
+        if fn(table.map_fd, ct.byref(key), ct.byref(leaf)) != 0:
+            return None
+        return leaf
 
     def table(self, name: str):
         return self.bpf[name.encode()]  # type: ignore[index]

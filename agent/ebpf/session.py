@@ -2,11 +2,21 @@
 
     session = EbpfSession([pid], Tunables(sample_rate=50, min_size=500))
     session.start()            # compile, attach (errors: AttachError, one line)
-    table = session.poll()     # read the BPF maps, symbolize new sites, rebuild rows
+    table = session.poll()     # read the BPF maps, symbolize new sites, rebuild rows, observe
+    rows = session.merged_rows()   # one row per site, with growth (trackleak.history)
     session.stop()             # final poll, detach every probe
 
+Rows: ``live_bytes`` / ``live_count`` are the Horvitz-Thompson sums of the samples not freed
+(est_* - est_free_* of struct tl_site_stats); every poll adds a point to ``history`` (per site)
+and ``pid_history`` (per pid and site), whose fit gives ``growth_bytes_per_s`` and ``growing``.
+
+Room in tl_sites: at every poll an entry that holds nothing live (every sample freed) and whose
+count did not move since the previous poll is deleted from the map, its totals carried here; a
+row is carry + map value, so a site that comes back continues from its totals, and a new site
+(a new leak) always finds room. What still could not be tracked is in ``dropped()``.
+
 A target that exits while attached keeps the rows it had (its code objects were read while it
-ran, at each poll) and its probes are detached; the others go on.
+ran, at each poll), its probes are detached and its map entries removed; the others go on.
 """
 
 from __future__ import annotations
@@ -14,20 +24,78 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable
 
+from trackleak import sampling
 from trackleak.ebpf import AttachError, procinfo
 from trackleak.ebpf.loader import ENTRY_PROGRAMS, Loader, Tunables, check_privileges
 from trackleak.ebpf.python import PythonInfo, UnsupportedPython, find_python, resolve_offsets, target_fields
+from trackleak.history import History, pid_site_key
 from trackleak.symbolize.elf import NativeSymbolizer, elf_info, proc_path
 from trackleak.symbolize.pycode import CodeReader, ProcessMemory
-from trackleak.table import RetentionTable, Row, retention_pct
+from trackleak.table import RetentionTable, Row
 
 TL_TARGET_PYTHON = 1  # bpf/trackleak.h
 _ZERO_DEFAULT = {"flags", "code_tag_mask", "wrap_lo", "wrap_hi"}  # tl_target fields whose "none" is 0
 TL_SITE_PYTHON = 1
 COUNTER_NAMES = ("sites_full", "live_full", "pending_full", "python_no_frame", "frees_matched")
+# What could not be tracked (bpf/trackleak.h TL_CNT_*): counter -> what it counts, for people.
+DROPPED = {
+    "sites_full": "allocations not counted (sites map full)",
+    "live_full": "samples lost (live-set map full)",
+    "pending_full": "samples lost (pending map full)",
+}
+
+
+@dataclass
+class Stats:
+    """struct tl_site_stats in Python: a map value, a carry, or their sum."""
+
+    count: int = 0
+    total_bytes: int = 0
+    sample_count: int = 0
+    sample_total_bytes: int = 0
+    sample_free_count: int = 0
+    sample_free_bytes: int = 0
+    peak_single: int = 0
+    est_count: int = 0
+    est_bytes: int = 0
+    est_free_count: int = 0
+    est_free_bytes: int = 0
+
+    @classmethod
+    def of(cls, value) -> Stats:
+        return cls(*(int(getattr(value, name)) for name in STATS_FIELDS))
+
+    def plus(self, other: Stats | None) -> Stats:
+        if other is None:
+            return self
+        out = Stats(*(getattr(self, n) + getattr(other, n) for n in STATS_FIELDS))
+        out.peak_single = max(self.peak_single, other.peak_single)
+        return out
+
+    @property
+    def holds_nothing(self) -> bool:
+        """Every sample freed: deleting the entry loses no free to come."""
+        return self.sample_free_count >= self.sample_count and self.est_free_count >= self.est_count
+
+    @property
+    def live_bytes(self) -> int:
+        return max(0, self.est_bytes - self.est_free_bytes)
+
+    @property
+    def live_count(self) -> int:
+        return max(0, round((self.est_count - self.est_free_count) / sampling.COUNT_ONE))
+
+
+STATS_FIELDS = tuple(f.name for f in fields(Stats))  # struct tl_site_stats, in order
+
+
+def _key(k) -> tuple:
+    """A tl_sites key as a tuple: (pid, kind, code, offset, stack_id)."""
+    return (int(k.pid), int(k.kind), int(k.code), int(k.offset), int(k.stack_id))
+
 
 # Frames in these objects are the allocator's own wrappers: a native site is the first caller
 # outside them (strdup -> its caller; operator new -> its caller).
@@ -93,6 +161,18 @@ class EbpfSession:
         self.table = RetentionTable()
         self.started = time.time()
         self.counters: dict[str, int] = {}
+        # Live bytes over time: per site (live view, final ranking) and per pid (JSON rows).
+        self.history = History()
+        self.pid_history = History(key=pid_site_key)
+        self.carry: dict[tuple, Stats] = {}  # totals of entries deleted from tl_sites
+        self.evicted = 0  # entries deleted to make room (a site can come back and go again)
+        self._last_count: dict[tuple, int] = {}  # count of each map entry at the previous poll
+        self._warned: set[str] = set()
+
+    @property
+    def interval(self) -> int:
+        """The sampling interval R in bytes (trackleak.sampling); 0: every allocation sampled."""
+        return self.tunables.interval
 
     # ------------------------------------------------------------------ attach / detach
 
@@ -189,45 +269,108 @@ class EbpfSession:
         if self.loader.bpf is None:
             return self.table
         gone = [t for t in self.targets.values() if t.alive and not process_alive(t.pid)]
+        sites = self.loader.table("tl_sites")
+        current: dict[tuple, tuple] = {}  # key tuple -> (map key, Stats)
+        for k, v in sites.items():
+            current[_key(k)] = (k, Stats.of(v))
         per_pid: dict[int, dict[tuple, Row]] = {pid: {} for pid, t in self.targets.items() if t.alive}
-        for k, v in self.loader.table("tl_sites").items():
-            target = self.targets.get(k.pid)
+        keys = set(current) | {key for key in self.carry if key[0] in per_pid}
+        for key in keys:
+            target = self.targets.get(key[0])
             if target is None or not target.alive:
                 continue
-            site = self._site(target, k)
+            site = self._site(target, key)
             if site is None:
                 continue
-            row = Row(
-                function=site[0],
-                file=site[1],
-                line=site[2],
-                count=v.count,
-                total_bytes=v.total_bytes,
-                sample_count=v.sample_count,
-                sample_total_bytes=v.sample_total_bytes,
-                sample_free_bytes=v.sample_free_bytes,
-                peak_single=v.peak_single,
-                source="ebpf",
-                pid=k.pid,
-                native=site[3],
-            )
-            # Interim, until the BPF program keeps sampling weights: 1-in-N sampling is uniform,
-            # so the sampled share kept estimates the live share.
-            ret = retention_pct(v.sample_total_bytes, v.sample_free_bytes, v.sample_count)
-            row.live_bytes = int(v.total_bytes * ret / 100.0) if ret is not None else 0
-            row.live_count = int(v.count * ret / 100.0) if ret is not None else 0
-            have = per_pid[k.pid].get(site)
+            now = current.get(key)
+            stats = (now[1] if now else Stats()).plus(self.carry.get(key))
+            row = self._row(key[0], site, stats)
+            have = per_pid[key[0]].get(site)
             if have is None:
-                per_pid[k.pid][site] = row
+                per_pid[key[0]][site] = row
             else:
                 have.add(row)
         for pid, rows in per_pid.items():
             self.targets[pid].rows = list(rows.values())
             self.table.replace_pid(pid, self.targets[pid].rows)
+        self._make_room(current)
         for target in gone:
             self._end_target(target)
+            self._forget_pid(target.pid)
         self._read_counters()
+        self._observe()
         return self.table
+
+    @staticmethod
+    def _row(pid: int, site: tuple, st: Stats) -> Row:
+        return Row(
+            function=site[0],
+            file=site[1],
+            line=site[2],
+            count=st.count,
+            total_bytes=st.total_bytes,
+            sample_count=st.sample_count,
+            sample_total_bytes=st.sample_total_bytes,
+            sample_free_bytes=st.sample_free_bytes,
+            peak_single=st.peak_single,
+            source="ebpf",
+            pid=pid,
+            native=site[3],
+            live_bytes=st.live_bytes,
+            live_count=st.live_count,
+        )
+
+    def _make_room(self, current: dict[tuple, tuple]) -> None:
+        """Delete the entries that hold nothing live and were idle since the previous poll (count
+        unchanged), carrying their totals: the map keeps room for new sites."""
+        last, self._last_count = self._last_count, {}
+        for key, (k, st) in current.items():
+            target = self.targets.get(key[0])
+            idle = last.get(key) == st.count
+            symbolized = target is not None and key[1:] in target.sites
+            if not (idle and symbolized and st.plus(self.carry.get(key)).holds_nothing):
+                self._last_count[key] = st.count
+                continue
+            self._evict(key, k, st)
+
+    def _evict(self, key: tuple, k, seen: Stats) -> None:
+        value = self.loader.lookup_and_delete("tl_sites", k)
+        if value is not None:
+            final = Stats.of(value)
+        else:  # no atomic lookup-and-delete: what we read (an update in between is lost)
+            with contextlib.suppress(KeyError):
+                del self.loader.table("tl_sites")[k]
+            final = seen
+        self.carry[key] = final.plus(self.carry.get(key))
+        self.evicted += 1
+
+    def _forget_pid(self, pid: int) -> None:
+        """A target that exited: its rows are final; free its map entries for the others."""
+        for name in ("tl_sites", "tl_live"):
+            table = self.loader.table(name)
+            for k in [k for k in table if k.pid == pid]:
+                with contextlib.suppress(KeyError):
+                    del table[k]
+        self._last_count = {k: v for k, v in self._last_count.items() if k[0] != pid}
+        self.carry = {k: v for k, v in self.carry.items() if k[0] != pid}
+
+    def _observe(self) -> None:
+        now = time.time() - self.started
+        self.history.observe(now, self.table.merged(), interval=self.interval)
+        self.pid_history.observe(now, self.table, interval=self.interval)
+
+    def merged_rows(self) -> list[Row]:
+        """One row per site over every pid, with growth_bytes_per_s and growing."""
+        return self.history.annotate(self.table.merged())
+
+    def pid_rows(self) -> RetentionTable:
+        """The per-pid table, its rows annotated with growth (in place)."""
+        self.pid_history.annotate(self.table)
+        return self.table
+
+    def dropped(self) -> dict[str, int]:
+        """What could not be tracked so far (DROPPED: counter -> meaning)."""
+        return {name: self.counters.get(name, 0) for name in DROPPED}
 
     def _read_counters(self) -> None:
         table = self.loader.table("tl_counters")
@@ -238,28 +381,34 @@ class EbpfSession:
             except (KeyError, TypeError):
                 out[name] = 0
         self.counters = out
+        for name, what in DROPPED.items():
+            if out[name] and name not in self._warned:
+                self._warned.add(name)
+                self.on_note(f"{out[name]} {what} so far; counted and shown with the table")
 
-    def _site(self, target: Target, k) -> tuple | None:
-        bkey = (k.kind, k.code, k.offset, k.stack_id)
+    def _site(self, target: Target, key: tuple) -> tuple | None:
+        """Row site of a tl_sites key tuple (pid, kind, code, offset, stack_id)."""
+        bkey = key[1:]
         site = target.sites.get(bkey)
         if site is not None:
             return site
-        if k.kind == TL_SITE_PYTHON and target.code is not None:
-            info = target.code.code(k.code)
+        _pid, kind, code, offset, stack_id = key
+        if kind == TL_SITE_PYTHON and target.code is not None:
+            info = target.code.code(code)
             if info is None:
                 return None  # unreadable now: retried at the next poll
-            site = (info.function, info.file, info.line(k.offset), False)
+            site = (info.function, info.file, info.line(offset), False)
         else:
-            site = self._native_site(target, k)
+            site = self._native_site(target, code, stack_id)
         target.sites[bkey] = site
         return site
 
-    def _native_site(self, target: Target, k) -> tuple:
+    def _native_site(self, target: Target, code: int, stack_id: int) -> tuple:
         assert target.native is not None
-        frames = [k.code]
-        if k.stack_id >= 0:
+        frames = [code]
+        if stack_id >= 0:
             try:
-                stack = list(self.loader.table("tl_stacks").walk(k.stack_id))
+                stack = list(self.loader.table("tl_stacks").walk(stack_id))
                 frames += stack[1:]  # stack[0] is the allocator itself; its fp chain skips the caller
             except KeyError:
                 pass
@@ -298,10 +447,13 @@ class EbpfSession:
             "source": "ebpf",
             "pids": self.pids,
             "sample_rate": self.tunables.sample_rate,
+            "sample_interval_bytes": self.interval,
             "min_size": self.tunables.min_size,
             "started": self.started,
             "elapsed_seconds": round(time.time() - self.started, 3),
             "kernel_headers": self.loader.headers_how,
             "targets": targets,
             "counters": self.counters,
+            "dropped": self.dropped(),
+            "evicted_sites": self.evicted,
         }
