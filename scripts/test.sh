@@ -6,6 +6,8 @@
 #
 #   .venv/bin/python -m pytest tests -ra [extra pytest args...]
 #
+# (with paths among the args, only those: scripts/test.sh tests/unit -x)
+#
 # BCC_KERNEL_SOURCE is taken from .cache/bcc_kernel_source (written by setup.sh)
 # unless it is already exported. pytest's exit code is passed on, except that
 # "no tests collected" (5) is turned into a failure: a run that tests nothing
@@ -28,9 +30,17 @@ if [[ ! -d tests ]]; then
     exit 1
 fi
 
-echo "[test] .venv/bin/python -m pytest tests -ra $*"
+# Paths among the arguments narrow the run to them; otherwise the whole of tests/.
+targets=(tests)
+for arg in "$@"; do
+    if [[ "$arg" != -* && -e "${arg%%::*}" ]]; then
+        targets=()
+        break
+    fi
+done
+echo "[test] .venv/bin/python -m pytest ${targets[*]} -ra $*"
 rc=0
-.venv/bin/python -m pytest tests -ra "$@" || rc=$?
+.venv/bin/python -m pytest "${targets[@]}" -ra "$@" || rc=$?
 
 if [[ $rc -eq 5 ]]; then
     echo "[test] FAILED: pytest collected no tests (exit code 5); a run that tests nothing counts as a failure" >&2
