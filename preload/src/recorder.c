@@ -590,6 +590,13 @@ void tl_record_alloc(void *p, size_t size, void *ra, int gil)
 {
     struct tl_pyloc loc;
     struct tl_site *s;
+    uint64_t stale;
+    /* The allocator handed out an address we still hold as a live sample: that
+     * block was freed where we could not see it (a library bound to the real
+     * free with RTLD_DEEPBIND or in another namespace). Credit it now rather
+     * than keep a phantom leak. */
+    if (TL_UNLIKELY(tl_maybe_sampled(p, gil)) && tl_take(p, &stale, gil))
+        tl_credit_free(p, stale, gil);
     int py = tl_py_current(&loc);
     if (TL_UNLIKELY(py < 0)) {
         tl_freeze();
