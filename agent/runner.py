@@ -317,6 +317,7 @@ class Session:
     def poll(self) -> None:
         """Read the segments of the child and its descendants into the live table."""
         assert self.child is not None
+        fresh = []
         for pid in descendants(self.child.pid):
             try:
                 segs = find_segments(pid)
@@ -327,8 +328,13 @@ class Session:
                 self.shm_errors[pid] = str(exc)
                 continue
             self.snapshots[pid] = _Seen(snap, self.clock())
+            fresh.append((pid, snap))
+        # The live bytes are those of the moment the segments were read: the point goes there, not
+        # after the rows are made (naming native sites parses ELF files, the first time for ~1 s).
+        read_at = self.clock()
+        for pid, snap in fresh:
             self.live_table.replace_pid(pid, snap.rows)
-        self._observe(self.live_table)
+        self._observe(self.live_table, at=read_at)
 
     def _interval(self) -> int:
         """The sampling interval R of what we read (for the noise floor of growth)."""
@@ -336,8 +342,9 @@ class Session:
             return seen.snapshot.header.sample_interval
         return sampling.interval_bytes(self.opts.sample_rate or SHIM_DEFAULTS["sample_rate"])
 
-    def _observe(self, table: RetentionTable) -> None:
-        now = self.clock() - self.started
+    def _observe(self, table: RetentionTable, at: float | None = None) -> None:
+        """One point per site of TABLE's live bytes, at time AT (default: now)."""
+        now = (self.clock() if at is None else at) - self.started
         interval = self._interval()
         self.history.observe(now, table.merged(), interval=interval)
         self.pid_history.observe(now, table, interval=interval)
@@ -484,8 +491,9 @@ class Session:
 
     def finish(self, status: int) -> int:
         table, info = self.final_table()
-        # The final word of each process is the last point of its series.
-        self._observe(table)
+        # The final word of each process is the last point of its series, at the time the child
+        # ended (reading the log and naming native sites afterwards takes time, up to seconds).
+        self._observe(table, at=max(self.ended, self.started))
         rows = self.history.annotate(table.merged())
         self.pid_history.annotate(table)
         if info["bad_lines"]:
