@@ -48,7 +48,7 @@ from .history import History, pid_site_key
 from .shim import shim_path
 from .sources import dumpfile
 from .sources.shm import ShmError, Snapshot, find_segments, read_segment
-from .table import RetentionTable, Row, sorted_rows
+from .table import SORT_KEYS, RetentionTable, Row, sorted_rows
 
 DEFAULT_INTERPRETER = "python3"
 FALLBACK_LOG_DIR = "/tmp/trackleak"  # where the shim writes when TRACKLEAK_LOG_DIR is unusable
@@ -219,8 +219,8 @@ def prepare(
     base = dict(os.environ if environ is None else environ)
     if opts.interval <= 0:
         raise UserError("--interval must be positive")
-    if opts.sort not in ("leak", "bytes"):
-        raise UserError("--sort must be 'leak' or 'bytes'")
+    if opts.sort not in SORT_KEYS:
+        raise UserError(f"--sort must be one of {', '.join(SORT_KEYS)}")
     argv = build_argv(opts, base)
     shim_str = str(shim if shim is not None else shim_path(base))
     if opts.json_path is not None:

@@ -387,3 +387,12 @@ def test_final_word_is_put_at_the_childs_exit(tmp_path):
     # THEN the exit dump's live bytes are the series' last point at the time the child ended
     points = s.history.series(("leaky", "/app/leaky.py", 12, False))
     assert points and points[-1][0] == pytest.approx(s.ended - s.started, abs=0.01), points
+
+
+@pytest.mark.parametrize("sort", ["leak", "live", "bytes", "retention"])
+def test_every_sort_the_cli_offers_is_accepted(fake_path, script, sort):
+    opts = RunOptions(Target("script", str(script)), sort=sort)
+    plan = runner.prepare(opts, env_with(fake_path), shim=SHIM, make_temp_dir=lambda: "/tmp/x")
+    assert plan.argv[-1] == str(script)
+    with pytest.raises(UserError, match="--sort"):
+        runner.prepare(RunOptions(Target("script", str(script)), sort="size"), env_with(fake_path), shim=SHIM)
