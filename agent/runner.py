@@ -56,7 +56,7 @@ from .shim import shim_path
 from .sources import dumpfile
 from .sources.handoff import ENV_HANDOFF, HandoffTables, Listener
 from .sources.shm import ShmError, Snapshot, find_segments, read_segment
-from .table import RetentionTable, Row, sorted_rows
+from .table import SORT_KEYS, RetentionTable, Row, sorted_rows
 
 DEFAULT_INTERPRETER = "python3"
 FALLBACK_LOG_DIR = "/tmp/trackleak"  # where the shim writes when TRACKLEAK_LOG_DIR is unusable
@@ -231,8 +231,8 @@ def prepare(
     base = dict(os.environ if environ is None else environ)
     if opts.interval <= 0:
         raise UserError("--interval must be positive")
-    if opts.sort not in ("leak", "bytes"):
-        raise UserError("--sort must be 'leak' or 'bytes'")
+    if opts.sort not in SORT_KEYS:
+        raise UserError(f"--sort must be one of {', '.join(SORT_KEYS)}")
     argv = build_argv(opts, base)
     shim_str = str(shim if shim is not None else shim_path(base))
     if opts.json_path is not None:
@@ -351,8 +351,11 @@ class Session:
             if snap.header.pid != pid and snap.header.pid in known:
                 continue  # a child caught between fork() and mapping its own table: its parent's
             self.snapshots[pid] = _Seen(snap, self.clock())
+        # The live bytes are those of the moment the tables were read: the point goes there, not
+        # after the rows are made (naming native sites parses ELF files, the first time for ~1 s).
+        read_at = self.clock()
         self.live_table = self._current_table()
-        self._observe(self.live_table)
+        self._observe(self.live_table, at=read_at)
 
     def _proc_snapshot_counts(self, pid: int, seen: _Seen) -> bool:
         """A /proc snapshot counts unless a handed-off table covers that process: it does when the
@@ -383,8 +386,9 @@ class Session:
             return seen.snapshot.header.sample_interval
         return sampling.interval_bytes(self.opts.sample_rate or SHIM_DEFAULTS["sample_rate"], self.opts.sample_bytes)
 
-    def _observe(self, table: RetentionTable) -> None:
-        now = self.clock() - self.started
+    def _observe(self, table: RetentionTable, at: float | None = None) -> None:
+        """One point per site of TABLE's live bytes, at time AT (default: now)."""
+        now = (self.clock() if at is None else at) - self.started
         interval = self._interval()
         self.history.observe(now, table.merged(), interval=interval)
         self.pid_history.observe(now, table, interval=interval)
@@ -600,8 +604,9 @@ class Session:
 
     def finish(self, status: int) -> int:
         table, info = self.final_table()
-        # The final word of each process is the last point of its series.
-        self._observe(table)
+        # The final word of each process is the last point of its series, at the time the child
+        # ended (reading the log and naming native sites afterwards takes time, up to seconds).
+        self._observe(table, at=max(self.ended, self.started))
         rows = self.history.annotate(table.merged())
         self.pid_history.annotate(table)
         if info["handoff_rejected"] and self.opts.verbose:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -330,3 +331,68 @@ def test_sigterm_to_the_runner_reaches_the_child(tmp_path):
     assert status == 0
     assert " 9 " in out.getvalue().splitlines()[2]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # our handler is gone again
+
+
+# --------------------------------------------------------------------------- history timing
+
+
+def test_poll_puts_the_point_when_the_segment_was_read(tmp_path, monkeypatch):
+    # GIVEN a segment whose rows take 5 s to make after it was read (naming native sites parses ELF
+    # symbol tables, ~1 s for libpython the first time)
+    from types import SimpleNamespace
+
+    from trackleak.table import Row
+
+    s, _, _ = session(tmp_path, "exit")
+    now = [1000.0]
+    s.clock = lambda: now[0]
+    s.started = 1000.0
+    s.child = SimpleNamespace(pid=77)
+
+    class SlowRows:
+        pid = 77
+        header = SimpleNamespace(sample_interval=51200)
+
+        @property
+        def rows(self):
+            now[0] += 5.0
+            return [Row("leaky", "/app/leaky.py", 12, count=1, sample_count=1, live_bytes=1000, pid=77)]
+
+    def read_segment(pid, seg):
+        now[0] += 1.0  # read 1 s after the start
+        return SlowRows()
+
+    monkeypatch.setattr(runner, "descendants", lambda pid: [77])
+    monkeypatch.setattr(runner, "find_segments", lambda pid: ["segment"])
+    monkeypatch.setattr(runner, "read_segment", read_segment)
+    # WHEN the runner polls
+    s.poll()
+    # THEN the live bytes are recorded at the time they were read, not when the rows were ready
+    assert s.history.series(("leaky", "/app/leaky.py", 12, False)) == [(1.0, 1000)]
+
+
+def test_final_word_is_put_at_the_childs_exit(tmp_path):
+    # GIVEN reading the log after the child ended takes long (100 s on a fake clock)
+    s, _, _ = session(tmp_path, "exit")
+    late = [0.0]
+    s.clock = lambda: time.time() + late[0]
+    final_table = s.final_table
+
+    def slow_final_table():
+        late[0] += 100.0
+        return final_table()
+
+    s.final_table = slow_final_table
+    s.run()
+    # THEN the exit dump's live bytes are the series' last point at the time the child ended
+    points = s.history.series(("leaky", "/app/leaky.py", 12, False))
+    assert points and points[-1][0] == pytest.approx(s.ended - s.started, abs=0.01), points
+
+
+@pytest.mark.parametrize("sort", ["leak", "live", "bytes", "retention"])
+def test_every_sort_the_cli_offers_is_accepted(fake_path, script, sort):
+    opts = RunOptions(Target("script", str(script)), sort=sort)
+    plan = runner.prepare(opts, env_with(fake_path), shim=SHIM, make_temp_dir=lambda: "/tmp/x")
+    assert plan.argv[-1] == str(script)
+    with pytest.raises(UserError, match="--sort"):
+        runner.prepare(RunOptions(Target("script", str(script)), sort="size"), env_with(fake_path), shim=SHIM)
