@@ -351,7 +351,7 @@ def test_poll_puts_the_point_when_the_segment_was_read(tmp_path, monkeypatch):
 
     class SlowRows:
         pid = 77
-        header = SimpleNamespace(sample_interval=51200)
+        header = SimpleNamespace(sample_interval=51200, pid=77, start_time_ns=0)
 
         @property
         def rows(self):
