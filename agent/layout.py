@@ -70,7 +70,7 @@ class TlShmHeader(ctypes.Structure):
         ("dropped_events", ctypes.c_uint64),
         ("sample_interval", ctypes.c_uint64),
         ("recycled_sites", ctypes.c_uint64),
-        ("reserved", ctypes.c_uint64 * 6),
+        ("reserved", ctypes.c_uint64 * 9),
     )
 
 
@@ -103,10 +103,12 @@ class TlSite(ctypes.Structure):
         ("reserved0", ctypes.c_uint32),
         ("key_addr", ctypes.c_uint64),
         ("key_aux", ctypes.c_uint64),
+        ("reserved1", ctypes.c_uint64 * 4),
         ("c", TlCounts * 2),
         ("peak_single", ctypes.c_uint64),
         ("function", ctypes.c_char * TL_FUNC_MAX),
         ("file", ctypes.c_char * TL_FILE_MAX),
+        ("reserved2", ctypes.c_uint64 * 3),
     )
 
 

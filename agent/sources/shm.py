@@ -107,13 +107,18 @@ class Record:
     est_bytes: int = 0
     est_free_count: int = 0
     est_free_bytes: int = 0
+    exhaustive: bool = False  # sample_interval 0: weights are 1 and size, est_* are not kept
 
     @property
     def live_bytes(self) -> int:
+        if self.exhaustive:
+            return max(0, self.sample_bytes - self.sample_free_bytes)
         return max(0, self.est_bytes - self.est_free_bytes)
 
     @property
     def live_count(self) -> int:
+        if self.exhaustive:
+            return max(0, self.sample_count - self.sample_free_count)
         return max(0, (self.est_count - self.est_free_count + L.TL_COUNT_ONE // 2) // L.TL_COUNT_ONE)
 
     @property
@@ -317,6 +322,7 @@ def parse_segment(data: bytes, *, pid: int = 0, mapping_size: int | None = None)
                 est_bytes=L.site_total(rec, "est_bytes"),
                 est_free_count=L.site_total(rec, "est_free_count"),
                 est_free_bytes=L.site_total(rec, "est_free_bytes"),
+                exhaustive=header.sample_interval == 0,
             )
         )
     return snap

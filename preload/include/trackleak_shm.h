@@ -74,7 +74,7 @@ struct tl_shm_header {
     uint64_t dropped_events;   /* event-log records lost: ring full */
     uint64_t sample_interval;  /* mean bytes between samples (R); 0: every allocation is sampled */
     uint64_t recycled_sites;   /* idle records folded into the TL_KIND_OTHER one and given back */
-    uint64_t reserved[6];
+    uint64_t reserved[9];      /* (the header is 192 bytes: records start on a cache line) */
 };
 
 /* Sampling (agent/sampling.py has the full statement): a tracked allocation of s
@@ -82,7 +82,9 @@ struct tl_shm_header {
  * stands for 1/p(s) allocations and s/p(s) bytes; the est_* counters add those
  * weights (counts in TL_COUNT_ONE units) when the sample is taken and again, the
  * same amounts, when it is freed, so live = est - est_free is an unbiased estimate
- * of what the site allocated and still holds. */
+ * of what the site allocated and still holds. With sample_interval 0 (every
+ * allocation sampled) the weights are exactly 1 and s: est_* stay 0 and readers
+ * take live from sample_* (count - free_count, bytes - free_bytes). */
 #define TL_COUNT_ONE 1024u
 
 /* The counters of a site, kept twice (tl_site.c): c[TL_C_ATOMIC] is updated
@@ -112,10 +114,14 @@ struct tl_site {
     uint32_t reserved0;
     uint64_t key_addr;  /* code object address (Python) or return address (native) */
     uint64_t key_aux;   /* instruction byte offset (low 32 bits) | code fingerprint (high 32 bits); 0 for native */
+    uint64_t reserved1[4];
+    /* At offset 64 of a 64-byte aligned record: each copy's hot counters (count,
+     * total_bytes, sample_count, sample_bytes) share one cache line. */
     struct tl_counts c[2];      /* see struct tl_counts */
     uint64_t peak_single;       /* largest single allocation */
     char function[TL_FUNC_MAX]; /* NUL-terminated UTF-8 */
     char file[TL_FILE_MAX];     /* NUL-terminated UTF-8 */
+    uint64_t reserved2[3];      /* (a record is 640 bytes: ten cache lines) */
 };
 
 #endif /* TRACKLEAK_SHM_H */

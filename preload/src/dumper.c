@@ -145,7 +145,7 @@ static void append_file(const char *name, const char *data, size_t len)
 /* ---- rows: sites merged by (kind, function, file, line) ------------------ */
 struct row {
     const struct tl_site *s; /* names and line */
-    uint64_t count, total, scount, sbytes, sfree, peak;
+    uint64_t count, total, scount, sbytes, sfree, sfcount, peak;
     uint64_t est_c, est_b, est_fc, est_fb; /* weights (trackleak_shm.h): live = est - est_free */
 };
 
@@ -230,6 +230,7 @@ static size_t collect_rows(struct row **out, size_t *bytes)
             w->scount += __atomic_load_n(&s->c[c].sample_count, __ATOMIC_RELAXED);
             w->sbytes += __atomic_load_n(&s->c[c].sample_bytes, __ATOMIC_RELAXED);
             w->sfree += __atomic_load_n(&s->c[c].sample_free_bytes, __ATOMIC_RELAXED);
+            w->sfcount += __atomic_load_n(&s->c[c].sample_free_count, __ATOMIC_RELAXED);
             w->est_c += __atomic_load_n(&s->c[c].est_count, __ATOMIC_RELAXED);
             w->est_b += __atomic_load_n(&s->c[c].est_bytes, __ATOMIC_RELAXED);
             w->est_fc += __atomic_load_n(&s->c[c].est_free_count, __ATOMIC_RELAXED);
@@ -256,9 +257,16 @@ static size_t collect_rows(struct row **out, size_t *bytes)
 
 /* Estimated bytes and allocations made at the site and still live (0 when the
  * counters, read at slightly different times, cross). */
-static uint64_t live_bytes(const struct row *w) { return w->est_b > w->est_fb ? w->est_b - w->est_fb : 0; }
+static uint64_t live_bytes(const struct row *w)
+{
+    if (!tl_cfg.sample_interval) /* every allocation sampled: exact, from the samples */
+        return w->sbytes > w->sfree ? w->sbytes - w->sfree : 0;
+    return w->est_b > w->est_fb ? w->est_b - w->est_fb : 0;
+}
 static uint64_t live_count(const struct row *w)
 {
+    if (!tl_cfg.sample_interval)
+        return w->scount > w->sfcount ? w->scount - w->sfcount : 0;
     return w->est_c > w->est_fc ? (w->est_c - w->est_fc + TL_COUNT_ONE / 2) / TL_COUNT_ONE : 0;
 }
 

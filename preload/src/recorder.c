@@ -574,12 +574,14 @@ void tl_credit_free(void *p, uint64_t entry, int gil)
     if (rec >= tl_hdr->site_capacity)
         return;
     struct tl_site *s = &tl_sites[rec];
-    uint64_t wc, wb;
-    weights(size, &wc, &wb);
     BUMP(s, sample_free_count, 1, gil);
     BUMP(s, sample_free_bytes, size, gil);
-    BUMP(s, est_free_count, wc, gil);
-    BUMP(s, est_free_bytes, wb, gil);
+    if (tl_cfg.sample_interval) {
+        uint64_t wc, wb;
+        weights(size, &wc, &wb);
+        BUMP(s, est_free_count, wc, gil);
+        BUMP(s, est_free_bytes, wb, gil);
+    }
     if (TL_UNLIKELY(tl_cfg.events))
         tl_event(2, p, size, rec);
 }
@@ -595,8 +597,9 @@ void tl_record_alloc(void *p, size_t size, void *ra, int gil)
      * block was freed where we could not see it (a library bound to the real
      * free with RTLD_DEEPBIND or in another namespace). Credit it now rather
      * than keep a phantom leak. */
-    if (TL_UNLIKELY(tl_maybe_sampled(p, gil)) && tl_take(p, &stale, gil))
-        tl_credit_free(p, stale, gil);
+    if (tl_cfg.sample_interval && TL_UNLIKELY(tl_maybe_sampled(p, gil)) && tl_take(p, &stale, gil))
+        tl_credit_free(p, stale, gil); /* (sampled mode only: in exhaustive mode the filter is dense
+                                          and this lookup would cost ~7 % on every allocation) */
     int py = tl_py_current(&loc);
     if (TL_UNLIKELY(py < 0)) {
         tl_freeze();
@@ -643,12 +646,14 @@ void tl_record_alloc(void *p, size_t size, void *ra, int gil)
         __atomic_add_fetch(&tl_hdr->dropped_samples, 1, __ATOMIC_RELAXED);
         return;
     }
-    uint64_t wc, wb;
-    weights(sz, &wc, &wb);
     BUMP(s, sample_count, 1, gil);
     BUMP(s, sample_bytes, sz, gil);
-    BUMP(s, est_count, wc, gil);
-    BUMP(s, est_bytes, wb, gil);
+    if (tl_cfg.sample_interval) { /* exhaustive: weights are 1 and size, readers use sample_* */
+        uint64_t wc, wb;
+        weights(sz, &wc, &wb);
+        BUMP(s, est_count, wc, gil);
+        BUMP(s, est_bytes, wb, gil);
+    }
     if (TL_UNLIKELY(tl_cfg.events))
         tl_event(1, p, size, (uint32_t)rec);
     if (TL_UNLIKELY(tick_countdown == 0)) {

@@ -98,6 +98,7 @@ def segment(
     h.flags, h.pid, h.ppid = flags, pid, ppid
     h.start_time_ns, h.update_time_ns = 1_700_000_000 * 10**9, 0
     h.sample_rate, h.min_size, h.py_version_hex = 50, 500, py_version_hex
+    h.sample_interval = 50 * 1024  # sampled mode: rows take live bytes from the est_* weights
     h.dropped_samples, h.dropped_sites, h.dropped_events = 1, 2, 3
     raw = bytearray(bytes(h))
     raw[:8] = magic[:8].ljust(8, b"\0")
