@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import IO, Callable, Mapping, Sequence
 
 from . import live, render, sampling
+from .es.run import RunShipping
 from .errors import UserError
 from .history import History, pid_site_key
 from .shim import shim_path
@@ -311,6 +312,7 @@ class Session:
     stderr: IO[str] = field(default_factory=lambda: sys.stderr)
     clock: Callable[[], float] = time.time
     spawn: Callable[[Sequence[str], Mapping[str, str]], subprocess.Popen] = spawn
+    es: RunShipping | None = None  # Elasticsearch (ENABLE_ELASTICSEARCH=1): trackleak.es.run
 
     def __post_init__(self) -> None:
         self.snapshots: dict[int, _Seen] = {}  # tables read through /proc (no handoff), per pid
@@ -405,6 +407,19 @@ class Session:
         )
         return render.rich_table(rows, caption=caption, compact=True, width=width)
 
+    # ---- Elasticsearch (the logic is trackleak.es.run; these only say when a table was read)
+
+    def _python(self) -> str | None:
+        header = self.tables.header()
+        if header is None and self.snapshots:
+            header = next(iter(self.snapshots.values())).snapshot.header
+        return header.python if header is not None else None
+
+    def _ship_tick(self) -> None:
+        if self.es is not None:
+            self.es.tick(self.live_table, self.pid_history, at=self.clock(), started=self.started,
+                         python=self._python())
+
     # ---- the whole run
 
     def run(self) -> int:
@@ -466,6 +481,7 @@ class Session:
         """One live update. Best effort: whatever goes wrong here must not abandon the child."""
         try:
             self.poll()
+            self._ship_tick()
             if not len(self.live_table):
                 return
             if view is not None:
@@ -609,6 +625,8 @@ class Session:
         self._observe(table, at=max(self.ended, self.started))
         rows = self.history.annotate(table.merged())
         self.pid_history.annotate(table)
+        if self.es is not None:
+            self.es.final(table, at=max(self.ended, self.started), started=self.started, python=self._python())
         if info["handoff_rejected"] and self.opts.verbose:
             self._say(f"trackleak: refused {info['handoff_rejected']} handed-off table(s)")
             for err in info["handoff_errors"]:
@@ -764,11 +782,15 @@ def run(
     """The whole `trackleak run`; returns the child's exit status. UserError before the start."""
     plan = prepare(opts, environ)
     session = Session(opts, plan, stdout=stdout or sys.stdout, stderr=stderr or sys.stderr)
+    session.es = RunShipping.from_env(plan.env, command=plan.argv, dump_interval=opts.dump_interval,
+                                      say=session._say)
     try:
         if opts.verbose:
             session._say(f"trackleak: running {' '.join(plan.argv)}")
             session._say(f"trackleak: LD_PRELOAD={plan.env['LD_PRELOAD']} TRACKLEAK_LOG_DIR={plan.log_dir}")
         return session.run()
     finally:
+        if session.es is not None:
+            session.es.close()
         if plan.private_log_dir:
             shutil.rmtree(plan.log_dir, ignore_errors=True)
