@@ -784,6 +784,8 @@ def run(
     session = Session(opts, plan, stdout=stdout or sys.stdout, stderr=stderr or sys.stderr)
     session.es = RunShipping.from_env(plan.env, command=plan.argv, dump_interval=opts.dump_interval,
                                       say=session._say)
+    if session.es is not None:
+        plan.env[RunShipping.ENV_SHIPPER] = RunShipping.SHIPPER  # the shim's banner says who ships
     try:
         if opts.verbose:
             session._say(f"trackleak: running {' '.join(plan.argv)}")

@@ -13,6 +13,7 @@
 | ELASTICSEARCH_CA_FILE | PEM file of the CA(s) to trust (new; default: the system's) |
 | ELASTICSEARCH_CLIENT_CERT / _KEY | PEM client certificate and key (new) |
 | NOMAD_JOB_NAME | ``job_name`` of every document, default ``unknown`` |
+| TRACKLEAK_ES_QUEUE_BATCHES | batches the shipper's queue holds before evicting the oldest (new; 100) |
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ ENV_CA_FILE = "ELASTICSEARCH_CA_FILE"
 ENV_CLIENT_CERT = "ELASTICSEARCH_CLIENT_CERT"
 ENV_CLIENT_KEY = "ELASTICSEARCH_CLIENT_KEY"
 ENV_JOB_NAME = "NOMAD_JOB_NAME"
+ENV_QUEUE_BATCHES = "TRACKLEAK_ES_QUEUE_BATCHES"
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
@@ -119,6 +121,13 @@ class EsConfig:
         index = (env.get(ENV_INDEX) or "").strip() or DEFAULT_INDEX
         check_index(index)
         job_name = env.get(ENV_JOB_NAME) or DEFAULT_JOB_NAME
+        queue = env.get(ENV_QUEUE_BATCHES)
+        try:
+            queue_batches = int(queue) if queue not in (None, "") else DEFAULT_QUEUE_BATCHES
+        except ValueError:
+            queue_batches = 0
+        if not 1 <= queue_batches <= 100000:
+            raise EsConfigError(f"{ENV_QUEUE_BATCHES}={queue!r}: expected a whole number from 1 to 100000")
         return cls(
             url=url,
             index=index,
@@ -130,6 +139,7 @@ class EsConfig:
             client_cert=client_cert,
             client_key=client_key,
             job_name=job_name,
+            queue_batches=queue_batches,
         )
 
     # ---- using it

@@ -26,6 +26,9 @@ DEFAULT_INTERVAL = 300.0  # the shim's TRACKLEAK_DUMP_INTERVAL default
 
 
 class RunShipping:
+    ENV_SHIPPER = "TRACKLEAK_ES_SHIPPER"  # set in the child's environment: the shim's banner reads it
+    SHIPPER = "trackleak-run"
+
     def __init__(self, config: EsConfig, *, command: Sequence[str], interval: float,
                  say: Callable[[str], None], shipper: Shipper | None = None) -> None:
         self.config = config
@@ -33,7 +36,7 @@ class RunShipping:
         self.interval = max(0.0, interval)
         self.say = say
         self.hostname = socket.gethostname()
-        self.shipper = shipper or Shipper(config, say=say)
+        self.shipper = shipper or Shipper(config, say=lambda text: say(f"trackleak: {text}"))
         self.last_sent: float | None = None
         self.closed = False
 

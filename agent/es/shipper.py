@@ -27,6 +27,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -165,7 +166,10 @@ def _api_reason(exc) -> str:
         if err:
             return _short(str(err))
     if isinstance(body, str) and body.strip():
-        return _short(" ".join(body.split()))
+        title = re.search(r"<title>([^<]*)</title>", body, re.I)
+        if title:
+            return _short(title.group(1))
+        return _short(" ".join(re.sub(r"<[^>]*>", " ", body).split()))
     msg = getattr(exc, "message", None)
     return msg if isinstance(msg, str) and msg and msg != "None" else "no Elasticsearch error in the answer"
 
@@ -380,8 +384,8 @@ class Shipper:
         retry: list[str] = []
         ok_count = 0
         try:
-            self._ensure_index(client)
             self.stats.requests += 1
+            self._ensure_index(client)
             results = helpers.streaming_bulk(
                 client,
                 batch.docs,

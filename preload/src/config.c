@@ -257,8 +257,14 @@ void tl_banner(void)
                            : getenv("ELASTICSEARCH_USERNAME") ? "basic"
                                                               : "none";
         const char *index = getenv("ELASTICSEARCH_INDEX");
-        tl_say("elasticsearch=enabled url=%s index=%s auth=%s (documents are shipped by trackleak-agent)", red,
-               index ? index : "trackleak-memory", auth);
+        /* This process sends nothing itself: `trackleak run` ships its table (and says so in
+         * TRACKLEAK_ES_SHIPPER); under bare LD_PRELOAD a host agent reading the table does. */
+        const char *shipper = getenv("TRACKLEAK_ES_SHIPPER");
+        tl_say("elasticsearch=enabled url=%s index=%s auth=%s (documents are shipped by %s)", red,
+               index ? index : "trackleak-memory", auth,
+               shipper && !strcmp(shipper, "trackleak-run")
+                   ? "trackleak run"
+                   : "a host agent (trackleak-agent) reading this process's table, when one runs here");
     } else {
         tl_say("elasticsearch=disabled");
     }
