@@ -70,19 +70,27 @@ class Stats:
 
 
 def _quiet_client_logs() -> None:
-    # The transport logs every failed request at WARNING; with no handler configured Python would
-    # print each on stderr (the "last resort" handler). We say what matters, once.
-    for name in ("elastic_transport", "elasticsearch"):
+    # The transport (and urllib3) log every failed request at WARNING; with no handler configured
+    # Python would print each on stderr (the "last resort" handler). We say what matters, once; an
+    # application that configured logging still gets them.
+    for name in ("elastic_transport", "elasticsearch", "urllib3"):
         logger = logging.getLogger(name)
         if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
             logger.addHandler(logging.NullHandler())
-        logger.propagate = False
 
 
 def make_client(config: EsConfig):
-    """The official client, with a 5 s connect / 10 s total timeout per request."""
+    """The official client, with a 5 s connect / 10 s total timeout per request.
+
+    urllib3's timeouts bound each connect and each read, not the whole answer: a server that
+    trickles its answer a few bytes at a time would hold a request forever. So a timer shuts the
+    node's sockets down when the total is over, and the request fails as a timeout."""
+    import socket as _socket
+    import weakref
+
     import urllib3
-    from elastic_transport import Urllib3HttpNode
+    from elastic_transport import ConnectionError as TransportConnectionError
+    from elastic_transport import ConnectionTimeout, Urllib3HttpNode
     from elasticsearch import Elasticsearch
 
     connect, total = config.connect_timeout, config.total_timeout
@@ -90,11 +98,44 @@ def make_client(config: EsConfig):
     class _TimedNode(Urllib3HttpNode):
         def __init__(self, node_config):
             super().__init__(node_config)
-            self.pool.timeout = urllib3.Timeout(connect=connect, total=total)
+            self.pool.timeout = urllib3.Timeout(connect=connect, read=total)
+            conns = self._conns = weakref.WeakSet()
+            base = self.pool.ConnectionCls
+
+            class _Conn(base):
+                def connect(self):
+                    super().connect()
+                    conns.add(self)
+
+            self.pool.ConnectionCls = _Conn
+
+        def _expire(self, fired: list) -> None:
+            fired.append(True)
+            for conn in list(self._conns):
+                sock = getattr(conn, "sock", None)
+                if sock is not None:
+                    try:
+                        sock.shutdown(_socket.SHUT_RDWR)
+                    except OSError:
+                        pass
 
         def perform_request(self, method, target, body=None, headers=None, request_timeout=None, **_):
             # the pool's split timeout applies (a per-request float would be connect = read = total)
-            return super().perform_request(method, target, body=body, headers=headers)
+            fired: list = []
+            timer = threading.Timer(total, self._expire, (fired,))
+            timer.daemon = True
+            timer.start()
+            try:
+                response = super().perform_request(method, target, body=body, headers=headers)
+            except (TransportConnectionError, OSError) as exc:
+                if fired and not isinstance(exc, ConnectionTimeout):
+                    raise ConnectionTimeout(f"no complete answer within {total:g} s") from exc
+                raise
+            finally:
+                timer.cancel()
+            if fired:  # cut short: what was read is not the whole answer
+                raise ConnectionTimeout(f"no complete answer within {total:g} s")
+            return response
 
     _quiet_client_logs()
     return Elasticsearch(node_class=_TimedNode, **config.client_kwargs())
@@ -115,7 +156,7 @@ def classify(exc: BaseException) -> tuple[str, str, bool]:
                                  "trust its CA with ELASTICSEARCH_CA_FILE, or ELASTICSEARCH_SSL_VERIFY=0", False
         return "tls", f"TLS error: {_short(text)}", False
     if isinstance(exc, ConnectionTimeout):
-        return "timeout", "timed out (5 s connect / 10 s total): the server is slow or unreachable", True
+        return "timeout", "timed out (no complete answer in time): the server is slow or unreachable", True
     if isinstance(exc, TransportConnectionError):
         low = text.lower()
         if "connection refused" in low:

@@ -197,11 +197,15 @@ LOCATIONS = """
         }}
         location /flaky/ {{
             default_type application/json;
-            add_header X-Elastic-Product Elasticsearch always;
+            # nginx's own answers carry the header the client checks (the server's carry their own)
+            set $product "";
+            add_header X-Elastic-Product $product always;
             if (-f {prefix}/mode-429) {{
+                set $product Elasticsearch;
                 return 429 '{{"error":{{"type":"es_rejected_execution_exception","reason":"test: rejected"}},"status":429}}';
             }}
             if (-f {prefix}/mode-503) {{
+                set $product Elasticsearch;
                 return 503 '{{"error":{{"type":"unavailable","reason":"test: unavailable"}},"status":503}}';
             }}
             if (-f {prefix}/mode-slow) {{ set $limit_rate 20; }}
