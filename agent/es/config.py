@@ -5,10 +5,12 @@
 | variable | meaning |
 |---|---|
 | ENABLE_ELASTICSEARCH | 1/true/yes/on ships; 0/false/no/off or unset does not |
-| ELASTICSEARCH_URL | the original's bulk endpoint (``https://es:9200/_bulk``) or a base URL (``https://es:9200``); a path before ``/_bulk`` is kept as a prefix (a proxy's) |
+| ELASTICSEARCH_URL | the original's bulk endpoint (``https://es:9200/_bulk``) or a base URL |
+|   | (``https://es:9200``); a path before ``/_bulk`` is kept as a prefix (a proxy's) |
 | ELASTICSEARCH_INDEX | default ``trackleak-memory`` |
 | ELASTICSEARCH_USERNAME / _PASSWORD | basic auth (also accepted as ``user:pass@`` in the URL) |
-| ELASTICSEARCH_API_KEY | the encoded API key (``id:key`` in base64, what Kibana shows); preferred over basic auth when both are given |
+| ELASTICSEARCH_API_KEY | the encoded API key (``id:key`` in base64, what Kibana shows); preferred |
+|   | over basic auth when both are given |
 | ELASTICSEARCH_SSL_VERIFY | 1 (default) verifies the server's certificate; 0 does not |
 | ELASTICSEARCH_CA_FILE | PEM file of the CA(s) to trust (new; default: the system's) |
 | ELASTICSEARCH_CLIENT_CERT / _KEY | PEM client certificate and key (new) |
@@ -106,8 +108,10 @@ class EsConfig:
         if username is None and password:
             raise EsConfigError(f"{ENV_PASSWORD} is set but {ENV_USERNAME} is not")
         if api_key is not None and re.search(r"\s", api_key):
-            raise EsConfigError(f"{ENV_API_KEY}: the encoded API key has no spaces (give the base64 "
-                                "'encoded' value, without 'ApiKey ')")
+            raise EsConfigError(
+                f"{ENV_API_KEY}: the encoded API key has no spaces (give the base64 "
+                "'encoded' value, without 'ApiKey ')"
+            )
 
         verify = parse_flag(ENV_SSL_VERIFY, env.get(ENV_SSL_VERIFY), True)
         ca_file = _readable(ENV_CA_FILE, env.get(ENV_CA_FILE))
@@ -189,8 +193,16 @@ class EsConfig:
 
     def key(self) -> tuple:
         """What makes two configurations ship through the same connection (not the index)."""
-        return (self.url, self.username, self.password, self.api_key, self.verify_certs, self.ca_file,
-                self.client_cert, self.client_key)
+        return (
+            self.url,
+            self.username,
+            self.password,
+            self.api_key,
+            self.verify_certs,
+            self.ca_file,
+            self.client_cert,
+            self.client_key,
+        )
 
     def client_kwargs(self) -> dict[str, Any]:
         """Arguments for ``elasticsearch.Elasticsearch`` (the shipper adds its node class)."""
@@ -260,7 +272,7 @@ def check_index(index: str) -> None:
     if index != index.lower():
         problem = "must be lowercase"
     elif set(index) & _INDEX_BAD_CHARS:
-        problem = "must not contain \\ / * ? \" < > | , # : or spaces"
+        problem = 'must not contain \\ / * ? " < > | , # : or spaces'
     elif index[0] in "-_+":
         problem = "must not start with -, _ or +"
     elif index in (".", ".."):

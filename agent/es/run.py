@@ -29,8 +29,15 @@ class RunShipping:
     ENV_SHIPPER = "TRACKLEAK_ES_SHIPPER"  # set in the child's environment: the shim's banner reads it
     SHIPPER = "trackleak-run"
 
-    def __init__(self, config: EsConfig, *, command: Sequence[str], interval: float,
-                 say: Callable[[str], None], shipper: Shipper | None = None) -> None:
+    def __init__(
+        self,
+        config: EsConfig,
+        *,
+        command: Sequence[str],
+        interval: float,
+        say: Callable[[str], None],
+        shipper: Shipper | None = None,
+    ) -> None:
         self.config = config
         self.command = shlex.join(list(command)) if command else None
         self.interval = max(0.0, interval)
@@ -41,8 +48,14 @@ class RunShipping:
         self.closed = False
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str], *, command: Sequence[str], dump_interval: float | None,
-                 say: Callable[[str], None]) -> RunShipping | None:
+    def from_env(
+        cls,
+        environ: Mapping[str, str],
+        *,
+        command: Sequence[str],
+        dump_interval: float | None,
+        say: Callable[[str], None],
+    ) -> RunShipping | None:
         """None when ENABLE_ELASTICSEARCH is off; EsConfigError for a bad setting (before the run)."""
         config = EsConfig.from_env(environ)
         if config is None:
@@ -58,8 +71,14 @@ class RunShipping:
         return shipping
 
     def _meta(self, at: float, started: float, python: str | None) -> DocMeta:
-        return DocMeta(timestamp=at, elapsed_seconds=max(0.0, at - started), hostname=self.hostname,
-                       job_name=self.config.job_name, command=self.command, python=python)
+        return DocMeta(
+            timestamp=at,
+            elapsed_seconds=max(0.0, at - started),
+            hostname=self.hostname,
+            job_name=self.config.job_name,
+            command=self.command,
+            python=python,
+        )
 
     def tick(self, table: Iterable[Row], history, *, at: float, started: float, python: str | None) -> None:
         """After a poll: ship the table when an interval has passed since the last shipment."""

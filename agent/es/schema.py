@@ -61,16 +61,36 @@ PY_TYPES: dict[str, tuple] = {
 
 FIELDS: tuple[Field, ...] = (
     # ---- the original document, same names, same types
-    Field("timestamp", "date", lambda r, m: int(m.timestamp),
-          "when the table was read, epoch seconds (integer)", True,
-          mapping_extra=(("format", "epoch_second"),)),
-    Field("time", "date", lambda r, m: _iso(m.timestamp),
-          "the same instant as ISO 8601, UTC (2026-02-20T14:30:00Z)", True),
-    Field("job_name", "keyword", lambda r, m: m.job_name or "unknown",
-          "NOMAD_JOB_NAME of the profiled service ('unknown' when unset)", True),
+    Field(
+        "timestamp",
+        "date",
+        lambda r, m: int(m.timestamp),
+        "when the table was read, epoch seconds (integer)",
+        True,
+        mapping_extra=(("format", "epoch_second"),),
+    ),
+    Field(
+        "time",
+        "date",
+        lambda r, m: _iso(m.timestamp),
+        "the same instant as ISO 8601, UTC (2026-02-20T14:30:00Z)",
+        True,
+    ),
+    Field(
+        "job_name",
+        "keyword",
+        lambda r, m: m.job_name or "unknown",
+        "NOMAD_JOB_NAME of the profiled service ('unknown' when unset)",
+        True,
+    ),
     Field("hostname", "keyword", lambda r, m: m.hostname, "the host the process runs on", True),
-    Field("function", "keyword", lambda r, m: r.function,
-          "the Python function of the allocation site (a native symbol for a native site)", True),
+    Field(
+        "function",
+        "keyword",
+        lambda r, m: r.function,
+        "the Python function of the allocation site (a native symbol for a native site)",
+        True,
+    ),
     Field("file", "keyword", lambda r, m: r.file, "its source file (the ELF object for a native site)", True),
     Field("line", "long", lambda r, m: r.line, "its line (0 for a native site)", True),
     Field("count", "long", lambda r, m: r.count, "allocations at the site (every one counted)", True),
@@ -79,30 +99,58 @@ FIELDS: tuple[Field, ...] = (
     Field("sample_count", "long", lambda r, m: r.sample_count, "allocations sampled", True),
     Field("sample_total_bytes", "long", lambda r, m: r.sample_total_bytes, "their bytes", True),
     Field("sample_total_mb", "double", lambda r, m: _mb(r.sample_total_bytes), "in MiB, 2 decimals", True),
-    Field("sample_free_bytes", "long", lambda r, m: r.sample_free_bytes,
-          "bytes of the sampled allocations freed since", True),
+    Field(
+        "sample_free_bytes",
+        "long",
+        lambda r, m: r.sample_free_bytes,
+        "bytes of the sampled allocations freed since",
+        True,
+    ),
     Field("sample_free_mb", "double", lambda r, m: _mb(r.sample_free_bytes), "in MiB, 2 decimals", True),
-    Field("retention_pct", "double", lambda r, m: r.retention_pct,
-          "share of the bytes allocated here still held, percent (live_bytes / total_bytes); "
-          "null when nothing was sampled yet (unknown is not healthy)", True, nullable=True),
+    Field(
+        "retention_pct",
+        "double",
+        lambda r, m: r.retention_pct,
+        "share of the bytes allocated here still held, percent (live_bytes / total_bytes); "
+        "null when nothing was sampled yet (unknown is not healthy)",
+        True,
+        nullable=True,
+    ),
     Field("peak_single", "long", lambda r, m: r.peak_single, "the largest single allocation, bytes", True),
     Field("avg_size", "long", lambda r, m: r.avg_size, "mean allocation size, bytes", True),
-    Field("elapsed_seconds", "long", lambda r, m: int(round(m.elapsed_seconds)),
-          "seconds since profiling started (integer)", True),
+    Field(
+        "elapsed_seconds",
+        "long",
+        lambda r, m: round(m.elapsed_seconds),
+        "seconds since profiling started (integer)",
+        True,
+    ),
     # ---- new
-    Field("pid", "long", lambda r, m: r.pid,
-          "the process (0: rows of many processes added up)"),
+    Field("pid", "long", lambda r, m: r.pid, "the process (0: rows of many processes added up)"),
     Field("source", "keyword", lambda r, m: r.source, "how the site was read: preload (the shim) or ebpf"),
-    Field("command", "keyword", lambda r, m: m.command, "the profiled command line",
-          nullable=True, mapping_extra=(("ignore_above", 4096),)),
+    Field(
+        "command",
+        "keyword",
+        lambda r, m: m.command,
+        "the profiled command line",
+        nullable=True,
+        mapping_extra=(("ignore_above", 4096),),
+    ),
     Field("python", "keyword", lambda r, m: m.python, "the CPython version (3.11.7)", nullable=True),
-    Field("live_bytes", "long", lambda r, m: r.live_bytes,
-          "estimated bytes allocated here and not freed (a realloc'd block at its current size)"),
+    Field(
+        "live_bytes",
+        "long",
+        lambda r, m: r.live_bytes,
+        "estimated bytes allocated here and not freed (a realloc'd block at its current size)",
+    ),
     Field("live_count", "long", lambda r, m: r.live_count, "estimated allocations still live"),
-    Field("growth_bytes_per_s", "double",
-          lambda r, m: None if r.growth_bytes_per_s is None else float(r.growth_bytes_per_s),
-          "trend of live_bytes over the recent two minutes, bytes/s (null: not watched long enough)",
-          nullable=True),
+    Field(
+        "growth_bytes_per_s",
+        "double",
+        lambda r, m: None if r.growth_bytes_per_s is None else float(r.growth_bytes_per_s),
+        "trend of live_bytes over the recent two minutes, bytes/s (null: not watched long enough)",
+        nullable=True,
+    ),
     Field("growing", "boolean", lambda r, m: bool(r.growing), "live bytes keep growing: the leak signal"),
 )
 
@@ -149,6 +197,6 @@ def validate(doc: Mapping[str, Any]) -> list[str]:
                 problems.append(f"{name} is null")
             continue
         ok = PY_TYPES[f.es_type]
-        if f.es_type != "boolean" and isinstance(value, bool) or not isinstance(value, ok):
+        if (f.es_type != "boolean" and isinstance(value, bool)) or not isinstance(value, ok):
             problems.append(f"{name}={value!r} is not a {f.es_type}")
     return problems

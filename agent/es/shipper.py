@@ -25,6 +25,8 @@ counts the rest as dropped.
 from __future__ import annotations
 
 import collections
+import contextlib
+import contextlib
 import json
 import logging
 import re
@@ -114,10 +116,8 @@ def make_client(config: EsConfig):
             for conn in list(self._conns):
                 sock = getattr(conn, "sock", None)
                 if sock is not None:
-                    try:
+                    with contextlib.suppress(OSError):
                         sock.shutdown(_socket.SHUT_RDWR)
-                    except OSError:
-                        pass
 
         def perform_request(self, method, target, body=None, headers=None, request_timeout=None, **_):
             # the pool's split timeout applies (a per-request float would be connect = read = total)
@@ -152,8 +152,12 @@ def classify(exc: BaseException) -> tuple[str, str, bool]:
         low = text.lower()
         if "certificate verify failed" in low:
             detail = text.split("certificate verify failed", 1)[1].split("(_ssl")[0].strip(" :)")
-            return "tls-verify", f"TLS certificate verify failed ({detail or 'untrusted certificate'}): " \
-                                 "trust its CA with ELASTICSEARCH_CA_FILE, or ELASTICSEARCH_SSL_VERIFY=0", False
+            return (
+                "tls-verify",
+                f"TLS certificate verify failed ({detail or 'untrusted certificate'}): "
+                "trust its CA with ELASTICSEARCH_CA_FILE, or ELASTICSEARCH_SSL_VERIFY=0",
+                False,
+            )
         return "tls", f"TLS error: {_short(text)}", False
     if isinstance(exc, ConnectionTimeout):
         return "timeout", "timed out (no complete answer in time): the server is slow or unreachable", True
@@ -285,8 +289,11 @@ class Shipper:
                     old = self._queue.popleft()
                     self.stats.queued_bytes -= old.nbytes
                     self.stats.dropped += len(old.docs)
-                    self._say_once("queue-full", f"queue full ({self.max_batches} batches): dropping the "
-                                   "oldest documents (counted; see the summary at the end)")
+                    self._say_once(
+                        "queue-full",
+                        f"queue full ({self.max_batches} batches): dropping the "
+                        "oldest documents (counted; see the summary at the end)",
+                    )
             self.stats.queued_batches = len(self._queue)
             self.stats.max_queued_batches = max(self.stats.max_queued_batches, len(self._queue))
             self.stats.max_queued_bytes = max(self.stats.max_queued_bytes, self.stats.queued_bytes)
@@ -308,7 +315,9 @@ class Shipper:
             self.stats.queued_bytes = 0
             self._wake.set()
         if self._thread.is_alive():
-            self._say_once("close-timeout", f"gave up at exit: a request was still in flight after {deadline:.0f} s")
+            self._say_once(
+                "close-timeout", f"gave up at exit: a request was still in flight after {deadline:.0f} s"
+            )
         return self.stats
 
     def flushed(self, timeout: float) -> bool:
@@ -323,7 +332,10 @@ class Shipper:
 
     def summary(self) -> str:
         s = self.stats
-        text = f"{s.shipped} document(s) shipped to {self.config.url} index {self.config.index} in {s.requests} request(s)"
+        text = (
+            f"{s.shipped} document(s) shipped to {self.config.url} index {self.config.index} "
+            f"in {s.requests} request(s)"
+        )
         if s.retries:
             text += f", {s.retries} retried"
         if s.dropped:
@@ -339,10 +351,8 @@ class Shipper:
     def _say(self, text: str) -> None:
         if self._say_fn is None:
             return
-        try:
+        with contextlib.suppress(Exception):  # a closed stderr must not kill the shipper
             self._say_fn(self.config.scrub(f"elasticsearch: {text}"))
-        except Exception:  # a closed stderr must not kill the shipper
-            pass
 
     def _say_once(self, key: str, text: str) -> None:
         if key in self._said:
@@ -473,7 +483,9 @@ class Shipper:
             self._said.discard("timeout")
             self._said.discard("429")
         if retry:
-            self._say_once("429-items", f"{len(retry)} document(s) answered 429 (too many requests): retrying them")
+            self._say_once(
+                "429-items", f"{len(retry)} document(s) answered 429 (too many requests): retrying them"
+            )
             with self._cond:
                 batch.docs = retry
                 old = batch.nbytes

@@ -53,8 +53,10 @@ def es_url() -> str:
     url = os.environ.get(ENV_URL, "").rstrip("/")
     if url:
         if not _answers(url):
-            pytest.fail(f"{ENV_URL}={url} does not answer (scripts/test.sh starts it with scripts/es.sh)",
-                        pytrace=False)
+            pytest.fail(
+                f"{ENV_URL}={url} does not answer (scripts/test.sh starts it with scripts/es.sh)",
+                pytrace=False,
+            )
         yield url
         return
     # Run by hand (no scripts/test.sh): start it ourselves, stop it when we started it.
@@ -130,22 +132,106 @@ def make_pki(d: Path) -> dict[str, Path]:
     the CA; and a second CA that signed nothing (for "not trusted")."""
     d.mkdir(parents=True, exist_ok=True)
     days = "2"
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-             "-days", days, "-subj", "/CN=TrackLeak test CA", cwd=d)
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "other-ca.key", "-out",
-             "other-ca.pem", "-days", days, "-subj", "/CN=Some other CA", cwd=d)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        days,
+        "-subj",
+        "/CN=TrackLeak test CA",
+        cwd=d,
+    )
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "other-ca.key",
+        "-out",
+        "other-ca.pem",
+        "-days",
+        days,
+        "-subj",
+        "/CN=Some other CA",
+        cwd=d,
+    )
     (d / "server.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-             "-subj", "/CN=127.0.0.1", cwd=d)
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-             "-out", "server.pem", "-days", days, "-extfile", "server.ext", cwd=d)
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+        cwd=d,
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        days,
+        "-extfile",
+        "server.ext",
+        cwd=d,
+    )
     (d / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "client.key", "-out", "client.csr",
-             "-subj", "/CN=trackleak-client", cwd=d)
-    _openssl("x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-             "-out", "client.pem", "-days", days, "-extfile", "client.ext", cwd=d)
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "client.key",
+        "-out",
+        "client.csr",
+        "-subj",
+        "/CN=trackleak-client",
+        cwd=d,
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "client.pem",
+        "-days",
+        days,
+        "-extfile",
+        "client.ext",
+        cwd=d,
+    )
     return {name: d / f"{name}.pem" for name in ("ca", "other-ca", "server", "client")} | {
-        "server_key": d / "server.key", "client_key": d / "client.key"}
+        "server_key": d / "server.key",
+        "client_key": d / "client.key",
+    }
 
 
 NGINX_CONF = """
@@ -202,7 +288,8 @@ LOCATIONS = """
             add_header X-Elastic-Product $product always;
             if (-f {prefix}/mode-429) {{
                 set $product Elasticsearch;
-                return 429 '{{"error":{{"type":"es_rejected_execution_exception","reason":"test: rejected"}},"status":429}}';
+                return 429 '{{"error":{{"type":"es_rejected_execution_exception",\
+"reason":"test: rejected"}},"status":429}}';
             }}
             if (-f {prefix}/mode-503) {{
                 set $product Elasticsearch;
@@ -213,15 +300,19 @@ LOCATIONS = """
         }}
 """
 
-PROXY = ('proxy_pass http://es/; proxy_http_version 1.1; proxy_set_header Connection ""; '
-         "proxy_set_header Authorization \"\";")
+PROXY = (
+    'proxy_pass http://es/; proxy_http_version 1.1; proxy_set_header Connection ""; '
+    'proxy_set_header Authorization "";'
+)
 
 
 class Nginx:
     def __init__(self, prefix: Path, es_url: str) -> None:
         self.exe = shutil.which("nginx") or "/usr/sbin/nginx"
         if not os.path.exists(self.exe):
-            pytest.fail("nginx not found: scripts/setup.sh installs it (apt-get install nginx)", pytrace=False)
+            pytest.fail(
+                "nginx not found: scripts/setup.sh installs it (apt-get install nginx)", pytrace=False
+            )
         if shutil.which("openssl") is None:
             pytest.fail("openssl not found (apt-get install openssl)", pytrace=False)
         self.prefix = prefix
@@ -230,15 +321,23 @@ class Nginx:
         self.http_port = free_port()
         self.https_port = free_port()
         es_port = int(es_url.rsplit(":", 1)[1])
-        hashed = subprocess.run(["openssl", "passwd", "-apr1", PASSWORD], capture_output=True, text=True,
-                                check=True).stdout.strip()
+        hashed = subprocess.run(
+            ["openssl", "passwd", "-apr1", PASSWORD], capture_output=True, text=True, check=True
+        ).stdout.strip()
         (prefix / "htpasswd").write_text(f"{USER}:{hashed}\n")
         locations = LOCATIONS.format(prefix=prefix, proxy=PROXY)
         conf = NGINX_CONF.format(
             user="user root;" if os.geteuid() == 0 else "",
-            prefix=prefix, es_port=es_port, http_port=self.http_port, https_port=self.https_port,
-            api_key=API_KEY, server_pem=self.pki["server"], server_key=self.pki["server_key"],
-            ca_pem=self.pki["ca"], locations=locations, proxy=PROXY,
+            prefix=prefix,
+            es_port=es_port,
+            http_port=self.http_port,
+            https_port=self.https_port,
+            api_key=API_KEY,
+            server_pem=self.pki["server"],
+            server_key=self.pki["server_key"],
+            ca_pem=self.pki["ca"],
+            locations=locations,
+            proxy=PROXY,
         )
         self.conf = prefix / "nginx.conf"
         self.conf.write_text(conf)
@@ -251,10 +350,12 @@ class Nginx:
         return f"http://127.0.0.1:{self.http_port}/{path.strip('/')}"
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.exe, "-p", str(self.prefix), "-c", str(self.conf), "-g", "daemon off;"],
-            stdout=subprocess.DEVNULL, stderr=open(self.prefix / "stderr.log", "ab"),
-        )
+        with open(self.prefix / "stderr.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [self.exe, "-p", str(self.prefix), "-c", str(self.conf), "-g", "daemon off;"],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
         end = time.monotonic() + 15
         while time.monotonic() < end:
             if self.proc.poll() is not None:

@@ -27,17 +27,29 @@ def test_server_gone_mid_run_then_back(tmp_path, own_nginx, es, es_index):  # no
     """nginx (the only way to the server) is stopped 3 s into a 14 s run and started again 5 s
     later: the target keeps its pace, trackleak run says the cause once, counts what it dropped
     (a queue of 2 batches), and ships again, documents of after the outage included."""
-    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("TRACKLEAK_", "ELASTICSEARCH_"))}
-    env.update({
-        "ENABLE_ELASTICSEARCH": "1",
-        "ELASTICSEARCH_URL": own_nginx.url("open") + "/_bulk",
-        "ELASTICSEARCH_INDEX": es_index,
-        "TRACKLEAK_DUMP_INTERVAL": "1",
-        "TRACKLEAK_ES_QUEUE_BATCHES": "2",
-    })
+    env = {
+        k: v
+        for k, v in __import__("os").environ.items()
+        if not k.startswith(("TRACKLEAK_", "ELASTICSEARCH_"))
+    }
+    env.update(
+        {
+            "ENABLE_ELASTICSEARCH": "1",
+            "ELASTICSEARCH_URL": own_nginx.url("open") + "/_bulk",
+            "ELASTICSEARCH_INDEX": es_index,
+            "TRACKLEAK_DUMP_INTERVAL": "1",
+            "TRACKLEAK_ES_QUEUE_BATCHES": "2",
+        }
+    )
     exe = str(Path(sys.executable).parent / "trackleak")
-    proc = subprocess.Popen([exe, "run", "-q", str(APP), "14"], cwd=tmp_path, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [exe, "run", "-q", str(APP), "14"],
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         assert wait_count(es, es_index, 1, timeout=10) > 0, "nothing shipped before the outage"
         me = psutil.Process(proc.pid)
@@ -71,8 +83,13 @@ def test_server_gone_mid_run_then_back(tmp_path, own_nginx, es, es_index):  # no
 
 
 def _shipper(nginx, es_index, **changes):  # noqa: F811
-    config = EsConfig.from_env({"ENABLE_ELASTICSEARCH": "1", "ELASTICSEARCH_URL": nginx.url("flaky"),
-                                "ELASTICSEARCH_INDEX": es_index})
+    config = EsConfig.from_env(
+        {
+            "ENABLE_ELASTICSEARCH": "1",
+            "ELASTICSEARCH_URL": nginx.url("flaky"),
+            "ELASTICSEARCH_INDEX": es_index,
+        }
+    )
     config = dataclasses.replace(config, **changes)
     said: list[str] = []
     return Shipper(config, say=said.append, max_backoff=1.0), said
@@ -137,7 +154,7 @@ def test_slow_server_times_out_without_blocking(nginx, es, es_index):  # noqa: F
 def test_close_keeps_its_deadline_when_the_server_is_slow(nginx, es_index):  # noqa: F811
     nginx.set_mode("slow")
     try:
-        shipper, said = _shipper(nginx, es_index, connect_timeout=1.0, total_timeout=30.0)
+        shipper, _said = _shipper(nginx, es_index, connect_timeout=1.0, total_timeout=30.0)
         _submit(shipper, 3)
         time.sleep(0.5)
         t = time.monotonic()

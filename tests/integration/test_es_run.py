@@ -84,9 +84,25 @@ def test_documents_and_mapping_have_the_original_fields_and_types(tmp_path, es, 
         assert doc["time"].endswith("Z") and "T" in doc["time"]
         assert doc["total_mb"] == round(doc["total_bytes"] / 1048576, 2)
     assert set(ORIGINAL_FIELDS) == {
-        "timestamp", "time", "job_name", "hostname", "function", "file", "line", "count", "total_bytes",
-        "total_mb", "sample_count", "sample_total_bytes", "sample_total_mb", "sample_free_bytes",
-        "sample_free_mb", "retention_pct", "peak_single", "avg_size", "elapsed_seconds",
+        "timestamp",
+        "time",
+        "job_name",
+        "hostname",
+        "function",
+        "file",
+        "line",
+        "count",
+        "total_bytes",
+        "total_mb",
+        "sample_count",
+        "sample_total_bytes",
+        "sample_total_mb",
+        "sample_free_bytes",
+        "sample_free_mb",
+        "retention_pct",
+        "peak_single",
+        "avg_size",
+        "elapsed_seconds",
     }
     # the index the shipper made has the schema's mapping: keywords, numbers, dates
     props = es.indices.get_mapping(index=es_index)[es_index]["mappings"]["properties"]
