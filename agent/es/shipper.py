@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import contextlib
 import json
 import logging
 import re
