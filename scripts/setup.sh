@@ -6,7 +6,10 @@
 # Idempotent and safe to rerun: every step checks first and does nothing when its
 # work is already done, so a rerun on a ready machine takes a second or two.
 #
-#   1. system packages (apt; `apt-get update` only when something is missing)
+#   1. system packages (apt; `apt-get update` only when something is missing); for the
+#      Elasticsearch tests: a Java runtime 17+ (openjdk-17-jre-headless when `java` is missing or
+#      older), Maven (when `mvn` is missing), nginx, openssl, unzip, curl; and, as root, the system
+#      user trackleak-es that runs the test server (Elasticsearch refuses root; scripts/es.sh)
 #   2. kernel headers for bcc: the running kernel's own, or a merged tree of the
 #      distribution's generic headers under .cache/kernel-headers/<version>, whose
 #      path is written to .cache/bcc_kernel_source (read by the agent and
@@ -147,6 +150,19 @@ have_generic_headers_tree() {
 }
 
 PKGS=(build-essential python3-venv python3-dev bpfcc-tools python3-bpfcc)
+# The Elasticsearch tests (scripts/es.sh fetches the server with Maven and runs it on Java 17+;
+# nginx and openssl put authentication and TLS in front of it).
+PKGS+=(nginx openssl unzip curl)
+java_major() {
+    java -XshowSettings:properties -version 2>&1 | awk -F'= ' '/java.specification.version/ {print $2}' | cut -d. -f1
+}
+if ! command -v java >/dev/null 2>&1 || [[ "$(java_major)" -lt 17 ]] 2>/dev/null; then
+    PKGS+=(openjdk-17-jre-headless)
+fi
+command -v mvn >/dev/null 2>&1 || PKGS+=(maven)
+NGINX_WAS_INSTALLED=0
+pkg_installed_early() { [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" == "install ok installed" ]]; }
+if pkg_installed_early nginx; then NGINX_WAS_INSTALLED=1; fi
 if [[ $FAMILY == other ]] || ! command -v apt-get >/dev/null 2>&1; then
     warn "not Debian/Ubuntu: install yourself: a C compiler, Python 3 venv + headers, bcc with its Python module, kernel headers"
 else
@@ -187,6 +203,25 @@ else
         logged as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 \
             install -y -q --no-install-recommends "${missing[@]}"
         say "apt packages: installed"
+        # Only nginx's binary is used (the tests run their own on loopback): a service the
+        # package started on port 80 is stopped and disabled, when we installed it just now.
+        if ((NGINX_WAS_INSTALLED == 0)) && command -v systemctl >/dev/null 2>&1 \
+            && systemctl is-enabled nginx >/dev/null 2>&1; then
+            logged as_root systemctl disable --now nginx || warn "could not stop the nginx service the package started"
+        fi
+    fi
+fi
+
+# ---------------------------------------------------------------------------
+# 1b. the user the test Elasticsearch runs as (it refuses to run as root)
+# ---------------------------------------------------------------------------
+step "elasticsearch user" "create it yourself: useradd --system --no-create-home --shell /usr/sbin/nologin trackleak-es"
+if [[ $(id -u) -eq 0 ]]; then
+    if id trackleak-es >/dev/null 2>&1; then
+        say "elasticsearch user: trackleak-es exists"
+    else
+        logged useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin trackleak-es
+        say "elasticsearch user: made the system user trackleak-es (runs the test Elasticsearch: scripts/es.sh)"
     fi
 fi
 

@@ -9,7 +9,11 @@
 # (with paths among the args, only those: scripts/test.sh tests/unit -x)
 #
 # BCC_KERNEL_SOURCE is taken from .cache/bcc_kernel_source (written by setup.sh)
-# unless it is already exported. pytest's exit code is passed on, except that
+# unless it is already exported. A real Elasticsearch (scripts/es.sh) is started
+# before pytest when the run includes tests/integration/test_es_*.py, its URL
+# exported as TRACKLEAK_TEST_ES_URL, and stopped afterwards (also on failure or
+# Ctrl-C); one already running (scripts/es.sh start by hand) is used and left
+# running, and an exported TRACKLEAK_TEST_ES_URL is used as it is. pytest's exit code is passed on, except that
 # "no tests collected" (5) is turned into a failure: a run that tests nothing
 # must not look green.
 set -euo pipefail
@@ -38,6 +42,48 @@ for arg in "$@"; do
         break
     fi
 done
+# Elasticsearch, when the run may include its integration tests.
+needs_es() {
+    local arg path
+    ((${#targets[@]})) && return 0  # the whole of tests/
+    for arg in "$@"; do
+        path="${arg%%::*}"
+        [[ $arg == -* || ! -e $path ]] && continue
+        if [[ -d $path ]]; then
+            [[ -n "$(find "$path" -path '*integration/test_es_*.py' -print -quit)" ]] && return 0
+        elif [[ $path == *integration/test_es_*.py ]]; then
+            return 0
+        fi
+    done
+    return 1
+}
+ES_STOP=0
+stop_es() {
+    if ((ES_STOP)); then
+        bash scripts/es.sh stop || true
+    fi
+}
+trap stop_es EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+if [[ -z "${TRACKLEAK_TEST_ES_URL:-}" ]] && needs_es "$@"; then
+    if url="$(bash scripts/es.sh status 2>/dev/null)"; then
+        echo "[test] Elasticsearch already running at $url (left running)"
+    else
+        t0=$SECONDS
+        if url="$(bash scripts/es.sh start)"; then
+            ES_STOP=1
+            echo "[test] Elasticsearch started at $url in $((SECONDS - t0)) s (stopped at the end)"
+        else
+            url=""
+            echo "[test] WARNING: Elasticsearch did not start (above); its tests will fail with the reason" >&2
+        fi
+    fi
+    if [[ -n $url ]]; then
+        export TRACKLEAK_TEST_ES_URL="$url"
+    fi
+fi
+
 echo "[test] .venv/bin/python -m pytest ${targets[*]} -ra $*"
 rc=0
 .venv/bin/python -m pytest "${targets[@]}" -ra "$@" || rc=$?
