@@ -782,11 +782,11 @@ def run(
     """The whole `trackleak run`; returns the child's exit status. UserError before the start."""
     plan = prepare(opts, environ)
     session = Session(opts, plan, stdout=stdout or sys.stdout, stderr=stderr or sys.stderr)
-    session.es = RunShipping.from_env(plan.env, command=plan.argv, dump_interval=opts.dump_interval,
-                                      say=session._say)
-    if session.es is not None:
-        plan.env[RunShipping.ENV_SHIPPER] = RunShipping.SHIPPER  # the shim's banner says who ships
     try:
+        session.es = RunShipping.from_env(plan.env, command=plan.argv, dump_interval=opts.dump_interval,
+                                          say=session._say)
+        if session.es is not None:
+            plan.env[RunShipping.ENV_SHIPPER] = RunShipping.SHIPPER  # the shim's banner says who ships
         if opts.verbose:
             session._say(f"trackleak: running {' '.join(plan.argv)}")
             session._say(f"trackleak: LD_PRELOAD={plan.env['LD_PRELOAD']} TRACKLEAK_LOG_DIR={plan.log_dir}")
