@@ -15,7 +15,9 @@
 # (written to .cache/elasticsearch/run/port, the URL to .../run/url), single node, security off (the
 # tests put nginx in front for authentication and TLS), disk watermarks off, 256 MiB heap; config,
 # data and logs under .cache/elasticsearch/run. Elasticsearch refuses to run as root: as root it runs
-# as the system user trackleak-es (made here when missing).
+# as the system user trackleak-es (made here when missing); when that user cannot reach .cache
+# (the checkout is under /root, 0700), the unpacked server and its run directory go to
+# /var/tmp/trackleak-es-<hash of that path> instead (the download stays in .cache).
 #
 # Environment:
 #   TRACKLEAK_ES_VERSION    server version (default 8.19.0; the Python client is elasticsearch 8.x)
@@ -32,10 +34,11 @@ M2="$BASE/m2"
 GROUP=org.elasticsearch.distribution.integ-test-zip
 ARTIFACT=elasticsearch
 ZIP="$M2/${GROUP//.//}/$ARTIFACT/$VERSION/$ARTIFACT-$VERSION.zip"
-HOME_DIR="$BASE/elasticsearch-$VERSION"
-RUN="$BASE/run"
-PIDFILE="$RUN/es.pid"
 ES_USER=trackleak-es
+STATE="$BASE"  # where the unpacked server and its run directory live (see pick_state)
+HOME_DIR="$STATE/elasticsearch-$VERSION"
+RUN="$STATE/run"
+PIDFILE="$RUN/es.pid"
 HEAP="${TRACKLEAK_ES_HEAP:-256m}"
 START_TIMEOUT=120
 
@@ -96,9 +99,24 @@ unpack() {
     rm -rf "$HOME_DIR"
     mv "$stage/elasticsearch-$VERSION" "$HOME_DIR"
     rmdir "$stage"
+    chmod -R a+rX "$HOME_DIR"  # readable by $ES_USER whatever our umask
 }
 
-# As root, the server runs as $ES_USER: it must reach (x) every directory down to $BASE.
+# As root, the server runs as $ES_USER: it must reach (x) every directory down to its files.
+pick_state() {
+    if [[ $(id -u) -eq 0 ]] && id "$ES_USER" >/dev/null 2>&1; then
+        mkdir -p "$BASE"
+        if ! runuser -u "$ES_USER" -- test -x "$BASE" 2>/dev/null; then
+            STATE="/var/tmp/trackleak-es-$(printf '%s' "$BASE" | sha256sum | cut -c1-12)"
+            mkdir -p "$STATE"
+            chmod 755 "$STATE"
+        fi
+    fi
+    HOME_DIR="$STATE/elasticsearch-$VERSION"
+    RUN="$STATE/run"
+    PIDFILE="$RUN/es.pid"
+}
+
 run_as() {
     if [[ $(id -u) -eq 0 ]]; then
         runuser -u "$ES_USER" -- "$@"
@@ -113,8 +131,6 @@ ensure_user() {
         say "creating system user $ES_USER (Elasticsearch refuses to run as root)"
         useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$ES_USER"
     fi
-    run_as test -r "$HOME_DIR/lib" -a -x "$HOME_DIR/bin" \
-        || die "user $ES_USER cannot read $HOME_DIR (a parent directory is not world-searchable, e.g. /root is 0700): set TRACKLEAK_ES_DIR to a directory it can reach, e.g. /var/tmp/trackleak-es"
 }
 
 write_config() {
@@ -159,8 +175,14 @@ cmd_start() {
     jhome="$(java_home)"
     mkdir -p "$BASE"
     fetch
-    unpack
     ensure_user
+    pick_state
+    if [[ $STATE != "$BASE" ]]; then
+        say "$ES_USER cannot reach ${BASE}: the server runs from $STATE"
+    fi
+    unpack
+    run_as test -r "$HOME_DIR/lib" -a -x "$HOME_DIR/bin" \
+        || die "user $ES_USER cannot read $HOME_DIR: set TRACKLEAK_ES_DIR to a directory it can reach"
     port="${TRACKLEAK_ES_PORT:-$(free_port)}"
     local tport
     tport="$(free_port)"
@@ -220,6 +242,7 @@ cmd_status() {
     return 3
 }
 
+pick_state
 case "${1:-}" in
     start) cmd_start ;;
     stop) cmd_stop ;;
