@@ -147,6 +147,9 @@ have_generic_headers_tree() {
 }
 
 PKGS=(build-essential python3-venv python3-dev bpfcc-tools python3-bpfcc)
+# Validators of the deployment files (tests/unit/test_deploy.py): systemd-analyze, vagrant
+# validate, ruby -c, shellcheck. None of them needs a running service.
+PKGS+=(systemd vagrant ruby shellcheck)
 if [[ $FAMILY == other ]] || ! command -v apt-get >/dev/null 2>&1; then
     warn "not Debian/Ubuntu: install yourself: a C compiler, Python 3 venv + headers, bcc with its Python module, kernel headers"
 else
