@@ -302,6 +302,13 @@ static void format_text(struct obuf *b, const struct row *rows, size_t n, long n
                   (unsigned long long)w->count, MB(w->total), (unsigned long long)w->scount, MB(w->sbytes),
                   w->s->line, freed, w->s->file);
     }
+    /* Losses are said here too (the original's footer, unchanged when there are none). */
+    if (tl_hdr->dropped_sites || tl_hdr->dropped_samples || tl_hdr->recycled_sites)
+        ob_printf(b,
+                  "--- not attributed (site table full): %llu allocations; samples not kept (live set full): "
+                  "%llu; idle sites folded into [other sites]: %llu ---\n",
+                  (unsigned long long)tl_hdr->dropped_sites, (unsigned long long)tl_hdr->dropped_samples,
+                  (unsigned long long)tl_hdr->recycled_sites);
     ob_printf(b, "--- dump at %ld (%zu functions, hash %u/%u) pid=%d reason=%s ---\n", now, n,
               tl_hdr->site_count > tl_hdr->site_capacity ? tl_hdr->site_capacity : tl_hdr->site_count,
               tl_hdr->site_capacity, (int)getpid(), reason);
