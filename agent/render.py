@@ -15,8 +15,18 @@ from typing import Iterable, Sequence
 from .table import Row, is_leak, sorted_rows
 
 COLUMNS = (
-    "FUNCTION", "FILE:LINE", "LIVE", "GROWTH", "COUNT", "TOTAL", "SAMPLES", "SAMPLED", "FREED", "RET%",
-    "PEAK", "AVG",
+    "FUNCTION",
+    "FILE:LINE",
+    "LIVE",
+    "GROWTH",
+    "COUNT",
+    "TOTAL",
+    "SAMPLES",
+    "SAMPLED",
+    "FREED",
+    "RET%",
+    "PEAK",
+    "AVG",
 )
 COMPACT_COLUMNS = ("FUNCTION", "FILE:LINE", "LIVE", "GROWTH", "TOTAL", "SAMPLES", "RET%")
 _RIGHT = {"LIVE", "GROWTH", "COUNT", "TOTAL", "SAMPLES", "SAMPLED", "FREED", "RET%", "PEAK", "AVG"}
@@ -35,11 +45,11 @@ def human_bytes(n: int) -> str:
 
 
 def fmt_growth(bytes_per_s: float | None) -> str:
-    """"+1.5 MiB/s", "-2.0 KiB/s", "0 B/s"; "-" when unknown."""
+    """ "+1.5 MiB/s", "-2.0 KiB/s", "0 B/s"; "-" when unknown."""
     if bytes_per_s is None:
         return "-"
     sign = "+" if bytes_per_s > 0.5 else ("-" if bytes_per_s < -0.5 else "")
-    return f"{sign}{human_bytes(int(round(abs(bytes_per_s))))}/s"
+    return f"{sign}{human_bytes(round(abs(bytes_per_s)))}/s"
 
 
 def fmt_retention(pct: float | None) -> str:

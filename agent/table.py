@@ -131,8 +131,9 @@ class Row:
             return value
 
         growth = data.get("growth_bytes_per_s")
-        if growth is not None and (isinstance(growth, bool) or not isinstance(growth, (int, float))
-                                   or not math.isfinite(growth)):
+        if growth is not None and (
+            isinstance(growth, bool) or not isinstance(growth, (int, float)) or not math.isfinite(growth)
+        ):
             raise ValueError(f"field 'growth_bytes_per_s' must be a number or null, got {growth!r}")
 
         row = cls(

@@ -41,8 +41,18 @@ def _run(tmp_path: Path, cpython, *args: str, env=None):
     out = tmp_path / "out.json"
     logs = tmp_path / "logs"
     res = run_trackleak(
-        "run", "--json", str(out), "--log-dir", str(logs), "--python", cpython.path, str(script), *args,
-        cwd=tmp_path, env=env, timeout=180,
+        "run",
+        "--json",
+        str(out),
+        "--log-dir",
+        str(logs),
+        "--python",
+        cpython.path,
+        str(script),
+        *args,
+        cwd=tmp_path,
+        env=env,
+        timeout=180,
     )
     assert res.returncode == 0, res.stderr
     return res, json.loads(out.read_text())

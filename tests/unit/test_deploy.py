@@ -44,8 +44,14 @@ CAPS = {"BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH"}
 CAPS_WITHOUT_MEMLOCK_LIMIT = CAPS | {"SYS_RESOURCE"}
 
 ALL_FILES = [
-    UNIT, AGENT_ENV, SECRETS_EXAMPLE, NOMAD_JOB, K8S,
-    VAGRANT / "Vagrantfile", VAGRANT / "provision.sh", VAGRANT / "provision-lab.sh",
+    UNIT,
+    AGENT_ENV,
+    SECRETS_EXAMPLE,
+    NOMAD_JOB,
+    K8S,
+    VAGRANT / "Vagrantfile",
+    VAGRANT / "provision.sh",
+    VAGRANT / "provision-lab.sh",
 ]
 
 
@@ -72,14 +78,13 @@ def need_module(name: str):
 
 
 def run(*cmd: str, cwd: Path | None = None, env: dict[str, str] | None = None):
-    return subprocess.run(
-        cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False
-    )
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
 # --------------------------------------------------------------------------------------------
 # systemd
 # --------------------------------------------------------------------------------------------
+
 
 def unit_settings(path: Path = UNIT) -> dict[str, list[str]]:
     """Key -> values (in order) of a unit file; comments and section headers dropped."""
@@ -155,8 +160,12 @@ def test_systemd_unit_privileges():
     assert s["ProtectHome"] == ["read-only"]
     assert s["PrivateTmp"] == ["yes"]
     # Settings that would break the agent (see the unit's comments) stay off.
-    for key, broken in [("ProtectKernelModules", "yes"), ("ProtectProc", "invisible"),
-                        ("ProcSubset", "pid"), ("PrivateUsers", "yes")]:
+    for key, broken in [
+        ("ProtectKernelModules", "yes"),
+        ("ProtectProc", "invisible"),
+        ("ProcSubset", "pid"),
+        ("PrivateUsers", "yes"),
+    ]:
         assert broken not in s.get(key, []), key
     assert "bpf" in s["SystemCallFilter"][0] and "perf_event_open" in s["SystemCallFilter"][0]
     assert s["Restart"] == ["on-failure"]
@@ -169,12 +178,17 @@ def test_systemd_secrets_only_in_the_root_only_file():
     assert "/etc/trackleak/agent.env" in s["EnvironmentFile"]
     assert "-/etc/trackleak/secrets.env" in s["EnvironmentFile"]
     env = dict(
-        line.split("=", 1) for line in AGENT_ENV.read_text().splitlines()
-        if line and not line.startswith("#")
+        line.split("=", 1) for line in AGENT_ENV.read_text().splitlines() if line and not line.startswith("#")
     )
-    for name in ("ENABLE_ELASTICSEARCH", "ELASTICSEARCH_URL", "ELASTICSEARCH_INDEX",
-                 "ELASTICSEARCH_SSL_VERIFY", "ELASTICSEARCH_CA_FILE", "NOMAD_JOB_NAME",
-                 "TRACKLEAK_AGENT_ARGS"):
+    for name in (
+        "ENABLE_ELASTICSEARCH",
+        "ELASTICSEARCH_URL",
+        "ELASTICSEARCH_INDEX",
+        "ELASTICSEARCH_SSL_VERIFY",
+        "ELASTICSEARCH_CA_FILE",
+        "NOMAD_JOB_NAME",
+        "TRACKLEAK_AGENT_ARGS",
+    ):
         assert name in env, name
     assert not {"ELASTICSEARCH_API_KEY", "ELASTICSEARCH_PASSWORD"} & set(env)
     assert "install -m 0600" in SECRETS_EXAMPLE.read_text()
@@ -183,6 +197,7 @@ def test_systemd_secrets_only_in_the_root_only_file():
 # --------------------------------------------------------------------------------------------
 # Nomad
 # --------------------------------------------------------------------------------------------
+
 
 def _unquote(value):
     """python-hcl2 keeps string literals quoted ('"system"'): strip that, recursively."""
@@ -265,7 +280,7 @@ def test_nomad_parser_rejects_broken_hcl(tmp_path):
     """The parse above can fail: an unclosed block is an error."""
     hcl2 = need_module("hcl2")
     broken = NOMAD_JOB.read_text().rstrip().rstrip("}")
-    with pytest.raises(Exception):  # lark's parse errors; the class differs across versions
+    with pytest.raises(Exception):  # noqa: B017 - lark's parse errors; the class differs across versions
         hcl2.loads(broken)
 
 
@@ -323,8 +338,13 @@ def test_kubernetes_daemonset_privileges(daemonset):
 def test_kubernetes_host_mounts_are_read_only(daemonset):
     pod = daemonset["spec"]["template"]["spec"]
     host = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
-    assert set(host.values()) == {"/lib/modules", "/usr/src", "/sys/kernel/btf",
-                                  "/sys/kernel/tracing", "/sys/kernel/debug"}
+    assert set(host.values()) == {
+        "/lib/modules",
+        "/usr/src",
+        "/sys/kernel/btf",
+        "/sys/kernel/tracing",
+        "/sys/kernel/debug",
+    }
     mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
     for name in host:
         assert mounts[name]["readOnly"] is True, name
@@ -343,6 +363,7 @@ def test_kubernetes_credentials_from_a_secret(daemonset):
 # --------------------------------------------------------------------------------------------
 # Vagrant
 # --------------------------------------------------------------------------------------------
+
 
 def test_vagrant_validate(tmp_path):
     tool = need("vagrant")
