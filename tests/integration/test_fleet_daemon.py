@@ -221,3 +221,23 @@ def test_not_root_watches_shim_processes_only(tmp_path, tag, shim):
     lines = [ln for ln in r.stdout.splitlines() if ln.strip().startswith(str(pre.pid))]
     assert lines and all(" preload " in ln for ln in lines)
     assert not [ln for ln in r.stdout.splitlines() if ln.strip().startswith(str(plain.pid))]
+
+
+@BPF_SKIP
+def test_every_cpython_is_discovered_by_both_routes(tmp_path, tag, shim, cpython):
+    """The discovery rule (interpreter name or libpython) and both routes, on each interpreter
+    (static Debian builds and pyenv's shared ones)."""
+    pre = _start(tmp_path, cpython.path, tag, shim=shim)
+    plain = _start(tmp_path, cpython.path, tag)
+    out = tmp_path / "py.json"
+    try:
+        r = _agent(["--once", "--interval", "2", "--cmdline", tag, "--json", str(out)])
+    finally:
+        _stop(pre, plain)
+    assert r.returncode == 0, r.stderr
+    meta, sites = _sites(out)
+    assert meta["processes"][str(pre.pid)]["source"] == "preload"
+    assert meta["processes"][str(plain.pid)]["source"] == "ebpf"
+    for pid, source in ((pre.pid, "preload"), (plain.pid, "ebpf")):
+        rows = _leak_rows(sites, pid)
+        assert rows and rows[0]["source"] == source, (pid, source, r.stderr)
