@@ -51,18 +51,36 @@ def run_targets(tmp: Path, n: int, seconds: float, shim: str, tag: str, agent_ar
     for i in range(n):
         env = dict(base)
         if i % 2 == 0:
-            env.update(LD_PRELOAD=shim, TRACKLEAK_STARTUP_DELAY="0", TRACKLEAK_QUIET="1",
-                       TRACKLEAK_LOG_DIR=str(tmp))
+            env.update(
+                LD_PRELOAD=shim, TRACKLEAK_STARTUP_DELAY="0", TRACKLEAK_QUIET="1", TRACKLEAK_LOG_DIR=str(tmp)
+            )
         out = tmp / f"{tag}-{i}.out"
-        p = subprocess.Popen([sys.executable, str(script), str(out), str(seconds), tag],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        p = subprocess.Popen(
+            [sys.executable, str(script), str(out), str(seconds), tag],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         assert p.stdout.readline().startswith("ready")
         procs.append((p, out, "preload" if i % 2 == 0 else "ebpf"))
     agent = cpu = rss = None
     if agent_args is not None:
         agent = subprocess.Popen(
-            [sys.executable, "-c", "from trackleak.ebpf.cli import main; main()", "--cmdline", tag,
-             "--no-live", "-q", *agent_args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-c",
+                "from trackleak.ebpf.cli import main; main()",
+                "--cmdline",
+                tag,
+                "--no-live",
+                "-q",
+                *agent_args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         ap = psutil.Process(agent.pid)
         time.sleep(8)  # discovery + BPF compile before the clock starts
         c0 = sum(ap.cpu_times()[:2])
@@ -94,17 +112,35 @@ def main() -> None:
     ap.add_argument("--period", type=float, default=60.0)
     ap.add_argument("--interval", type=float, default=5.0)
     args = ap.parse_args()
-    shim = subprocess.run([sys.executable, "-c", "from trackleak.shim import shim_path; print(shim_path())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    shim = subprocess.run(
+        [sys.executable, "-c", "from trackleak.shim import shim_path; print(shim_path())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     tag = f"benchfleet{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         alone, _, _ = run_targets(tmp, args.procs, args.seconds, shim, tag, None)
         watched, cpu, rss = run_targets(
-            tmp, args.procs, args.seconds, shim, tag,
-            ["--interval", str(args.interval), "--ebpf-window", str(args.window), "--ebpf-period", str(args.period)])
-    print(f"{args.procs} targets ({args.procs // 2} shim, {args.procs - args.procs // 2} eBPF), "
-          f"{args.seconds:g}s, duty cycle {args.window:g}s/{args.period:g}s, interval {args.interval:g}s")
+            tmp,
+            args.procs,
+            args.seconds,
+            shim,
+            tag,
+            [
+                "--interval",
+                str(args.interval),
+                "--ebpf-window",
+                str(args.window),
+                "--ebpf-period",
+                str(args.period),
+            ],
+        )
+    print(
+        f"{args.procs} targets ({args.procs // 2} shim, {args.procs - args.procs // 2} eBPF), "
+        f"{args.seconds:g}s, duty cycle {args.window:g}s/{args.period:g}s, interval {args.interval:g}s"
+    )
     print(f"agent: CPU {cpu:.1f} % of one core, max RSS {rss / 2**20:.1f} MiB")
     for route in ("preload", "ebpf"):
         a, w = statistics.mean(alone[route]), statistics.mean(watched[route])

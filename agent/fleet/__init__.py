@@ -6,6 +6,13 @@ from .discovery import Discovery, Filters, ProcInfo
 from .routes import DutyCycle, EbpfRoute, ShimWatch
 
 __all__ = [
-    "Discovery", "DutyCycle", "EbpfRoute", "Filters", "FleetDaemon", "FleetOptions", "ProcInfo",
-    "ShimWatch", "run_fleet",
+    "Discovery",
+    "DutyCycle",
+    "EbpfRoute",
+    "Filters",
+    "FleetDaemon",
+    "FleetOptions",
+    "ProcInfo",
+    "ShimWatch",
+    "run_fleet",
 ]

@@ -68,8 +68,14 @@ class FleetOptions:
 
 
 class FleetDaemon:
-    def __init__(self, opts: FleetOptions, *, stdout: IO[str] | None = None, stderr: IO[str] | None = None,
-                 sinks: list[Sink] | None = None):
+    def __init__(
+        self,
+        opts: FleetOptions,
+        *,
+        stdout: IO[str] | None = None,
+        stderr: IO[str] | None = None,
+        sinks: list[Sink] | None = None,
+    ):
         self.opts = opts
         self.stdout = stdout or sys.stdout
         self.stderr = stderr or sys.stderr
@@ -86,7 +92,9 @@ class FleetDaemon:
         if opts.ebpf:
             self.ebpf = EbpfRoute(
                 Tunables(opts.sample_rate, opts.min_size, sample_bytes=opts.sample_bytes),
-                duty, python_frames=opts.python_frames, on_note=self._say,
+                duty,
+                python_frames=opts.python_frames,
+                on_note=self._say,
             )
         self.started = time.time()
         self.reason = ""
@@ -146,8 +154,11 @@ class FleetDaemon:
                 now = time.monotonic()
                 events = [next_tick]
                 if duty is not None and not duty.continuous and self.ebpf.available is not False:
-                    events.append(self.ebpf.window_open + duty.window if self.ebpf.window_open is not None
-                                  else next_window)
+                    events.append(
+                        self.ebpf.window_open + duty.window
+                        if self.ebpf.window_open is not None
+                        else next_window
+                    )
                 if deadline is not None:
                     events.append(deadline)
                 wait = max(0.0, min(events) - now)
@@ -180,8 +191,13 @@ class FleetDaemon:
                     elif self.opts.progress and rows:
                         from .. import render
 
-                        self._say(render.summary_line(rows, elapsed=time.time() - self.started,
-                                                      pids=[p for p in self.procs if p not in self.exited]))
+                        self._say(
+                            render.summary_line(
+                                rows,
+                                elapsed=time.time() - self.started,
+                                pids=[p for p in self.procs if p not in self.exited],
+                            )
+                        )
 
     # ------------------------------------------------------------------ discovery and reading
 
@@ -193,12 +209,16 @@ class FleetDaemon:
         found = self.discovery.scan()
         # Gone: processes we watched that are not found any more (exited, or now filtered out).
         for pid in [p for p in self.procs if p not in self.exited and p not in found]:
-            self._end(pid, "exited" if not os.path.exists(f"/proc/{pid}") else "no longer matches the filters")
+            self._end(
+                pid, "exited" if not os.path.exists(f"/proc/{pid}") else "no longer matches the filters"
+            )
         for pid, info in found.items():
             have = self.procs.get(pid)
             if have is not None and pid not in self.exited and have.create_time == info.create_time:
                 if info.route != self._route_of(pid):  # exec'd into a preloaded program
-                    self._say(f"trackleak-agent: pid {pid} now carries the shim: read from its table, eBPF detached")
+                    self._say(
+                        f"trackleak-agent: pid {pid} now carries the shim: read from its table, eBPF detached"
+                    )
                     if self.ebpf is not None:
                         self.ebpf.remove(pid, discard_window=True)
                     self._watch(info)
@@ -223,13 +243,18 @@ class FleetDaemon:
             watch = ShimWatch(info)
             self.shims[info.pid] = watch
             if watch.read():
-                self._say(f"trackleak-agent: watching pid {info.pid} through its shim table: {info.command[:80]}")
+                self._say(
+                    f"trackleak-agent: watching pid {info.pid} through its shim table: {info.command[:80]}"
+                )
             return
         if self.ebpf is None or not self.ebpf.ensure_loaded():
             self._unwatched.add(info.pid)
             reason = "--no-ebpf" if self.ebpf is None else self.ebpf.reason
-            self._once_say("no-ebpf", f"trackleak-agent: processes without the shim are not watched: {reason}. "
-                                      "Watching only processes started with the shim (LD_PRELOAD).")
+            self._once_say(
+                "no-ebpf",
+                f"trackleak-agent: processes without the shim are not watched: {reason}. "
+                "Watching only processes started with the shim (LD_PRELOAD).",
+            )
             return
         if self.ebpf.add(info):
             self._say(f"trackleak-agent: watching pid {info.pid} through eBPF: {info.command[:80]}")
@@ -260,7 +285,9 @@ class FleetDaemon:
 
     def rows(self) -> list[Row]:
         """Every row of every process watched so far: one per process, route and site."""
-        rows = self.shim_history.annotate([dataclasses.replace(r) for w in self.shims.values() for r in w.rows])
+        rows = self.shim_history.annotate(
+            [dataclasses.replace(r) for w in self.shims.values() for r in w.rows]
+        )
         rows += [dataclasses.replace(r) for r in self.shim_final]
         if self.ebpf is not None:
             rows += self.ebpf.rows()
@@ -293,11 +320,16 @@ class FleetDaemon:
                 "exited": pid in self.exited,
                 "elasticsearch": dict(info.es),
             }
-        ebpf = {"available": bool(self.ebpf and self.ebpf.available),
-                "reason": (self.ebpf.reason if self.ebpf else "--no-ebpf") or None}
+        ebpf = {
+            "available": bool(self.ebpf and self.ebpf.available),
+            "reason": (self.ebpf.reason if self.ebpf else "--no-ebpf") or None,
+        }
         if self.ebpf is not None and self.ebpf.available:
-            ebpf.update(dropped=self.ebpf.session.dropped(), windows=self.ebpf.windows,
-                        attached_seconds=round(self.ebpf.attached_seconds, 3))
+            ebpf.update(
+                dropped=self.ebpf.session.dropped(),
+                windows=self.ebpf.windows,
+                attached_seconds=round(self.ebpf.attached_seconds, 3),
+            )
         return {
             "format": FLEET_FORMAT,
             "version": FLEET_VERSION,
@@ -306,8 +338,12 @@ class FleetDaemon:
             "started": round(self.started, 3),
             "elapsed_seconds": round(time.time() - self.started, 3),
             "interval": self.opts.interval,
-            "duty_cycle": {"window": d.window, "period": d.period, "hold": d.hold,
-                           "continuous": d.continuous},
+            "duty_cycle": {
+                "window": d.window,
+                "period": d.period,
+                "hold": d.hold,
+                "continuous": d.continuous,
+            },
             "sample_rate": self.opts.sample_rate,
             "min_size": self.opts.min_size,
             "ebpf": ebpf,
@@ -346,10 +382,13 @@ class FleetDaemon:
 
         shown = render.top_rows(rows, top=self.opts.top, sort=self.opts.sort)
         alive = [p for p in self.procs if p not in self.exited and p not in self._unwatched]
-        caption = (f"{time.time() - self.started:.0f}s  {self.opts.host}  {len(alive)} processes  "
-                   f"{len(rows)} rows  (Ctrl-C: detach and print the final table)")
-        return render.rich_table(shown, title=f"trackleak-agent: host, by {self.opts.sort}", caption=caption,
-                                 processes=True)
+        caption = (
+            f"{time.time() - self.started:.0f}s  {self.opts.host}  {len(alive)} processes  "
+            f"{len(rows)} rows  (Ctrl-C: detach and print the final table)"
+        )
+        return render.rich_table(
+            shown, title=f"trackleak-agent: host, by {self.opts.sort}", caption=caption, processes=True
+        )
 
     def finish(self) -> int:
         from .. import render
@@ -364,7 +403,8 @@ class FleetDaemon:
             f"trackleak-agent: {len(watched)} process(es) watched on {self.opts.host} "
             f"({sum(1 for p in watched if self.procs[p].shim)} through the shim, "
             f"{sum(1 for p in watched if not self.procs[p].shim)} through eBPF), "
-            f"{time.time() - self.started:.1f}s ({self.reason or 'stopped'}); top {len(shown)} by {self.opts.sort}"
+            f"{time.time() - self.started:.1f}s ({self.reason or 'stopped'}); "
+            f"top {len(shown)} by {self.opts.sort}"
         )
         if shown:
             try:
@@ -385,14 +425,18 @@ class FleetDaemon:
 
     @contextlib.contextmanager
     def _live_view(self):
-        enabled = self.opts.live if self.opts.live is not None else (_isatty(self.stdout) and _isatty(self.stderr))
+        enabled = (
+            self.opts.live if self.opts.live is not None else (_isatty(self.stdout) and _isatty(self.stderr))
+        )
         if not (enabled and self.opts.progress):
             yield None
             return
         from rich.console import Console
         from rich.live import Live
 
-        with Live(console=Console(file=self.stderr, stderr=True), refresh_per_second=4, transient=True) as live:
+        with Live(
+            console=Console(file=self.stderr, stderr=True), refresh_per_second=4, transient=True
+        ) as live:
             yield live
 
     @contextlib.contextmanager

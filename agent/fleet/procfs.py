@@ -87,9 +87,14 @@ def es_environment(pid: int) -> dict[str, str]:
         elif key == "ELASTICSEARCH_INDEX":
             # Elasticsearch's own rules: lowercase, no \ / * ? " < > | space , # :, not starting
             # with - _ +, at most 255 bytes. Anything else is dropped (the shipper's default applies).
-            if (value and value == value.lower() and not _INDEX_FORBIDDEN.search(value)
-                    and not value.startswith(("-", "_", "+")) and value not in (".", "..")
-                    and len(value.encode()) <= 255):
+            if (
+                value
+                and value == value.lower()
+                and not _INDEX_FORBIDDEN.search(value)
+                and not value.startswith(("-", "_", "+"))
+                and value not in (".", "..")
+                and len(value.encode()) <= 255
+            ):
                 out[key] = value
         elif key == "NOMAD_JOB_NAME" and _JOB_OK.fullmatch(value):
             out[key] = value

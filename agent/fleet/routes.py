@@ -114,8 +114,9 @@ class EbpfRoute:
     ):
         self.duty = duty
         self.on_note = on_note or (lambda msg: None)
-        self.session = session_factory([], tunables, python_frames=python_frames, on_note=self.on_note,
-                                       allow_empty=True)
+        self.session = session_factory(
+            [], tunables, python_frames=python_frames, on_note=self.on_note, allow_empty=True
+        )
         self.available: bool | None = None  # None: not tried yet
         self.reason = ""
         self.procs: dict[int, ProcInfo] = {}  # targets being watched
@@ -290,10 +291,20 @@ class EbpfRoute:
             if site is None:
                 continue
             row = Row(
-                function=site[0], file=site[1], line=site[2], native=site[3], source="ebpf", pid=pid,
-                count=round(a.count), total_bytes=round(a.total_bytes), sample_count=a.sample_count,
-                sample_total_bytes=a.sample_total_bytes, sample_free_bytes=a.sample_free_bytes,
-                peak_single=a.peak_single, live_bytes=round(a.live_bytes), live_count=round(a.live_count),
+                function=site[0],
+                file=site[1],
+                line=site[2],
+                native=site[3],
+                source="ebpf",
+                pid=pid,
+                count=round(a.count),
+                total_bytes=round(a.total_bytes),
+                sample_count=a.sample_count,
+                sample_total_bytes=a.sample_total_bytes,
+                sample_free_bytes=a.sample_free_bytes,
+                peak_single=a.peak_single,
+                live_bytes=round(a.live_bytes),
+                live_count=round(a.live_count),
             )
             have = merged.get(row.key)
             if have is None:
