@@ -173,8 +173,11 @@ def test_bad_input_is_a_clear_error(tmp_path):
 def test_process_started_after_the_agent_is_picked_up_and_sigterm_detaches(tmp_path, tag):
     out = tmp_path / "late.json"
     agent = subprocess.Popen(
-        [*AGENT_CMD, "--interval", "1", "--cmdline", tag, "--ebpf-window", "60", "--ebpf-period", "60"]
-        + ["--json", str(out), "--no-live"],
+        [
+            *AGENT_CMD,
+            *("--interval", "1", "--cmdline", tag, "--ebpf-window", "60", "--ebpf-period", "60"),
+            *("--json", str(out), "--no-live"),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
