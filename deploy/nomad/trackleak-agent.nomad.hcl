@@ -51,7 +51,7 @@ variable "elasticsearch_index" {
 
 variable "agent_args" {
   type        = list(string)
-  description = "trackleak-agent flags (see README: --interval, --ebpf-window/--ebpf-period, --include-name, --exclude-name)"
+  description = "trackleak-agent flags (see README: --interval, --ebpf-window/--ebpf-period, --name, --exclude-name, --cmdline, --user, --cgroup)"
   default     = ["--interval", "10", "--ebpf-window", "10", "--ebpf-period", "60"]
 }
 

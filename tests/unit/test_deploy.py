@@ -410,3 +410,24 @@ def test_no_secret_literal(path):
         # references and templates are fine: a Secret's key name, a Nomad template, a placeholder
         assert value in {"trackleak-elasticsearch", "secretKeyRef"} or "{{" in value, match.group(0)
     assert not re.search(r"\b(?:https?://)[^\s/:@]+:[^\s/@]+@", path.read_text()), "credentials in a URL"
+
+
+def test_every_agent_flag_in_the_deployment_files_exists():
+    # The files start the real `trackleak-agent`: a flag it does not know would stop the daemon at
+    # start on every host. Compare what they pass with what its --help offers.
+    exe = Path(sys.executable).parent / "trackleak-agent"
+    res = run(str(exe), "--help", env={**os.environ, "COLUMNS": "200"})
+    offered = set(re.findall(r"--[a-z][a-z-]+", res.stdout))
+    assert "--ebpf-window" in offered, res.stdout
+    used = set()
+    for path in (AGENT_ENV, NOMAD_JOB, DEPLOY / "kubernetes" / "trackleak-agent.yaml"):
+        text = path.read_text()
+        if path == AGENT_ENV:
+            text = "\n".join(line for line in text.splitlines() if line.startswith("TRACKLEAK_AGENT_ARGS="))
+        elif path == NOMAD_JOB:
+            text = "\n".join(line for line in text.splitlines() if "description" not in line)
+        else:
+            text = text[text.index("args:") :]
+        used |= set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", text))
+    assert {"--interval", "--ebpf-window", "--ebpf-period"} <= used, sorted(used)
+    assert used <= offered, f"flags trackleak-agent does not know: {sorted(used - offered)}"
