@@ -153,7 +153,12 @@ class History:
             if len(key) == 2:
                 entry["pid"], key = key
             function, file, line, native = key
-            entry.update(function=function, file=file, line=line, native=native,
-                         points=[[t, live] for t, live in track.series])
+            entry.update(
+                function=function,
+                file=file,
+                line=line,
+                native=native,
+                points=[[t, live] for t, live in track.series],
+            )
             out.append(entry)
         return out

@@ -15,8 +15,18 @@ from typing import Iterable, Sequence
 from .table import Row, is_leak, sorted_rows
 
 COLUMNS = (
-    "FUNCTION", "FILE:LINE", "LIVE", "GROWTH", "COUNT", "TOTAL", "SAMPLES", "SAMPLED", "FREED", "RET%",
-    "PEAK", "AVG",
+    "FUNCTION",
+    "FILE:LINE",
+    "LIVE",
+    "GROWTH",
+    "COUNT",
+    "TOTAL",
+    "SAMPLES",
+    "SAMPLED",
+    "FREED",
+    "RET%",
+    "PEAK",
+    "AVG",
 )
 COMPACT_COLUMNS = ("FUNCTION", "FILE:LINE", "LIVE", "GROWTH", "TOTAL", "SAMPLES", "RET%")
 _RIGHT = {"LIVE", "GROWTH", "COUNT", "TOTAL", "SAMPLES", "SAMPLED", "FREED", "RET%", "PEAK", "AVG"}
@@ -35,11 +45,11 @@ def human_bytes(n: int) -> str:
 
 
 def fmt_growth(bytes_per_s: float | None) -> str:
-    """"+1.5 MiB/s", "-2.0 KiB/s", "0 B/s"; "-" when unknown."""
+    """ "+1.5 MiB/s", "-2.0 KiB/s", "0 B/s"; "-" when unknown."""
     if bytes_per_s is None:
         return "-"
     sign = "+" if bytes_per_s > 0.5 else ("-" if bytes_per_s < -0.5 else "")
-    return f"{sign}{human_bytes(int(round(abs(bytes_per_s))))}/s"
+    return f"{sign}{human_bytes(round(abs(bytes_per_s)))}/s"
 
 
 def fmt_retention(pct: float | None) -> str:
@@ -91,20 +101,30 @@ def top_rows(rows: Iterable[Row], *, top: int | None = 20, sort: str = "leak") -
     return ordered if not top or top <= 0 else ordered[:top]
 
 
-def plain_table(rows: Sequence[Row]) -> str:
-    """Fixed-width text (no colour, nothing cut): good for logs, grep and diff."""
-    body = [cells(r) for r in rows]
-    widths = [len(c) for c in COLUMNS]
+# Columns the host agent puts before the others (trackleak.fleet): process, route, command.
+PROCESS_COLUMNS = ("PID", "SOURCE", "COMMAND")
+
+
+def process_cells(row: Row) -> list[str]:
+    return [str(row.pid), row.source, row.command or "?"]
+
+
+def plain_table(rows: Sequence[Row], *, processes: bool = False) -> str:
+    """Fixed-width text (no colour, nothing cut): good for logs, grep and diff. PROCESSES: the
+    PID, SOURCE and COMMAND columns first (the host agent's table)."""
+    columns = (PROCESS_COLUMNS + COLUMNS) if processes else COLUMNS
+    body = [(process_cells(r) if processes else []) + cells(r) for r in rows]
+    widths = [len(c) for c in columns]
     for line in body:
         widths = [max(w, len(c)) for w, c in zip(widths, line)]
 
     def fmt(values: Sequence[str]) -> str:
         out = []
-        for name, width, value in zip(COLUMNS, widths, values):
+        for name, width, value in zip(columns, widths, values):
             out.append(value.rjust(width) if name in _RIGHT else value.ljust(width))
         return "  ".join(out).rstrip()
 
-    lines = [fmt(COLUMNS), fmt(["-" * w for w in widths])]
+    lines = [fmt(columns), fmt(["-" * w for w in widths])]
     lines += [fmt(line) for line in body]
     return "\n".join(lines) + "\n"
 
@@ -116,6 +136,7 @@ def rich_table(
     caption: str | None = None,
     compact: bool = False,
     width: int | None = None,
+    processes: bool = False,
 ):
     """A rich.table.Table of ROWS (import of rich deferred: plain output does not need it).
 
@@ -149,6 +170,11 @@ def rich_table(
         at = columns.index("FILE:LINE")
         for line in body:
             line[at] = cut_left(line[at], text_max["FILE:LINE"])
+    if processes:  # the host agent: which process, by which route, before the site columns
+        table.add_column("PID", justify="right", no_wrap=True)
+        table.add_column("SOURCE", no_wrap=True)
+        table.add_column("COMMAND", no_wrap=True, overflow="ellipsis", max_width=40)
+        body = [process_cells(row) + line for row, line in zip(rows, body)]
     for index, name in enumerate(columns):
         if name in _RIGHT:
             table.add_column(name, justify="right", no_wrap=True, min_width=widths[index])

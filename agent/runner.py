@@ -386,7 +386,9 @@ class Session:
             return header.sample_interval
         for seen in self.snapshots.values():
             return seen.snapshot.header.sample_interval
-        return sampling.interval_bytes(self.opts.sample_rate or SHIM_DEFAULTS["sample_rate"], self.opts.sample_bytes)
+        return sampling.interval_bytes(
+            self.opts.sample_rate or SHIM_DEFAULTS["sample_rate"], self.opts.sample_bytes
+        )
 
     def _observe(self, table: RetentionTable, at: float | None = None) -> None:
         """One point per site of TABLE's live bytes, at time AT (default: now)."""
@@ -456,7 +458,9 @@ class Session:
             self.listener = Listener(self.tables.offer, on_error=self.tables.error)
         except OSError as exc:
             # Not fatal: the tables are still found through /proc while their processes run.
-            self.handoff_note = f"no handoff socket ({exc.strerror or exc}): tables are read through /proc only"
+            self.handoff_note = (
+                f"no handoff socket ({exc.strerror or exc}): tables are read through /proc only"
+            )
             if self.opts.verbose:
                 self._say(f"trackleak: {self.handoff_note}")
             return {k: v for k, v in env.items() if k != ENV_HANDOFF}
@@ -584,8 +588,11 @@ class Session:
                 counts = dump.dropped
             else:
                 h = self.snapshots[pid].snapshot.header
-                counts = {"sites": h.dropped_sites, "samples": h.dropped_samples,
-                          "recycled_sites": h.recycled_sites}
+                counts = {
+                    "sites": h.dropped_sites,
+                    "samples": h.dropped_samples,
+                    "recycled_sites": h.recycled_sites,
+                }
             for name in DROP_NAMES:
                 dropped[name] = dropped.get(name, 0) + int(counts.get(name, 0))
         folded = sources.pop(0, None)
@@ -722,7 +729,7 @@ def describe_dropped(dropped: Mapping[str, int]) -> str:
 
 
 def describe_sampling(interval: int | None) -> str:
-    """"sampling 1 per 50.0 KiB" / "every allocation sampled" / "sampling ?" (unknown)."""
+    """ "sampling 1 per 50.0 KiB" / "every allocation sampled" / "sampling ?" (unknown)."""
     if interval is None:
         return "sampling ?"
     if interval == 0:

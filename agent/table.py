@@ -31,6 +31,8 @@ FIELDS = (
     "live_count",
     "growth_bytes_per_s",
     "growing",
+    "host",
+    "command",
 )
 
 SiteKey = tuple  # (function, file, line, native)
@@ -82,6 +84,9 @@ class Row:
     # keeps growing (the leak signal the default ranking leads with).
     growth_bytes_per_s: float | None = None
     growing: bool = False
+    # Set by the host agent (trackleak.fleet): the host and the process's command line (redacted).
+    host: str = ""
+    command: str = ""
 
     @property
     def key(self) -> SiteKey:
@@ -131,8 +136,9 @@ class Row:
             return value
 
         growth = data.get("growth_bytes_per_s")
-        if growth is not None and (isinstance(growth, bool) or not isinstance(growth, (int, float))
-                                   or not math.isfinite(growth)):
+        if growth is not None and (
+            isinstance(growth, bool) or not isinstance(growth, (int, float)) or not math.isfinite(growth)
+        ):
             raise ValueError(f"field 'growth_bytes_per_s' must be a number or null, got {growth!r}")
 
         row = cls(
@@ -152,6 +158,8 @@ class Row:
             live_count=_int("live_count"),
             growth_bytes_per_s=None if growth is None else float(growth),
             growing=bool(data.get("growing", False)),
+            host=_str("host"),
+            command=_str("command"),
         )
         if "live_bytes" not in data:
             # Written before live bytes existed: the old estimate, total bytes x retention.

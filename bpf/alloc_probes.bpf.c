@@ -291,6 +291,7 @@ static __always_inline int tl_alloc_exit(struct pt_regs *ctx)
         v.size = p->size;
         v.w_count = p->w_count;
         v.w_bytes = p->w_bytes;
+        v.t_ns = bpf_ktime_get_ns();
         if (tl_live.update(&lk, &v)) {
             tl_count(TL_CNT_LIVE_FULL);
         } else {

@@ -115,6 +115,8 @@ struct tl_live_val {
     __u64 size;
     __u64 w_count;                 /* the sample's weights (credited back by its free) */
     __u64 w_bytes;
+    __u64 t_ns;                    /* bpf_ktime_get_ns() when sampled (CLOCK_MONOTONIC): the host
+                                    * agent's duty cycle tells a sample's age from it */
 };
 
 /* Between an allocator's entry and its return, for sampled calls only. */

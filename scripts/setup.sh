@@ -150,6 +150,9 @@ have_generic_headers_tree() {
 }
 
 PKGS=(build-essential python3-venv python3-dev bpfcc-tools python3-bpfcc)
+# Validators of the deployment files (tests/unit/test_deploy.py): systemd-analyze, vagrant
+# validate, ruby -c, shellcheck. None of them needs a running service.
+PKGS+=(systemd vagrant ruby shellcheck)
 # The Elasticsearch tests (scripts/es.sh fetches the server with Maven and runs it on Java 17+;
 # nginx and openssl put authentication and TLS in front of it).
 PKGS+=(nginx openssl unzip curl)

@@ -582,7 +582,9 @@ def build_extension(
 # --------------------------------------------------------------------------- trackleak run
 
 
-def run_trackleak(*args: str, cwd: os.PathLike | str, timeout: float = 120, env: Mapping[str, str] | None = None):
+def run_trackleak(
+    *args: str, cwd: os.PathLike | str, timeout: float = 120, env: Mapping[str, str] | None = None
+):
     """The real `trackleak` CLI of this environment, with no TRACKLEAK_* of the caller's (but
     TRACKLEAK_SO, so a test run can point at another build) and ENV added."""
     import subprocess

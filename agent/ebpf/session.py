@@ -148,8 +148,9 @@ class EbpfSession:
         python_frames: bool = True,
         move_free_probe: bool = True,
         on_note: Callable[[str], None] | None = None,
+        allow_empty: bool = False,  # the host agent adds targets later (add_target)
     ):
-        if not pids:
+        if not pids and not allow_empty:
             raise AttachError("no target: give at least one --pid")
         self.pids = list(dict.fromkeys(pids))
         self.tunables = tunables or Tunables()
@@ -224,14 +225,67 @@ class EbpfSession:
         target.native = NativeSymbolizer(pid)
         self._set_target(pid, fields)
         self.targets[pid] = target
-        for point in procinfo.probe_points(pid, libc, move_free=self.move_free_probe).values():
-            if point.func not in ENTRY_PROGRAMS:
-                continue
-            self.loader.attach(point.func, point.path, point.offset, pid)
-            if point.func != "free":
-                self.loader.attach(
-                    point.func, point.path, point.offset - point.insn_offset, pid, retprobe=True
-                )
+        self.attach_probes(pid)
+
+    def attach_probes(self, pid: int) -> None:
+        """(Re)attach the allocator probes of a known target (the host agent's duty cycle detaches
+        and reattaches them; the target's configuration and symbol caches stay)."""
+        target = self.targets[pid]
+        try:
+            for point in procinfo.probe_points(pid, target.libc, move_free=self.move_free_probe).values():
+                if point.func not in ENTRY_PROGRAMS:
+                    continue
+                self.loader.attach(point.func, point.path, point.offset, pid)
+                if point.func != "free":
+                    self.loader.attach(
+                        point.func, point.path, point.offset - point.insn_offset, pid, retprobe=True
+                    )
+        except BaseException:
+            self.loader.detach_pid(pid)
+            raise
+
+    def detach_probes(self, pid: int) -> None:
+        """Detach a target's probes, keeping its configuration, symbol caches and map entries."""
+        self.loader.detach_pid(pid)
+
+    # The host agent (trackleak.fleet) adds targets as it discovers them, on a loaded program.
+
+    def load(self) -> None:
+        """Compile and load the BPF program without attaching (AttachError says why not)."""
+        check_privileges()
+        if self.loader.bpf is None:
+            self.loader.load()
+
+    def add_target(self, pid: int) -> Target:
+        """Configure and attach one more process on the loaded program."""
+        procinfo.check_pid(pid)
+        try:
+            self._attach(pid)
+        except BaseException:
+            self.loader.detach_pid(pid)
+            self.targets.pop(pid, None)
+            with contextlib.suppress(KeyError, Exception):
+                del self.loader.table("tl_targets")[self.loader.table("tl_targets").Key(pid)]
+            raise
+        if pid not in self.pids:
+            self.pids.append(pid)
+        return self.targets[pid]
+
+    def remove_target(self, pid: int) -> None:
+        """Stop watching PID (exited, or exec'd into another route): probes detached, its map
+        entries deleted; its rows stay in the table as they were."""
+        target = self.targets.get(pid)
+        if target is None:
+            return
+        if target.alive:
+            target.alive = False
+            target.ended = time.time()
+            self.loader.detach_pid(pid)
+            with contextlib.suppress(KeyError):
+                del self.loader.table("tl_targets")[self.loader.table("tl_targets").Key(pid)]
+            if target.mem is not None:
+                target.mem.close()
+        self._forget_pid(pid)
 
     def _set_target(self, pid: int, fields: dict[str, int]) -> None:
         table = self.loader.table("tl_targets")

@@ -4,8 +4,9 @@
 One object per line and per dump::
 
     {"format": "trackleak-dump", "version": 1, "pid": ..., "ppid": ..., "timestamp": <unix s>,
-     "reason": "interval" | "exit", "elapsed_seconds": ..., "sample_rate": ..., "sample_interval": ..., "min_size": ...,
-     "python": "3.11.7" | null, "dropped": {"samples": ..., "sites": ..., "events": ...},
+     "reason": "interval" | "exit", "elapsed_seconds": ..., "sample_rate": ..., "sample_interval": ...,
+     "min_size": ..., "python": "3.11.7" | null,
+     "dropped": {"samples": ..., "sites": ..., "events": ..., "recycled_sites": ...},
      "sites": [{function, file, line, count, total_bytes, sample_count, sample_total_bytes,
                 sample_free_bytes, retention_pct, peak_single, avg_size, native}, ...]}
 

@@ -338,8 +338,11 @@ class Incarnation:
 def _dropped(header: Header | None) -> dict[str, int]:
     if header is None:
         return {}
-    return {"sites": header.dropped_sites, "samples": header.dropped_samples,
-            "recycled_sites": header.recycled_sites}
+    return {
+        "sites": header.dropped_sites,
+        "samples": header.dropped_samples,
+        "recycled_sites": header.recycled_sites,
+    }
 
 
 def _default_max_open() -> int:

@@ -299,7 +299,11 @@ def parse_segment(data: bytes, *, pid: int = 0, mapping_size: int | None = None)
             continue
         function = _cstr(bytes(view[off + _F_FUNCTION : off + _F_FUNCTION + L.TL_FUNC_MAX]))
         file = _cstr(bytes(view[off + _F_FILE : off + _F_FILE + L.TL_FILE_MAX]))
-        if function is None or file is None or rec.kind not in (L.TL_KIND_PYTHON, L.TL_KIND_NATIVE, L.TL_KIND_OTHER):
+        if (
+            function is None
+            or file is None
+            or rec.kind not in (L.TL_KIND_PYTHON, L.TL_KIND_NATIVE, L.TL_KIND_OTHER)
+        ):
             snap.bad_records += 1
             continue
         snap.records.append(

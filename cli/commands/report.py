@@ -14,9 +14,7 @@ from trackleak.report import load_report
 def report(
     path: Annotated[Path, typer.Argument(help="A `trackleak run --json` file or the shim's profiler.jsonl.")],
     top: Annotated[int, typer.Option(min=0, help="Rows to show (0: all).")] = 20,
-    sort: Annotated[
-        SortBy, typer.Option(help=SORT_HELP)
-    ] = SortBy.leak,
+    sort: Annotated[SortBy, typer.Option(help=SORT_HELP)] = SortBy.leak,
     per_pid: Annotated[
         bool, typer.Option("--per-pid", help="One row per process and site (default: merged).")
     ] = False,

@@ -142,9 +142,7 @@ def run(
     ] = None,
     interval: Annotated[float, typer.Option(min=0.1, help="Seconds between live updates.")] = 1.0,
     top: Annotated[int, typer.Option(min=0, help="Rows to show (0: all).")] = 20,
-    sort: Annotated[
-        SortBy, typer.Option(help=SORT_HELP)
-    ] = SortBy.leak,
+    sort: Annotated[SortBy, typer.Option(help=SORT_HELP)] = SortBy.leak,
     live: Annotated[
         Optional[bool],
         typer.Option(

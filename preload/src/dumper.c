@@ -7,7 +7,13 @@
  *     CPython 3.12+ warns on every fork() in a process with a second thread.
  *     Unless the main thread stays blocked in C while other threads allocate:
  *     then (multi-threaded already) the dump thread takes over.
- *   - Other processes: a background thread, started at the first sample.
+ *   - Other processes: no thread either. A thread the program did not ask for
+ *     breaks programs that change credentials: glibc broadcasts setuid/setgid
+ *     to every thread and aborts when one differs (seen: `setpriv --reuid`
+ *     preloaded died with SIGABRT 1 run in 2). The interval dump is written by
+ *     the allocating thread whose sample finds it due (the dump allocates
+ *     nothing and holds no lock of the allocator's), so a process that stops
+ *     allocating writes its next table at exit; the live table is current.
  *   - Every process: at exit (destructor) and in _exit() (os._exit).
  * Files are opened per dump with O_NOFOLLOW in a checked directory, mode 0600,
  * and written with one write(2) each, so processes sharing a file (forked
@@ -302,6 +308,13 @@ static void format_text(struct obuf *b, const struct row *rows, size_t n, long n
                   (unsigned long long)w->count, MB(w->total), (unsigned long long)w->scount, MB(w->sbytes),
                   w->s->line, freed, w->s->file);
     }
+    /* Losses are said here too (the original's footer, unchanged when there are none). */
+    if (tl_hdr->dropped_sites || tl_hdr->dropped_samples || tl_hdr->recycled_sites)
+        ob_printf(b,
+                  "--- not attributed (site table full): %llu allocations; samples not kept (live set full): "
+                  "%llu; idle sites folded into [other sites]: %llu ---\n",
+                  (unsigned long long)tl_hdr->dropped_sites, (unsigned long long)tl_hdr->dropped_samples,
+                  (unsigned long long)tl_hdr->recycled_sites);
     ob_printf(b, "--- dump at %ld (%zu functions, hash %u/%u) pid=%d reason=%s ---\n", now, n,
               tl_hdr->site_count > tl_hdr->site_capacity ? tl_hdr->site_capacity : tl_hdr->site_count,
               tl_hdr->site_capacity, (int)getpid(), reason);
@@ -538,7 +551,7 @@ static uint64_t queued_at_ns; /* when the pending dump still waiting was queued 
 
 void tl_dump_tick(void)
 {
-    if (!tl_py_present() || __atomic_load_n(&thread_pid, __ATOMIC_RELAXED) == tl_owner_pid) {
+    if (tl_py_present() && __atomic_load_n(&thread_pid, __ATOMIC_RELAXED) == tl_owner_pid) {
         start_dump_thread(); /* no-op once it runs */
         return;
     }
@@ -547,6 +560,10 @@ void tl_dump_tick(void)
     if (now < due ||
         !__atomic_compare_exchange_n(&next_due_ns, &due, now + period_ns(), 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
         return;
+    if (!tl_py_present()) { /* not Python: this thread writes it, now (see the top of this file) */
+        pending_dump(NULL);
+        return;
+    }
     if (!__atomic_exchange_n(&pending_queued, 1, __ATOMIC_ACQ_REL)) {
         queued_at_ns = now;
         if (tl_py_schedule(pending_dump, NULL) != 0)

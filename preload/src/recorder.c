@@ -394,7 +394,8 @@ static void reclaim_maybe(int urgent)
 {
     uint64_t now = tl_now_ns(CLOCK_MONOTONIC_COARSE);
     uint64_t next = __atomic_load_n(&next_pass_ns, __ATOMIC_RELAXED);
-    if (now < (urgent ? next - (RECLAIM_GAP_NS - URGENT_GAP_NS) : next))
+    uint64_t early = RECLAIM_GAP_NS - URGENT_GAP_NS;
+    if (now < (urgent ? (next > early ? next - early : 0) : next))
         return;
     int expect = 0;
     if (!__atomic_compare_exchange_n(&reclaiming, &expect, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))

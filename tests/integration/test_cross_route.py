@@ -151,12 +151,16 @@ def test_both_routes_give_the_same_sites_and_estimates(cpython, tmp_path):
             sampling.live_bytes_stderr(max(b.live_bytes, 1), interval),
         )
         if abs(a.live_bytes - b.live_bytes) > 5 * err + 256 * 1024:
-            problems.append(f"{marker}: live bytes {a.live_bytes} (shim) vs {b.live_bytes} (eBPF), 1 sigma {err:.0f}")
+            problems.append(
+                f"{marker}: live bytes {a.live_bytes} (shim) vs {b.live_bytes} (eBPF), 1 sigma {err:.0f}"
+            )
         # RET% (live / total) within the same error, seen as a share of what was allocated
         total = max(min(a.total_bytes, b.total_bytes), 1)
         ret_err = 100.0 * err / total
         if abs((a.retention_pct or 0) - (b.retention_pct or 0)) > 5 * ret_err + 100.0 * 256 * 1024 / total:
-            problems.append(f"{marker}: RET% {a.retention_pct} (shim) vs {b.retention_pct} (eBPF), 1 sigma {ret_err:.1f}")
+            problems.append(
+                f"{marker}: RET% {a.retention_pct} (shim) vs {b.retention_pct} (eBPF), 1 sigma {ret_err:.1f}"
+            )
     assert not problems, "\n".join(problems)
     # AND the healthy twin is clean by both, the leaks hold what they keep
     twin = line_of(script, "objects_twin")

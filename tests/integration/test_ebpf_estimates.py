@@ -106,7 +106,9 @@ def test_interleaved_sites_each_get_their_share(cpython, attached_run):
             _within(row.live_bytes, n * s, n * s * s * (1 - p) / p, f"{where} live bytes", slack=s)
             # every sampled block kept; RET% = live / total, so within the live-bytes error
             assert row.sample_free_bytes == 0, row
-            assert row.retention_pct == round(100.0 * min(row.live_bytes, row.total_bytes) / row.total_bytes, 1)
+            assert row.retention_pct == round(
+                100.0 * min(row.live_bytes, row.total_bytes) / row.total_bytes, 1
+            )
 
 
 @BPF_SKIP

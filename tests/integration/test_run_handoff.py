@@ -11,7 +11,6 @@ allocation is counted; `--sample-rate 1` samples every one, so kept bytes are ex
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -24,8 +23,17 @@ MIB = 1 << 20
 def run_json(script: Path, python: str, *extra: str, timeout: float = 120) -> tuple[dict, object]:
     out = script.with_suffix(".json")
     res = trackleak(
-        "run", "--sample-rate", "1", "--json", str(out), *extra, "--python", python, str(script),
-        cwd=script.parent, timeout=timeout,
+        "run",
+        "--sample-rate",
+        "1",
+        "--json",
+        str(out),
+        *extra,
+        "--python",
+        python,
+        str(script),
+        cwd=script.parent,
+        timeout=timeout,
     )
     assert out.exists(), f"no JSON written\nstdout: {res.stdout[-3000:]}\nstderr: {res.stderr[-3000:]}"
     return json.loads(out.read_text()), res
@@ -190,7 +198,9 @@ def test_both_incarnations_of_an_exec_count(interpreters, tmp_path):
     # THEN both tables count, each once, under the one pid
     before = rows_at(data, script, "before-exec")
     after = rows_at(data, script, "after-exec")
-    assert [r["pid"] for r in before] == [first] and sum(r["count"] for r in before) == 10, describe(data, res)
+    assert [r["pid"] for r in before] == [first] and sum(r["count"] for r in before) == 10, describe(
+        data, res
+    )
     assert [r["pid"] for r in after] == [first] and sum(r["count"] for r in after) == 7, describe(data, res)
 
 

@@ -74,8 +74,12 @@ def _function_of(marker: str) -> str:
 
 def _check(run, marker: str, leaks: bool) -> None:
     assert_consistent(run.dumps)
-    row = find_row(run.rows(), function=_function_of(marker), file_endswith="/dlsym_driver.py",
-                   line=line_of(DRIVER, marker))
+    row = find_row(
+        run.rows(),
+        function=_function_of(marker),
+        file_endswith="/dlsym_driver.py",
+        line=line_of(DRIVER, marker),
+    )
     assert row.count >= N, describe_row(row)
     assert row.retention_pct is not None, describe_row(row)
     if leaks:
@@ -126,14 +130,35 @@ def _cffi_path(cpython, cache_root: Path) -> str | None:
     tag = f"cp{major}{minor}"
     target = cache_root / tag
     if not (target / "cffi").is_dir():
-        cmd = [sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--target",
-               str(target), "--python-version", f"{major}.{minor}", "--implementation", "cp", "--abi", tag,
-               "--platform", "manylinux2014_x86_64", "--only-binary=:all:", "cffi"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "--target",
+            str(target),
+            "--python-version",
+            f"{major}.{minor}",
+            "--implementation",
+            "cp",
+            "--abi",
+            tag,
+            "--platform",
+            "manylinux2014_x86_64",
+            "--only-binary=:all:",
+            "cffi",
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
             return None
-    check = subprocess.run([cpython.path, "-c", "import cffi"], capture_output=True, timeout=60,
-                           env={**os.environ, "PYTHONPATH": str(target)})
+    check = subprocess.run(
+        [cpython.path, "-c", "import cffi"],
+        capture_output=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(target)},
+    )
     return str(target) if check.returncode == 0 else None
 
 
@@ -144,8 +169,9 @@ def cffi_run(cpython, shim, tmp_path_factory):
         pytest.skip(f"cffi cannot be installed for {cpython} (pip install --target failed or no wheel)")
     logs = tmp_path_factory.mktemp(f"dlsym-cffi-{cpython.id}")
     env = {"PYTHONPATH": path} if path else None
-    return run_preloaded(cpython, DRIVER, args=["cffi", N], env=env, shim=shim, log_dir=logs,
-                         sample_rate=1, min_size=0)
+    return run_preloaded(
+        cpython, DRIVER, args=["cffi", N], env=env, shim=shim, log_dir=logs, sample_rate=1, min_size=0
+    )
 
 
 @pytest.mark.parametrize("marker", sorted(CFFI_CASES))
@@ -194,8 +220,14 @@ def test_rtld_next_from_a_later_preload(cpython, shim, c_libs, tmp_path, log_dir
     # after the shim, finding what it wraps with dlsym(RTLD_NEXT) (which the shim's hook answers)
     script = tmp_path / "chain.py"
     script.write_text(NEXT_SCRIPT % N)
-    result = run_preloaded(cpython, script, shim=shim, log_dir=log_dir, timeout=60,
-                           env={"LD_PRELOAD": f"{shim} {c_libs['next']}"})
+    result = run_preloaded(
+        cpython,
+        script,
+        shim=shim,
+        log_dir=log_dir,
+        timeout=60,
+        env={"LD_PRELOAD": f"{shim} {c_libs['next']}"},
+    )
     # THEN no recursion: it runs, and every RTLD_NEXT lookup got glibc's function, not its own
     assert result.returncode == 0, result.describe()
     report = [line for line in result.stdout.splitlines() if line.startswith("report:")]
@@ -205,8 +237,9 @@ def test_rtld_next_from_a_later_preload(cpython, shim, c_libs, tmp_path, log_dir
     assert int(calls[0]) >= N and int(calls[2]) >= 1, report[0]
     # ... and the shim still finds the leak at its line
     assert_consistent(result.dumps)
-    row = find_row(result.rows(), function="chain_leak", file_endswith="/chain.py",
-                   line=line_of(script, "chain_leak"))
+    row = find_row(
+        result.rows(), function="chain_leak", file_endswith="/chain.py", line=line_of(script, "chain_leak")
+    )
     assert row.count >= N and row.retention_pct is not None and row.retention_pct >= 80.0, describe_row(row)
 
 

@@ -84,7 +84,9 @@ def test_a_bogus_variable_gets_one_warning(interpreters, value, tmp_path):
 
 def test_no_listener_is_quiet(interpreters, tmp_path):
     for path in (tmp_path / "nobody" / "sock", tmp_path / "sock"):
-        res = run_preloaded(interpreters[-1], "import os\nos.fork() or print('ok')\n", env={H.ENV_HANDOFF: path})
+        res = run_preloaded(
+            interpreters[-1], "import os\nos.fork() or print('ok')\n", env={H.ENV_HANDOFF: path}
+        )
         assert res.returncode == 0 and "ok" in res.stdout, res.describe()
         assert "[trackleak]" not in res.stderr, res.stderr
 
@@ -110,7 +112,10 @@ def test_a_directory_others_can_write_gets_nothing(interpreters, tmp_path, liste
 
 def test_a_full_queue_never_blocks_the_target(interpreters, listener):
     # GIVEN a listener that does not read (its queue holds net.unix.max_dgram_qlen datagrams)
-    code = "import os\nfor i in range(30):\n    pid = os.fork()\n    if pid == 0:\n        os._exit(0)\n    os.waitpid(pid, 0)\nprint('ok')\n"
+    code = (
+        "import os\nfor i in range(30):\n    pid = os.fork()\n    if pid == 0:\n        os._exit(0)\n"
+        "    os.waitpid(pid, 0)\nprint('ok')\n"
+    )
     res = run_preloaded(interpreters[-1], code, env={H.ENV_HANDOFF: listener.path}, timeout=60)
     # THEN the program runs to the end as usual; the children that could not hand off say so
     assert res.returncode == 0 and "ok" in res.stdout, res.describe()

@@ -39,8 +39,20 @@ def _run(tmp_path: Path, cpython, *args: str, env=None):
     script = tmp_path / "oneshot.py"
     script.write_text(ONE_SHOT)
     out = tmp_path / "out.json"
+    logs = tmp_path / "logs"
     res = run_trackleak(
-        "run", "--json", str(out), "--python", cpython.path, str(script), *args, cwd=tmp_path, env=env, timeout=180
+        "run",
+        "--json",
+        str(out),
+        "--log-dir",
+        str(logs),
+        "--python",
+        cpython.path,
+        str(script),
+        *args,
+        cwd=tmp_path,
+        env=env,
+        timeout=180,
     )
     assert res.returncode == 0, res.stderr
     return res, json.loads(out.read_text())
@@ -81,6 +93,8 @@ def test_idle_sites_are_folded_to_make_room_for_a_new_leak(cpython, tmp_path):
     assert other and other[0]["count"] >= dropped["recycled_sites"], other
     # AND what could not be attributed is counted and said, never silently lost
     assert "folded into '[other sites]'" in res.stderr, res.stderr
+    # (the shim's own text log says it too, under the original's table)
+    assert "idle sites folded into [other sites]" in (tmp_path / "logs" / "profiler.json").read_text()
     if dropped["sites"]:
         assert f"{dropped['sites']} allocation(s) not attributed" in res.stderr
     # AND every allocation is accounted for: rows + unattributed = one per generated line and more

@@ -15,7 +15,6 @@ import os
 import socket
 import stat
 import struct
-import tempfile
 
 import pytest
 from fakeseg import FakeSite, segment

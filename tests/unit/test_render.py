@@ -91,9 +91,13 @@ def test_rich_table_renders():
 
 
 def test_summary_line():
-    line = render.summary_line([row(live_bytes=4096, growing=True, growth_bytes_per_s=1024.0)], elapsed=3.2, pids=[5, 4])
+    line = render.summary_line(
+        [row(live_bytes=4096, growing=True, growth_bytes_per_s=1024.0)], elapsed=3.2, pids=[5, 4]
+    )
     assert line.startswith("trackleak: 3s pids=4,5 sites=1")
-    assert "growing=1" in line and "top=leaky (/app/x.py:12) live=4.0 KiB growth=+1.0 KiB/s ret=100.0%" in line
+    assert (
+        "growing=1" in line and "top=leaky (/app/x.py:12) live=4.0 KiB growth=+1.0 KiB/s ret=100.0%" in line
+    )
 
 
 def test_compact_table_is_one_line_per_row_within_the_width():

@@ -73,8 +73,9 @@ def test_merge_same_site_same_pid_adds_and_takes_max_peak():
 def test_retention_is_the_share_of_allocated_bytes_still_live():
     # Byte-weighted sampling over-represents big blocks in the raw samples (here the freed 64 KiB
     # list-growth blocks): RET% comes from the unbiased live-bytes estimate instead.
-    r = row(total_bytes=21_000_000, sample_total_bytes=1_170_000, sample_free_bytes=360_000,
-            live_bytes=20_000_000)
+    r = row(
+        total_bytes=21_000_000, sample_total_bytes=1_170_000, sample_free_bytes=360_000, live_bytes=20_000_000
+    )
     assert retention_pct(r.sample_total_bytes, r.sample_free_bytes, r.sample_count) == 69.2
     assert r.retention_pct == 95.2
     assert row(live_bytes=5_000, total_bytes=1_000).retention_pct == 100.0  # estimate above total: clamped
@@ -110,27 +111,52 @@ def test_replace_pid_swaps_a_snapshot():
 def test_growing_sites_first_fastest_first_then_by_live_bytes():
     # GIVEN import-time noise kept at 100 %, a leak with temporaries (50 %) and a growing buffer (0 %)
     noise = row(function="noise", total_bytes=130_000, live_bytes=130_000)
-    leak = row(function="leak", total_bytes=60 << 20, sample_free_bytes=500, live_bytes=30 << 20,
-               growth_bytes_per_s=1e6, growing=True)
-    buf = row(function="buf", total_bytes=70 << 20, sample_free_bytes=1000, live_bytes=20 << 20,
-              growth_bytes_per_s=2e6, growing=True)
+    leak = row(
+        function="leak",
+        total_bytes=60 << 20,
+        sample_free_bytes=500,
+        live_bytes=30 << 20,
+        growth_bytes_per_s=1e6,
+        growing=True,
+    )
+    buf = row(
+        function="buf",
+        total_bytes=70 << 20,
+        sample_free_bytes=1000,
+        live_bytes=20 << 20,
+        growth_bytes_per_s=2e6,
+        growing=True,
+    )
     held = row(function="held", total_bytes=50 << 20, live_bytes=40 << 20, growth_bytes_per_s=0.0)
     # WHEN sorted by default THEN growth first (fastest first), then what the others hold now
     assert [r.function for r in sorted_rows([noise, held, leak, buf])] == ["buf", "leak", "held", "noise"]
-    assert [r.function for r in sorted_rows([noise, held, leak, buf], by="live")] == ["held", "leak", "buf", "noise"]
-    assert [r.function for r in sorted_rows([noise, held, leak, buf], by="bytes")] == ["buf", "leak", "held", "noise"]
+    assert [r.function for r in sorted_rows([noise, held, leak, buf], by="live")] == [
+        "held",
+        "leak",
+        "buf",
+        "noise",
+    ]
+    assert [r.function for r in sorted_rows([noise, held, leak, buf], by="bytes")] == [
+        "buf",
+        "leak",
+        "held",
+        "noise",
+    ]
 
 
 def test_without_growth_the_biggest_holder_leads():
     # A short script watched too briefly for a trend: its leak still holds the most.
     noise = [row(function=f"import{i}", total_bytes=4000, live_bytes=4000) for i in range(11)]
     leak = row(function="leak", total_bytes=60 << 20, sample_free_bytes=500, live_bytes=30 << 20)
-    assert sorted_rows(noise + [leak])[0].function == "leak"
+    assert sorted_rows([*noise, leak])[0].function == "leak"
 
 
 def test_rows_written_before_live_bytes_existed_estimate_them_from_retention():
-    old = {k: v for k, v in row(total_bytes=1000, sample_total_bytes=100, sample_free_bytes=25).to_dict().items()
-           if k not in ("live_bytes", "live_count", "growth_bytes_per_s", "growing")}
+    old = {
+        k: v
+        for k, v in row(total_bytes=1000, sample_total_bytes=100, sample_free_bytes=25).to_dict().items()
+        if k not in ("live_bytes", "live_count", "growth_bytes_per_s", "growing")
+    }
     assert Row.from_dict(old).live_bytes == 750
 
 
