@@ -58,6 +58,7 @@ needs_es() {
     return 1
 }
 ES_STOP=0
+# shellcheck disable=SC2317  # called by the EXIT trap
 stop_es() {
     if ((ES_STOP)); then
         bash scripts/es.sh stop || true
