@@ -50,8 +50,8 @@ from pathlib import Path
 from typing import IO, Callable, Mapping, Sequence
 
 from . import live, render, sampling
-from .es.run import RunShipping
 from .errors import UserError
+from .es.run import RunShipping
 from .history import History, pid_site_key
 from .shim import shim_path
 from .sources import dumpfile
@@ -419,8 +419,13 @@ class Session:
 
     def _ship_tick(self) -> None:
         if self.es is not None:
-            self.es.tick(self.live_table, self.pid_history, at=self.clock(), started=self.started,
-                         python=self._python())
+            self.es.tick(
+                self.live_table,
+                self.pid_history,
+                at=self.clock(),
+                started=self.started,
+                python=self._python(),
+            )
 
     # ---- the whole run
 
@@ -633,7 +638,9 @@ class Session:
         rows = self.history.annotate(table.merged())
         self.pid_history.annotate(table)
         if self.es is not None:
-            self.es.final(table, at=max(self.ended, self.started), started=self.started, python=self._python())
+            self.es.final(
+                table, at=max(self.ended, self.started), started=self.started, python=self._python()
+            )
         if info["handoff_rejected"] and self.opts.verbose:
             self._say(f"trackleak: refused {info['handoff_rejected']} handed-off table(s)")
             for err in info["handoff_errors"]:
@@ -790,8 +797,9 @@ def run(
     plan = prepare(opts, environ)
     session = Session(opts, plan, stdout=stdout or sys.stdout, stderr=stderr or sys.stderr)
     try:
-        session.es = RunShipping.from_env(plan.env, command=plan.argv, dump_interval=opts.dump_interval,
-                                          say=session._say)
+        session.es = RunShipping.from_env(
+            plan.env, command=plan.argv, dump_interval=opts.dump_interval, say=session._say
+        )
         if session.es is not None:
             plan.env[RunShipping.ENV_SHIPPER] = RunShipping.SHIPPER  # the shim's banner says who ships
         if opts.verbose:
