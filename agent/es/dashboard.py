@@ -134,7 +134,16 @@ PANELS: tuple[Panel, ...] = (RETAINING, GROWING, LIVE)
 # The original README's query, as a Kibana saved search (a document list) and as a search body.
 ORIGINAL_COND = Cond("retention_pct", "gte", 80)
 ORIGINAL_SORT = ("total_mb", "desc")
-ORIGINAL_COLUMNS = ("job_name", "hostname", "function", "file", "line", "total_mb", "retention_pct", "live_bytes")
+ORIGINAL_COLUMNS = (
+    "job_name",
+    "hostname",
+    "function",
+    "file",
+    "line",
+    "total_mb",
+    "retention_pct",
+    "live_bytes",
+)
 
 ALERT_MIN_LIVE_BYTES = 50 * 1024 * 1024
 ALERT_WINDOW_MINUTES = 15
@@ -469,7 +478,9 @@ def saved_objects(index: str = DEFAULT_INDEX) -> list[dict[str, Any]]:
                 "refreshInterval": {"pause": False, "value": 60000},
                 "version": 1,
                 "kibanaSavedObjectMeta": {
-                    "searchSourceJSON": json.dumps({"query": {"query": "", "language": "kuery"}, "filter": []})
+                    "searchSourceJSON": json.dumps(
+                        {"query": {"query": "", "language": "kuery"}, "filter": []}
+                    )
                 },
             },
             "references": refs,

@@ -149,7 +149,8 @@ def dry_run_text(config_url: str, index: str, retention: str | None) -> str:
         "# 2a. a server with data streams, and no plain index of that name:",
         *[r.show() for r in p["data-stream"]],
         "",
-        "# 2b. otherwise (no data streams, e.g. the integ-test-zip; or a plain index exists): a plain index template",
+        "# 2b. otherwise (no data streams, e.g. the integ-test-zip; or a plain index exists):",
+        "#     a plain index template",
         *[r.show() for r in p["index"]],
     ]
     return "\n".join(out)

@@ -67,7 +67,9 @@ def _config(
 
 UrlOpt = Annotated[
     Optional[str],
-    typer.Option("--url", help="Server URL (or its /_bulk endpoint). Default: $ELASTICSEARCH_URL.", show_default=False),
+    typer.Option(
+        "--url", help="Server URL (or its /_bulk endpoint). Default: $ELASTICSEARCH_URL.", show_default=False
+    ),
 ]
 IndexOpt = Annotated[
     Optional[str],
@@ -87,30 +89,41 @@ def setup(
         Optional[str],
         typer.Option(
             "--username",
-            help="Basic-auth user (its password: $ELASTICSEARCH_PASSWORD; an API key: $ELASTICSEARCH_API_KEY).",
+            help="Basic-auth user (password: $ELASTICSEARCH_PASSWORD; API key: $ELASTICSEARCH_API_KEY).",
             show_default=False,
         ),
     ] = None,
-    ca_file: Annotated[Optional[str], typer.Option("--ca-file", help="PEM CA(s) to trust.", show_default=False)] = None,
+    ca_file: Annotated[
+        Optional[str], typer.Option("--ca-file", help="PEM CA(s) to trust.", show_default=False)
+    ] = None,
     client_cert: Annotated[
         Optional[str], typer.Option("--client-cert", help="PEM client certificate.", show_default=False)
     ] = None,
-    client_key: Annotated[Optional[str], typer.Option("--client-key", help="PEM client key.", show_default=False)] = None,
+    client_key: Annotated[
+        Optional[str], typer.Option("--client-key", help="PEM client key.", show_default=False)
+    ] = None,
     insecure: Annotated[
-        bool, typer.Option("--insecure", help="Do not verify the server's certificate (ELASTICSEARCH_SSL_VERIFY=0).")
+        bool,
+        typer.Option(
+            "--insecure", help="Do not verify the server's certificate (ELASTICSEARCH_SSL_VERIFY=0)."
+        ),
     ] = False,
     retention: Annotated[
         str,
         typer.Option("--retention", help="Data stream retention (30d, 12h...; none: keep forever)."),
     ] = "30d",
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be sent; send nothing.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what would be sent; send nothing.")
+    ] = False,
 ) -> None:
     """Install the index template (and a data stream with a retention where the server has them)."""
     from trackleak.es import setup as essetup
 
     with user_errors():
         keep = essetup.check_retention(retention)
-        config = _config(url, index, username, ca_file, client_cert, client_key, insecure, need_url=not dry_run)
+        config = _config(
+            url, index, username, ca_file, client_cert, client_key, insecure, need_url=not dry_run
+        )
         if dry_run:
             typer.echo(essetup.dry_run_text(config.url, config.index, keep))
             return
@@ -131,9 +144,14 @@ def setup(
         for line in result.lines:
             typer.echo(line)
         if result.mode == "data-stream":
-            typer.echo(f"installed: a data stream {config.index} (template {result.template} for {result.pattern})")
+            typer.echo(
+                f"installed: a data stream {config.index} (template {result.template} for {result.pattern})"
+            )
         else:
-            typer.echo(f"installed: a plain index template {result.template} for {result.pattern}, index {config.index}")
+            typer.echo(
+                f"installed: a plain index template {result.template} for {result.pattern}, "
+                f"index {config.index}"
+            )
 
 
 @es_app.command("dashboard")

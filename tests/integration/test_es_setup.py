@@ -34,7 +34,7 @@ def _setup(tmp_path, *args, env=None):
 
 
 @pytest.fixture
-def template_cleanup(es):
+def template_cleanup(es):  # noqa: F811
     names = []
     yield names
     for name in names:
@@ -68,7 +68,9 @@ def test_setup_installs_the_template_and_is_idempotent(tmp_path, es, es_url, es_
     # an index the template covers, made by the first write, gets the mapping
     other = f"{es_index}-2"
     try:
-        es.index(index=other, document={"job_name": "x", TIMESTAMP_FIELD: "2026-01-01T00:00:00Z"}, refresh=True)
+        es.index(
+            index=other, document={"job_name": "x", TIMESTAMP_FIELD: "2026-01-01T00:00:00Z"}, refresh=True
+        )
         assert es.indices.get_mapping(index=other)[other]["mappings"]["properties"]["job_name"] == {
             "type": "keyword"
         }
@@ -157,7 +159,9 @@ def test_data_stream_template_takes_the_shippers_documents(es, es_url):  # noqa:
     es.indices.put_index_template(
         name=template_name(DS_NAME), **template_body(DS_NAME, data_stream=True, retention="30d")
     )
-    config = EsConfig.from_env({"ENABLE_ELASTICSEARCH": "1", "ELASTICSEARCH_URL": es_url, "ELASTICSEARCH_INDEX": DS_NAME})
+    config = EsConfig.from_env(
+        {"ENABLE_ELASTICSEARCH": "1", "ELASTICSEARCH_URL": es_url, "ELASTICSEARCH_INDEX": DS_NAME}
+    )
     marker = f"ds-{time.time_ns()}"
     shipper = Shipper(config)
     meta = DocMeta(timestamp=time.time(), elapsed_seconds=5, hostname="web-1", job_name=marker)
@@ -279,7 +283,9 @@ def test_every_panel_query_finds_the_leak(tmp_path, es, es_url, es_index, templa
     assert index_pattern(es_index) in [p for t in template for p in t["index_template"]["index_patterns"]]
 
     # a leaking and a healthy service, shipped by the shipper
-    config = EsConfig.from_env({"ENABLE_ELASTICSEARCH": "1", "ELASTICSEARCH_URL": es_url, "ELASTICSEARCH_INDEX": es_index})
+    config = EsConfig.from_env(
+        {"ENABLE_ELASTICSEARCH": "1", "ELASTICSEARCH_URL": es_url, "ELASTICSEARCH_INDEX": es_index}
+    )
     shipper = Shipper(config)
     n = 0
     for rows, meta in _readings(time.time()):

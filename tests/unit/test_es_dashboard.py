@@ -48,13 +48,17 @@ def test_saved_objects_are_well_formed_and_references_resolve():
     assert len(panels) == len(esdash.PANELS) + 1
     for p in panels:
         assert f"{p['panelIndex']}:{p['panelRefName']}" in names
-    assert {r["id"] for r in dash["references"]} == {p.id for p in esdash.PANELS} | {esdash.ORIGINAL_SEARCH_ID}
+    assert {r["id"] for r in dash["references"]} == {p.id for p in esdash.PANELS} | {
+        esdash.ORIGINAL_SEARCH_ID
+    }
 
 
 def test_data_view_matches_the_template():
     (view,) = [o for o in load() if o["type"] == "index-pattern"]
     assert view["attributes"]["title"] == index_pattern("trackleak-memory")
-    assert view["attributes"]["title"] in template_body("trackleak-memory", data_stream=True)["index_patterns"]
+    assert (
+        view["attributes"]["title"] in template_body("trackleak-memory", data_stream=True)["index_patterns"]
+    )
     assert view["attributes"]["timeFieldName"] == TIMESTAMP_FIELD and TYPES[TIMESTAMP_FIELD] == "date"
 
 
@@ -77,7 +81,7 @@ def test_each_visualization_and_its_query_say_the_same():
         assert conds[0] == esdash.time_filter() and conds[1:] == [c.dsl() for c in panel.where]
         aggs, seen = body["aggs"], []
         if panel.interval:
-            hist = [a for a in vis["aggs"] if a["type"] == "date_histogram"][0]["params"]
+            hist = next(a for a in vis["aggs"] if a["type"] == "date_histogram")["params"]
             assert aggs["t"]["date_histogram"]["field"] == hist["field"] == TIMESTAMP_FIELD
             assert aggs["t"]["date_histogram"]["fixed_interval"] == hist["interval"]
             aggs = aggs["t"]["aggs"]
@@ -99,7 +103,10 @@ def test_original_query_and_alert():
     assert rule["rule_type_id"] == ".es-query" and rule["params"]["timeField"] == TIMESTAMP_FIELD
     assert rule["params"]["index"] == ["trackleak-memory*"]
     es_query = json.loads(rule["params"]["esQuery"])
-    assert es_query["query"]["bool"]["filter"] == queries["trackleak-alert"]["body"]["query"]["bool"]["filter"][1:]
+    assert (
+        es_query["query"]["bool"]["filter"]
+        == queries["trackleak-alert"]["body"]["query"]["bool"]["filter"][1:]
+    )
 
 
 def test_other_index():

@@ -23,7 +23,12 @@ def api_error(status: int, body) -> ApiError:
 
 class FakeIndices:
     def __init__(self, *, ds_status=404, plain=False, lifecycle_ok=True, put_error=None):
-        self.ds_status, self.plain, self.lifecycle_ok, self.put_error = ds_status, plain, lifecycle_ok, put_error
+        self.ds_status, self.plain, self.lifecycle_ok, self.put_error = (
+            ds_status,
+            plain,
+            lifecycle_ok,
+            put_error,
+        )
         self.calls: list[tuple] = []
 
     def get_data_stream(self, name):
@@ -43,7 +48,9 @@ class FakeIndices:
         if self.put_error:
             raise self.put_error
         if "lifecycle" in body["template"] and not self.lifecycle_ok:
-            raise api_error(400, {"error": {"type": "x_content_parse_exception", "reason": "unknown field [lifecycle]"}})
+            raise api_error(
+                400, {"error": {"type": "x_content_parse_exception", "reason": "unknown field [lifecycle]"}}
+            )
         return {"acknowledged": True}
 
     def create_data_stream(self, name):
@@ -117,7 +124,7 @@ def test_no_data_stream_api_falls_back_to_a_plain_template():
     client = FakeClient(ds_status=405)
     result = install(client, CONFIG)
     assert result.mode == "index"
-    put = [c for c in client.indices.calls if c[0] == "put_index_template"][0]
+    put = next(c for c in client.indices.calls if c[0] == "put_index_template")
     assert "data_stream" not in put[2]
     assert ("create", "trackleak-memory") in client.indices.calls
     assert any("no data stream API" in line for line in result.lines)
@@ -135,7 +142,9 @@ def test_an_existing_plain_index_keeps_a_plain_template_and_gets_new_fields():
 
 
 def test_errors_name_the_cause_never_the_secret():
-    client = FakeClient(put_error=api_error(403, {"error": {"type": "security_exception", "reason": "denied"}}))
+    client = FakeClient(
+        put_error=api_error(403, {"error": {"type": "security_exception", "reason": "denied"}})
+    )
     with pytest.raises(SetupError) as exc:
         install(client, CONFIG)
     assert "403" in str(exc.value) and "manage_index_templates" in str(exc.value)

@@ -121,7 +121,6 @@ def test_run_shipping_interval_and_final():
     assert said == ["trackleak: elasticsearch: summary"]
 
 
-
 def test_bulk_action_is_create():
     """Documents go as bulk "create" (what a data stream takes; on a plain index the same as
     "index" with an automatic id). tests/integration/test_es_setup.py ships into a data stream."""
