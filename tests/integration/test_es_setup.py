@@ -4,7 +4,7 @@ Kibana dashboard (deploy/kibana/) run on a leaking and a healthy service's docum
 
 The test server is the integ-test-zip: no data-streams module (GET /_data_stream answers 405), so
 setup installs a plain index template here and says why; the data-stream path is covered by
-tests/unit/test_es_setup.py with a fake client, and the data-stream template itself (with
+tests/unit/test_es_template.py with a fake client, and the data-stream template itself (with
 @timestamp and bulk "create") is checked here by shipping into one: the core server creates a
 data stream on the first write into a name its template covers, even without the module.
 """
