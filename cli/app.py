@@ -54,6 +54,7 @@ def _optional(name: str) -> None:
 
 
 _optional("doctor")
+_optional("es")
 
 
 def main() -> None:

@@ -39,6 +39,10 @@ def _iso(ts: float) -> str:
     return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _iso_ms(ts: float) -> str:
+    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
 @dataclass(frozen=True)
 class Field:
     name: str
@@ -58,6 +62,8 @@ PY_TYPES: dict[str, tuple] = {
     "boolean": (bool,),
     "date": (int, str),
 }
+
+TIMESTAMP_FIELD = "@timestamp"  # what a data stream requires, and Kibana's time field
 
 FIELDS: tuple[Field, ...] = (
     # ---- the original document, same names, same types
@@ -152,6 +158,13 @@ FIELDS: tuple[Field, ...] = (
         nullable=True,
     ),
     Field("growing", "boolean", lambda r, m: bool(r.growing), "live bytes keep growing: the leak signal"),
+    Field(
+        TIMESTAMP_FIELD,
+        "date",
+        lambda r, m: _iso_ms(m.timestamp),
+        "the reading's instant, ISO 8601 UTC with milliseconds: the time field of data streams "
+        "(trackleak es setup) and of the Kibana data view",
+    ),
 )
 
 FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in FIELDS)

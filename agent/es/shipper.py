@@ -218,6 +218,12 @@ def _api_reason(exc) -> str:
     return msg if isinstance(msg, str) and msg and msg != "None" else "no Elasticsearch error in the answer"
 
 
+def _create_action(doc: str) -> tuple[dict, str]:
+    # "create", not "index": the only write a data stream takes (trackleak es setup may install
+    # one); on a plain index it is the same as "index" with an automatic id
+    return {"create": {}}, doc
+
+
 def _short(text: str, limit: int = 200) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -446,6 +452,7 @@ class Shipper:
                 raise_on_exception=True,
                 max_retries=0,
                 yield_ok=True,
+                expand_action_callback=_create_action,
             )
             for doc, (ok, info) in zip(batch.docs, results):
                 if ok:

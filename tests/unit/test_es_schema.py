@@ -39,7 +39,17 @@ ORIGINAL_EXAMPLE = {
     "avg_size": 554,
     "elapsed_seconds": 300,
 }
-NEW = ("pid", "source", "command", "python", "live_bytes", "live_count", "growth_bytes_per_s", "growing")
+NEW = (
+    "pid",
+    "source",
+    "command",
+    "python",
+    "live_bytes",
+    "live_count",
+    "growth_bytes_per_s",
+    "growing",
+    "@timestamp",
+)
 
 
 def example_doc(**row_changes):
@@ -86,6 +96,8 @@ def test_values_match_the_originals_example():
     assert doc["timestamp"] == 1771597800  # integer epoch seconds
     assert doc["time"] == "2026-02-20T14:30:00Z"  # the same instant, ISO 8601 UTC
     assert doc["elapsed_seconds"] == 300
+    # the data streams' time field (trackleak es setup), the same instant with milliseconds
+    assert doc["@timestamp"] == "2026-02-20T14:30:00.700Z"
     assert (doc["pid"], doc["source"], doc["command"], doc["python"]) == (
         4242,
         "preload",

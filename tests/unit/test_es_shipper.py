@@ -119,3 +119,11 @@ def test_run_shipping_interval_and_final():
     assert n == 4 and meta.elapsed_seconds == 5 and meta.job_name == "svc"
     assert meta.command == "python3 app.py 'a b'"
     assert said == ["trackleak: elasticsearch: summary"]
+
+
+def test_bulk_action_is_create():
+    """Documents go as bulk "create" (what a data stream takes; on a plain index the same as
+    "index" with an automatic id). tests/integration/test_es_setup.py ships into a data stream."""
+    from trackleak.es.shipper import _create_action
+
+    assert _create_action('{"a":1}') == ({"create": {}}, '{"a":1}')
