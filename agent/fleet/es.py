@@ -17,9 +17,9 @@ environment (``meta["processes"][pid]["elasticsearch"]``: ``ENABLE_ELASTICSEARCH
 One document per site and process per interval (``trackleak.es.schema``), ``hostname`` the
 agent's ``--host-name``; a process that exited is shipped once more with its final rows, then no
 longer. Documents go through one ``trackleak.es.shipper.Shipper`` per index (its bounded queue and
-thread: the daemon only serializes and appends); at most ``MAX_INDICES`` indices, beyond which a
-process goes to the agent's index (said once). ``close()`` flushes within the shipper's deadline
-and says, per index, what was shipped and what was dropped.
+thread: the daemon only serializes and appends); at most ``MAX_INDICES`` indices besides the
+agent's, beyond which a process goes to the agent's index (said once). ``close()`` flushes
+within the shipper's deadline and says, per index, what was shipped and what was dropped.
 
 When the agent does not ship and a process asks (``ENABLE_ELASTICSEARCH=1`` in its environment),
 ``NotShippingNotice`` says so once: its rows are not shipped.
@@ -132,6 +132,7 @@ class FleetShipping:
                 continue
             env = proc.get("elasticsearch") or {}
             index = self._index_for(pid, env.get(ENV_INDEX) or self.config.index)
+            self._shipper(index)  # made now: the cap counts it
             started = proc.get("started")
             doc_meta = DocMeta(
                 timestamp=now,
@@ -148,7 +149,8 @@ class FleetShipping:
             self._shipper(index).submit_docs(docs)
 
     def _index_for(self, pid: int, index: str) -> str:
-        if index in self.shippers or len(self.shippers) < MAX_INDICES or index == self.config.index:
+        others = len([i for i in self.shippers if i != self.config.index])
+        if index in self.shippers or index == self.config.index or others < MAX_INDICES:
             return index
         if "too-many" not in self._said:
             self._said.add("too-many")
