@@ -10,7 +10,8 @@
 #
 # BCC_KERNEL_SOURCE is taken from .cache/bcc_kernel_source (written by setup.sh)
 # unless it is already exported. A real Elasticsearch (scripts/es.sh) is started
-# before pytest when the run includes tests/integration/test_es_*.py, its URL
+# before pytest when the run includes a test file that uses its fixtures
+# (imports tests/integration/es_support.py: test_es_*.py, test_fleet_es.py), its URL
 # exported as TRACKLEAK_TEST_ES_URL, and stopped afterwards (also on failure or
 # Ctrl-C); one already running (scripts/es.sh start by hand) is used and left
 # running, and an exported TRACKLEAK_TEST_ES_URL is used as it is. pytest's exit code is passed on, except that
@@ -50,8 +51,8 @@ needs_es() {
         path="${arg%%::*}"
         [[ $arg == -* || ! -e $path ]] && continue
         if [[ -d $path ]]; then
-            [[ -n "$(find "$path" -path '*integration/test_es_*.py' -print -quit)" ]] && return 0
-        elif [[ $path == *integration/test_es_*.py ]]; then
+            grep -rlq --include='test_*.py' -e 'es_support' "$path" && return 0
+        elif [[ $path == *test_*.py ]] && grep -q -e 'es_support' "$path"; then
             return 0
         fi
     done

@@ -9,7 +9,9 @@ cli/agent_app.py (the installed entry point) calls main() here.
 
 from __future__ import annotations
 
+import os
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
@@ -22,6 +24,13 @@ from trackleak.errors import UserError
 EXIT_USAGE = 2
 
 HOST = "Host agent (without --pid)"
+ES = "Elasticsearch (host agent)"
+
+
+class EsShip(str, Enum):
+    all = "all"
+    requested = "requested"
+
 
 app = typer.Typer(
     add_completion=False,
@@ -215,6 +224,20 @@ def attach(
             help="The host name put in every row (default: this host's name).",
         ),
     ] = None,
+    es_ship: Annotated[
+        Optional[EsShip],
+        typer.Option(
+            "--es-ship",
+            rich_help_panel=ES,
+            show_default=False,
+            help="With ENABLE_ELASTICSEARCH=1 and ELASTICSEARCH_URL (+ ELASTICSEARCH_API_KEY, or "
+            "_USERNAME/_PASSWORD, _SSL_VERIFY, _CA_FILE, _CLIENT_CERT/_KEY, _INDEX) in the agent's "
+            "environment, each interval's rows are shipped: 'all' (default) every watched "
+            "process, 'requested' only processes with ENABLE_ELASTICSEARCH=1 in their own "
+            "environment. A process's own ELASTICSEARCH_INDEX and NOMAD_JOB_NAME are used for its "
+            "documents (nothing else is read from it); otherwise the agent's index and 'unknown'.",
+        ),
+    ] = None,
 ) -> None:
     """Attach to --pid PID ... (source "ebpf"), or without --pid watch the host's Python processes."""
     if not pid:
@@ -233,6 +256,7 @@ def attach(
             ebpf_period=ebpf_period,
             ebpf=ebpf,
             host_name=host_name,
+            es_ship=(es_ship or EsShip.all).value,
             duration=duration,
             interval=interval,
             json_path=json_path,
@@ -263,6 +287,7 @@ def attach(
             ("--ebpf-period", ebpf_period is not None),
             ("--no-ebpf", not ebpf),
             ("--host-name", host_name),
+            ("--es-ship", es_ship),
         )
         if value
     ]
@@ -316,6 +341,7 @@ def _host_agent(
     ebpf_period,
     ebpf,
     host_name,
+    es_ship,
     duration,
     interval,
     json_path,
@@ -369,7 +395,10 @@ def _host_agent(
             live=live,
             progress=not quiet,
         )
-        return run_fleet(opts)
+        from trackleak.fleet.es import FleetShipping, NotShippingNotice
+
+        shipping = FleetShipping.from_env(os.environ, ship=es_ship)
+        return run_fleet(opts, sinks=[shipping if shipping is not None else NotShippingNotice()])
     except UserError as exc:
         typer.echo(f"trackleak-agent: error: {exc}", err=True)
         return EXIT_USAGE

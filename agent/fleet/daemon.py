@@ -14,7 +14,10 @@ documented fields); ``meta`` holds ``host``, ``time``, ``elapsed_seconds``, ``in
 ``duty_cycle`` and ``processes``: pid (a string) -> {pid, source, command, user, python,
 exited, elasticsearch: {ENABLE_ELASTICSEARCH, ELASTICSEARCH_INDEX, NOMAD_JOB_NAME} as read
 from that process's environment, only those names}. A sink that raises is reported once and
-keeps being called; it must not block (queue and ship on its own thread).
+keeps being called; it must not block (queue and ship on its own thread). A sink with a
+``close()`` method has it called once when the agent ends, after the final table is printed
+(``trackleak.fleet.es.FleetShipping`` flushes there). Each process's meta also has ``started``
+(its start time, epoch seconds).
 
 ``--once``: one discovery, every eBPF target attached for one interval (no duty cycle), one read,
 the table, exit.
@@ -100,6 +103,7 @@ class FleetDaemon:
         self.reason = ""
         self._said: set[str] = set()
         self._sink_failed: set[int] = set()
+        self._closed_sinks: set[int] = set()
         self._unwatched: set[int] = set()
 
     # ------------------------------------------------------------------ the loop
@@ -110,17 +114,20 @@ class FleetDaemon:
             if not parent.is_dir():
                 raise UserError(f"--json: directory does not exist: {parent}")
         self.started = time.time()
-        with self._signals():
-            try:
-                self._say(self._banner())
-                if self.opts.once:
-                    self._once()
-                else:
-                    self._loop()
-            finally:
-                if self.ebpf is not None:
-                    self.ebpf.stop()
-        return self.finish()
+        try:
+            with self._signals():
+                try:
+                    self._say(self._banner())
+                    if self.opts.once:
+                        self._once()
+                    else:
+                        self._loop()
+                finally:
+                    if self.ebpf is not None:
+                        self.ebpf.stop()
+            return self.finish()
+        finally:
+            self._close_sinks()
 
     def _banner(self) -> str:
         d = self.opts.duty
@@ -318,6 +325,7 @@ class FleetDaemon:
                 "python": python,
                 "cgroups": info.cgroups[:4],
                 "exited": pid in self.exited,
+                "started": round(info.create_time, 3),
                 "elasticsearch": dict(info.es),
             }
         ebpf = {
@@ -376,6 +384,18 @@ class FleetDaemon:
             write_json(self.opts.json_path, table, meta, None)
         except OSError as exc:
             raise UserError(f"cannot write {self.opts.json_path}: {exc.strerror or exc}") from None
+
+    def _close_sinks(self) -> None:
+        """After the final rows: sinks with a ``close()`` (shippers) flush, once."""
+        sinks = [s for s in self.sinks if callable(getattr(s, "close", None))]
+        for sink in sinks:
+            if id(sink) in self._closed_sinks:
+                continue
+            self._closed_sinks.add(id(sink))
+            try:
+                sink.close()
+            except Exception as exc:
+                self._say(f"trackleak-agent: sink {getattr(sink, '__name__', sink)!r} failed at close: {exc}")
 
     def _renderable(self, rows: list[Row]):
         from .. import render
