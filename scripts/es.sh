@@ -10,7 +10,7 @@
 #
 # What runs: Elasticsearch's own test distribution from Maven Central
 # (org.elasticsearch.distribution.integ-test-zip:elasticsearch:$VERSION, a zip with the server, no
-# JDK): fetched with Maven into .cache/elasticsearch/m2 (a second run downloads nothing), unpacked
+# JDK): fetched with Maven into ~/.m2/repository (a second run, from any checkout, downloads nothing), unpacked
 # into .cache/elasticsearch/elasticsearch-$VERSION. It listens on 127.0.0.1 only, on a free port
 # (written to .cache/elasticsearch/run/port, the URL to .../run/url), single node, security off (the
 # tests put nginx in front for authentication and TLS), disk watermarks off, 256 MiB heap; config,
@@ -24,13 +24,16 @@
 #   TRACKLEAK_ES_PORT       HTTP port (default: a free one)
 #   TRACKLEAK_ES_HEAP       heap size (default 256m)
 #   TRACKLEAK_ES_JAVA_HOME  the JDK/JRE to run it with (default: the one `java` on PATH belongs to; 17+)
-#   TRACKLEAK_ES_DIR        where everything goes (default .cache/elasticsearch)
+#   TRACKLEAK_ES_DIR        where it is unpacked and runs (default .cache/elasticsearch)
+#   TRACKLEAK_ES_M2         the Maven repository it is fetched into (default ~/.m2/repository)
 set -Eeuo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VERSION="${TRACKLEAK_ES_VERSION:-8.19.0}"
 BASE="${TRACKLEAK_ES_DIR:-$ROOT/.cache/elasticsearch}"
-M2="$BASE/m2"
+# The download goes to the user's Maven repository, shared by every checkout on the machine (a CI
+# run on a fresh clone downloads nothing when an earlier one did); TRACKLEAK_ES_M2 overrides it.
+M2="${TRACKLEAK_ES_M2:-${HOME:-/root}/.m2/repository}"
 GROUP=org.elasticsearch.distribution.integ-test-zip
 ARTIFACT=elasticsearch
 ZIP="$M2/${GROUP//.//}/$ARTIFACT/$VERSION/$ARTIFACT-$VERSION.zip"
