@@ -10,10 +10,13 @@ restores the cursor. stop() gives the whole screen back (always: it runs in a fi
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
-from typing import IO, Any
+import signal
+import threading
+from typing import IO, Any, Iterator
 
 ESC = "\x1b"
 SAVE, RESTORE = f"{ESC}7", f"{ESC}8"
@@ -128,3 +131,31 @@ class PinnedView:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def rich_live(stderr: IO[str]):
+    """A rich.live.Live on STDERR (the agents' views: nothing else writes to their terminal)."""
+    from rich.console import Console
+    from rich.live import Live
+
+    return Live(console=Console(file=stderr, stderr=True), refresh_per_second=4, transient=True)
+
+
+@contextlib.contextmanager
+def stop_on_signals(owner: Any) -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP set OWNER.reason (the signal's name) and OWNER.stop_event while
+    the block runs (main thread only); the previous handlers come back after it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, _frame):
+        owner.reason = signal.Signals(signum).name
+        owner.stop_event.set()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -13,7 +13,6 @@ table's head line and in the JSON meta ("dropped").
 from __future__ import annotations
 
 import contextlib
-import signal
 import socket
 import sys
 import threading
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Callable
 
+from trackleak import live as liveview
 from trackleak.ebpf.loader import Tunables
 from trackleak.ebpf.session import DROPPED, EbpfSession
 from trackleak.errors import UserError
@@ -75,7 +75,7 @@ class Agent:
         self.session = self.session_factory(
             self.opts.pids, tun, python_frames=self.opts.python_frames, on_note=self._say
         )
-        with self._signals():
+        with liveview.stop_on_signals(self):
             self.session.start()
             self.started = time.time()  # --duration counts from the attach, not the compile
             try:
@@ -146,29 +146,8 @@ class Agent:
         if not enabled:
             yield None
             return
-        from rich.console import Console
-        from rich.live import Live
-
-        console = Console(file=self.stderr, stderr=True)
-        with Live(console=console, refresh_per_second=4, transient=True) as live:
-            yield live
-
-    @contextlib.contextmanager
-    def _signals(self):
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def stop(signum, _frame):
-            self.reason = signal.Signals(signum).name
-            self.stop_event.set()
-
-        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        with liveview.rich_live(self.stderr) as view:
+            yield view
 
     def meta(self) -> dict:
         assert self.session is not None

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import signal
 import socket
 import sys
 import threading
@@ -37,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Callable
 
+from .. import live as liveview
 from ..ebpf.loader import Tunables
 from ..errors import UserError
 from ..history import History, pid_site_key
@@ -115,7 +115,7 @@ class FleetDaemon:
                 raise UserError(f"--json: directory does not exist: {parent}")
         self.started = time.time()
         try:
-            with self._signals():
+            with liveview.stop_on_signals(self):
                 try:
                     self._say(self._banner())
                     if self.opts.once:
@@ -451,30 +451,8 @@ class FleetDaemon:
         if not (enabled and self.opts.progress):
             yield None
             return
-        from rich.console import Console
-        from rich.live import Live
-
-        with Live(
-            console=Console(file=self.stderr, stderr=True), refresh_per_second=4, transient=True
-        ) as live:
-            yield live
-
-    @contextlib.contextmanager
-    def _signals(self):
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def stop(signum, _frame):
-            self.reason = signal.Signals(signum).name
-            self.stop_event.set()
-
-        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        with liveview.rich_live(self.stderr) as view:
+            yield view
 
     def _once_say(self, key: str, text: str) -> None:
         if key not in self._said:

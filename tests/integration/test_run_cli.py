@@ -9,15 +9,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from helpers import line_of
-
-BIN = Path(sys.executable).parent
-TRACKLEAK = str(BIN / "trackleak")
+from helpers import line_of, run_trackleak
 
 LEAKER = """\
 import sys
@@ -35,13 +31,7 @@ sys.exit(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
 """
 
 
-def trackleak(*args: str, cwd: Path, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKLEAK_") and k != "LD_PRELOAD"}
-    if "TRACKLEAK_SO" in os.environ:
-        env["TRACKLEAK_SO"] = os.environ["TRACKLEAK_SO"]
-    return subprocess.run(
-        [TRACKLEAK, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, **kw
-    )
+trackleak = run_trackleak  # the real CLI of this environment (tests/helpers.py)
 
 
 def sites_of(path: Path, file_name: str) -> dict:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from helpers import line_of
-from test_run_cli import trackleak
+from helpers import run_trackleak as trackleak
 
 MIB = 1 << 20
 
