@@ -36,23 +36,26 @@ the child's exit status (128+N if killed by N).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Mapping, Sequence
 
-from . import live, render, sampling
+from . import render, sampling
 from .errors import UserError
 from .es.run import RunShipping
 from .history import History, pid_site_key
+from .session import Final, Source, ViewOptions
+from .session import Session as ProfilingSession
 from .shim import shim_path
 from .sources import dumpfile
 from .sources.handoff import ENV_HANDOFF, HandoffTables, Listener
@@ -304,30 +307,69 @@ class _Seen:
     when: float
 
 
-@dataclass
-class Session:
-    opts: RunOptions
-    plan: LaunchPlan
-    stdout: IO[str] = field(default_factory=lambda: sys.stdout)
-    stderr: IO[str] = field(default_factory=lambda: sys.stderr)
-    clock: Callable[[], float] = time.time
-    spawn: Callable[[Sequence[str], Mapping[str, str]], subprocess.Popen] = spawn
-    es: RunShipping | None = None  # Elasticsearch (ENABLE_ELASTICSEARCH=1): trackleak.es.run
+class LaunchSource(Source):
+    """The child started with the shim, and every process it forks or execs (trackleak.session)."""
 
-    def __post_init__(self) -> None:
+    prefix = "trackleak"
+
+    def __init__(
+        self,
+        opts: RunOptions,
+        plan: LaunchPlan,
+        *,
+        clock: Callable[[], float] = time.time,
+        spawn: Callable[[Sequence[str], Mapping[str, str]], subprocess.Popen] = spawn,
+    ) -> None:
+        self.opts = opts
+        self.plan = plan
+        self.clock = clock
+        self.spawn = spawn
+        self.session: ProfilingSession | None = None
         self.snapshots: dict[int, _Seen] = {}  # tables read through /proc (no handoff), per pid
         self.tables = HandoffTables()  # tables handed off to us, per incarnation
         self.listener: Listener | None = None
         self.handoff_note: str | None = None  # why there is no handoff (for -v)
         self.live_table = RetentionTable()
+        self.read_at = 0.0
         # Live bytes over time: per site (live view, ranking) and per process (JSON rows).
         self.history = History()
         self.pid_history = History(key=pid_site_key)
         self.shm_errors: dict[int, str] = {}
         self.started = 0.0
-        self.ended = 0.0
+        self.ended_at = 0.0
         self.child: subprocess.Popen | None = None
-        self.tick_failed = False
+        self.returncode: int | None = None
+
+    # ---- the start and the end of the child
+
+    def signals(self, session: ProfilingSession):
+        return self._signals()
+
+    def start(self, session: ProfilingSession) -> None:
+        # Our handlers are in already (signals()): no window where Ctrl-C kills us, not the child;
+        # exec resets caught signals to their defaults, so the child does not inherit them.
+        self.session = session
+        env = self._open_handoff(self.plan.env)
+        self.started = self.clock()
+        self.child = self.spawn(self.plan.argv, env)
+        threading.Thread(target=self._wait_child, name="trackleak-child", daemon=True).start()
+
+    def _wait_child(self) -> None:
+        assert self.child is not None and self.session is not None
+        self.returncode = self.child.wait()
+        self.ended_at = self.clock()
+        self.session.wake()
+
+    def ended(self) -> str | None:
+        return "the program exited" if self.returncode is not None else None
+
+    def stop(self) -> None:
+        if self.returncode is None and self.child is not None:  # only when the session failed
+            self.returncode = self.child.wait()
+            self.ended_at = self.clock()
+
+    def close(self) -> None:
+        self._close_handoff()
 
     # ---- the live side
 
@@ -355,9 +397,9 @@ class Session:
             self.snapshots[pid] = _Seen(snap, self.clock())
         # The live bytes are those of the moment the tables were read: the point goes there, not
         # after the rows are made (naming native sites parses ELF files, the first time for ~1 s).
-        read_at = self.clock()
+        self.read_at = self.clock()
         self.live_table = self._current_table()
-        self._observe(self.live_table, at=read_at)
+        self._observe(self.live_table, at=self.read_at)
 
     def _proc_snapshot_counts(self, pid: int, seen: _Seen) -> bool:
         """A /proc snapshot counts unless a handed-off table covers that process: it does when the
@@ -376,7 +418,7 @@ class Session:
                     table.add(row)
         return table
 
-    def _pids(self) -> list[int]:
+    def pids(self) -> list[int]:
         return sorted(set(self.snapshots) | self.tables.pids())
 
     def _interval(self) -> int:
@@ -397,61 +439,26 @@ class Session:
         self.history.observe(now, table.merged(), interval=interval)
         self.pid_history.observe(now, table, interval=interval)
 
-    def _live_renderable(self, max_rows: int, width: int | None = None):
-        top = min(self.opts.top or max_rows, max_rows)
-        rows = self.history.annotate(self.live_table.merged())
-        rows = render.top_rows(rows, top=max(1, top), sort=self.opts.sort)
-        elapsed = self.clock() - self.started
-        caption = (
-            f"trackleak live, by {self.opts.sort}: {elapsed:.0f}s, "
-            f"pids {_pid_list(self._pids()) or '-'}, {len(self.live_table)} sites; "
-            "final table at exit"
-        )
-        return render.rich_table(rows, caption=caption, compact=True, width=width)
+    def rows(self) -> list[Row]:
+        rows = [dataclasses.replace(r) for r in self.live_table]
+        return self.pid_history.annotate(rows)
 
-    # ---- Elasticsearch (the logic is trackleak.es.run; these only say when a table was read)
+    def view_rows(self) -> list[Row]:
+        return self.history.annotate(self.live_table.merged())
 
-    def _python(self) -> str | None:
+    def caption(self, rows: list[Row], elapsed: float) -> str:
+        return f"trackleak live: {elapsed:.0f}s, pids {_pid_list(self.pids()) or '-'}, {len(rows)} sites"
+
+    def python(self) -> str | None:
         header = self.tables.header()
         if header is None and self.snapshots:
             header = next(iter(self.snapshots.values())).snapshot.header
         return header.python if header is not None else None
 
-    def _ship_tick(self) -> None:
-        if self.es is not None:
-            self.es.tick(
-                self.live_table,
-                self.pid_history,
-                at=self.clock(),
-                started=self.started,
-                python=self._python(),
-            )
-
-    # ---- the whole run
-
-    def run(self) -> int:
-        live_view = self.opts.live if self.opts.live is not None else _isatty(self.stdout)
-        live_view = live_view and self.opts.progress and live.supported(self.stderr)
-        # Our handlers go in before the child starts (no window where Ctrl-C kills us, not it);
-        # exec resets caught signals to their defaults, so the child does not inherit them.
-        try:
-            with self._signals():
-                env = self._open_handoff(self.plan.env)
-                self.started = self.clock()
-                self.child = self.spawn(self.plan.argv, env)
-                with self._live(live_view) as view:
-                    while True:
-                        try:
-                            returncode = self.child.wait(timeout=self.opts.interval)
-                            break
-                        except subprocess.TimeoutExpired:
-                            pass
-                        self._tick(view)
-            self.ended = self.clock()
-            status = exit_status(returncode)
-            return self.finish(status)
-        finally:
-            self._close_handoff()
+    def meta(self, *, final: bool = False) -> dict:
+        """For the sinks (trackleak.es.run.RunShipping): when the table was read, and by what."""
+        at = max(self.ended_at, self.started) if final else (self.read_at or self.clock())
+        return {"final": final, "time": at, "started": self.started, "python": self.python()}
 
     # ---- the handoff socket
 
@@ -486,32 +493,6 @@ class Session:
             self.listener = None
         self.tables.close()
 
-    def _tick(self, view: live.PinnedView | None) -> None:
-        """One live update. Best effort: whatever goes wrong here must not abandon the child."""
-        try:
-            self.poll()
-            self._ship_tick()
-            if not len(self.live_table):
-                return
-            if view is not None:
-                view.update(self._live_renderable(view.rows - live.TABLE_OVERHEAD, view.width))
-            elif self.opts.progress:
-                rows = self.history.annotate(self.live_table.merged())
-                elapsed = self.clock() - self.started
-                self._say(render.summary_line(rows, elapsed=elapsed, pids=self._pids()))
-        except Exception as exc:  # reported once, the run goes on
-            if not self.tick_failed:
-                self.tick_failed = True
-                self._say(f"trackleak: live view stopped working: {type(exc).__name__}: {exc}")
-
-    @contextlib.contextmanager
-    def _live(self, enabled: bool):
-        if not enabled:
-            yield None
-            return
-        with live.PinnedView(self.stderr, (self.opts.top or 20) + live.TABLE_OVERHEAD) as view:
-            yield view
-
     @contextlib.contextmanager
     def _signals(self):
         """SIGINT: the child's business (forwarded only when no terminal sent it); TERM/HUP forwarded."""
@@ -540,7 +521,6 @@ class Session:
                 signal.signal(sig, handler)
 
     # ---- the end
-
     def final_table(self) -> tuple[RetentionTable, dict]:
         """Each pid's final word, and what we know about the run (pids, sample rate, min size)."""
         self._end_handoff()
@@ -630,38 +610,46 @@ class Session:
                     grew = True
         return [d for d in recent if d.pid in ours]
 
-    def finish(self, status: int) -> int:
+    def final(self, session: ProfilingSession) -> Final:
+        assert self.returncode is not None
+        status = exit_status(self.returncode)
         table, info = self.final_table()
         # The final word of each process is the last point of its series, at the time the child
         # ended (reading the log and naming native sites afterwards takes time, up to seconds).
-        self._observe(table, at=max(self.ended, self.started))
+        ended = max(self.ended_at, self.started)
+        self._observe(table, at=ended)
         rows = self.history.annotate(table.merged())
         self.pid_history.annotate(table)
-        if self.es is not None:
-            self.es.final(
-                table, at=max(self.ended, self.started), started=self.started, python=self._python()
-            )
+        head = []
         if info["handoff_rejected"] and self.opts.verbose:
-            self._say(f"trackleak: refused {info['handoff_rejected']} handed-off table(s)")
-            for err in info["handoff_errors"]:
-                self._say(f"trackleak:   {err}")
+            head.append(f"trackleak: refused {info['handoff_rejected']} handed-off table(s)")
+            head += [f"trackleak:   {err}" for err in info["handoff_errors"]]
         if info["bad_lines"]:
-            self._say(f"trackleak: skipped {info['bad_lines']} unreadable line(s) in the JSON-lines log")
+            head.append(f"trackleak: skipped {info['bad_lines']} unreadable line(s) in the JSON-lines log")
             if self.opts.verbose:
-                for err in info["errors"]:
-                    self._say(f"trackleak:   {err}")
+                head += [f"trackleak:   {err}" for err in info["errors"]]
         if rows:
-            self._print_final(rows, info, status)
-        else:
-            self._say(self._nothing_message())
-        if self.opts.json_path is not None:
-            try:
-                write_json(self.opts.json_path, table, self._meta(info, status), self.history, rows)
-            except OSError as exc:
-                self._say(f"trackleak: error: cannot write {self.opts.json_path}: {exc.strerror or exc}")
-                return status or 2
-            self._say(f"trackleak: table written to {self.opts.json_path}")
-        return status
+            pids = info["pids"]
+            min_size = "?" if info["min_size"] is None else info["min_size"]
+            shown = len(render.top_rows(rows, top=self.opts.top, sort=self.opts.sort))
+            head.append(
+                f"trackleak: {len(pids)} process(es) ({_pid_list(pids)}), "
+                f"{describe_sampling(info['sample_interval'])}, min size {min_size} B, "
+                f"exit status {status}; top {shown} by {self.opts.sort}"
+            )
+            lost = describe_dropped(info["dropped"])
+            if lost:
+                head.append(f"trackleak: {lost}")
+        return Final(
+            rows=rows,
+            table=table,
+            meta=self._meta(info, status),
+            head=head,
+            empty=self._nothing_message(),
+            history=self.history,
+            status=status,
+            sink_rows=list(table),
+        )
 
     def _nothing_message(self) -> str:
         if not self.snapshots and not self.shm_errors and not self.tables.pids():
@@ -673,37 +661,13 @@ class Session:
             return f"trackleak: no data: {next(iter(self.shm_errors.values()))}"
         return "trackleak: no allocation at or above the minimum size was recorded"
 
-    def _print_final(self, rows: list[Row], info: dict, status: int) -> None:
-        rows = render.top_rows(rows, top=self.opts.top, sort=self.opts.sort)
-        pids = info["pids"]
-        min_size = "?" if info["min_size"] is None else info["min_size"]
-        head = (
-            f"trackleak: {len(pids)} process(es) ({_pid_list(pids)}), "
-            f"{describe_sampling(info['sample_interval'])}, min size {min_size} B, "
-            f"exit status {status}; top {len(rows)} by {self.opts.sort}"
-        )
-        self._say(head)
-        lost = describe_dropped(info["dropped"])
-        if lost:
-            self._say(f"trackleak: {lost}")
-        try:
-            if _isatty(self.stdout):
-                from rich.console import Console
-
-                Console(file=self.stdout).print(render.rich_table(rows))
-            else:
-                self.stdout.write(render.plain_table(rows))
-            self.stdout.flush()
-        except OSError:  # the terminal went away (SIGHUP): nothing useful to do
-            pass
-
     def _meta(self, info: dict, status: int) -> dict:
         return {
             "format": RUN_FORMAT,
             "version": RUN_VERSION,
             "command": list(self.plan.argv),
             "started": round(self.started, 3),
-            "ended": round(self.ended, 3),
+            "ended": round(self.ended_at, 3),
             "exit_code": status,
             "sample_rate": info["sample_rate"] or SHIM_DEFAULTS["sample_rate"],
             "sample_interval": info["sample_interval"],
@@ -714,8 +678,32 @@ class Session:
         }
 
     def _say(self, text: str) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            print(text, file=self.stderr, flush=True)
+        if self.session is not None:
+            self.session.say(text)
+
+
+def launch_session(
+    opts: RunOptions,
+    plan: LaunchPlan,
+    *,
+    stdout: IO[str] | None = None,
+    stderr: IO[str] | None = None,
+    sinks: list | None = None,
+    spawn: Callable[[Sequence[str], Mapping[str, str]], subprocess.Popen] = spawn,
+) -> ProfilingSession:
+    """The session of `trackleak run`: its source is the launched child (call .run())."""
+    source = LaunchSource(opts, plan, spawn=spawn)
+    view = ViewOptions(
+        interval=opts.interval,
+        top=opts.top,
+        sort=opts.sort,
+        live=opts.live,
+        progress=opts.progress,
+        json_path=opts.json_path,
+    )
+    session = ProfilingSession(source, view, sinks=sinks, stdout=stdout, stderr=stderr)
+    source.session = session
+    return session
 
 
 DROP_NAMES = ("sites", "samples", "recycled_sites")
@@ -795,19 +783,18 @@ def run(
 ) -> int:
     """The whole `trackleak run`; returns the child's exit status. UserError before the start."""
     plan = prepare(opts, environ)
-    session = Session(opts, plan, stdout=stdout or sys.stdout, stderr=stderr or sys.stderr)
+    session = launch_session(opts, plan, stdout=stdout, stderr=stderr)
     try:
-        session.es = RunShipping.from_env(
-            plan.env, command=plan.argv, dump_interval=opts.dump_interval, say=session._say
+        shipping = RunShipping.from_env(
+            plan.env, command=plan.argv, dump_interval=opts.dump_interval, say=session.say
         )
-        if session.es is not None:
+        if shipping is not None:
             plan.env[RunShipping.ENV_SHIPPER] = RunShipping.SHIPPER  # the shim's banner says who ships
+            session.sinks.append(shipping)
         if opts.verbose:
-            session._say(f"trackleak: running {' '.join(plan.argv)}")
-            session._say(f"trackleak: LD_PRELOAD={plan.env['LD_PRELOAD']} TRACKLEAK_LOG_DIR={plan.log_dir}")
+            session.say(f"trackleak: running {' '.join(plan.argv)}")
+            session.say(f"trackleak: LD_PRELOAD={plan.env['LD_PRELOAD']} TRACKLEAK_LOG_DIR={plan.log_dir}")
         return session.run()
     finally:
-        if session.es is not None:
-            session.es.close()
         if plan.private_log_dir:
             shutil.rmtree(plan.log_dir, ignore_errors=True)

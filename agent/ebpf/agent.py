@@ -1,30 +1,33 @@
-"""`trackleak-agent --pid ...` without Typer: attach, show, detach, write the table.
+"""`trackleak-agent --pid ...`: processes given by pid, watched through eBPF (a trackleak.session
+source).
 
 Ctrl-C, SIGTERM, SIGHUP or --duration end the session cleanly (every probe detached, the target
-runs on). A target that exits ends its part of the report; when all have exited the agent ends.
+runs on). A target that exits ends its part of the report; when all have exited the session ends.
 
-Every poll feeds the session's history (live bytes per site over time), so the live view, the
-summary lines, the final table and the JSON document rank by growth like `trackleak run`; the
-JSON document is written by trackleak.runner.write_json (with the live-bytes series). What could
-not be tracked (maps full) is said once when it starts, then on every summary line, the final
-table's head line and in the JSON meta ("dropped").
+Every poll feeds the eBPF session's history (live bytes per site over time), so the live view, the
+summary lines, the final table and the JSON document rank by growth like `trackleak run`. What
+could not be tracked (maps full) is said once when it starts, then on every summary line, the
+final table's head line and in the JSON meta ("dropped"). The sinks (Elasticsearch) get each
+interval's rows with the host agent's meta (``processes``: the command, Python version and the
+Elasticsearch variables read from each target's environment), so one shipper serves both.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import socket
-import sys
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable
 
-from trackleak import live as liveview
+from trackleak import render
 from trackleak.ebpf.loader import Tunables
 from trackleak.ebpf.session import DROPPED, EbpfSession
-from trackleak.errors import UserError
+from trackleak.fleet import procfs
+from trackleak.fleet.discovery import read_argv
+from trackleak.session import Final, Session, Source, ViewOptions
+from trackleak.table import Row
 
 AGENT_FORMAT = "trackleak-agent"
 AGENT_VERSION = 1
@@ -47,165 +50,200 @@ class AgentOptions:
     native_stacks: int = 1
 
 
-@dataclass
-class Agent:
-    opts: AgentOptions
-    stdout: IO[str] = field(default_factory=lambda: sys.stdout)
-    stderr: IO[str] = field(default_factory=lambda: sys.stderr)
-    session_factory: Callable[..., EbpfSession] = EbpfSession
+class PidSource(Source):
+    """Processes given by pid, through one eBPF session (trackleak.session's source)."""
 
-    def __post_init__(self) -> None:
-        self.stop_event = threading.Event()
-        self.session: EbpfSession | None = None
-        self.started = 0.0
-        self.ended = 0.0
-        self.reason = ""
+    prefix = "trackleak-agent"
 
-    def run(self) -> int:
-        if self.opts.json_path is not None:
-            parent = Path(self.opts.json_path).expanduser().resolve().parent
-            if not parent.is_dir():
-                raise UserError(f"--json: directory does not exist: {parent}")
+    def __init__(
+        self,
+        opts: AgentOptions,
+        *,
+        session_factory: Callable[..., EbpfSession] = EbpfSession,
+        host: str | None = None,
+    ) -> None:
+        self.opts = opts
+        self.session_factory = session_factory
+        self.host = host or socket.gethostname()
+        self.ebpf: EbpfSession | None = None
+        self.owner: Session | None = None
+        self.procs: dict[int, dict] = {}  # pid -> what the sinks are told about it
+
+    def start(self, session: Session) -> None:
+        self.owner = session
         tun = Tunables(
             self.opts.sample_rate,
             self.opts.min_size,
             self.opts.native_stacks,
             sample_bytes=self.opts.sample_bytes,
         )
-        self.session = self.session_factory(
-            self.opts.pids, tun, python_frames=self.opts.python_frames, on_note=self._say
+        self.ebpf = self.session_factory(
+            self.opts.pids, tun, python_frames=self.opts.python_frames, on_note=session.say
         )
-        with liveview.stop_on_signals(self):
-            self.session.start()
-            self.started = time.time()  # --duration counts from the attach, not the compile
-            try:
-                self._say(self._attached_line())
-                self._loop()
-            finally:
-                self.session.stop()
-        self.ended = time.time()
-        return self.finish()
+        self.ebpf.start()
+        for pid in self.ebpf.pids:
+            argv = read_argv(pid)
+            self.procs[pid] = {
+                "pid": pid,
+                "source": "ebpf",
+                "watched": True,
+                "command": procfs.command_text(argv),
+                "started": round(_start_time(pid) or time.time(), 3),
+                "elasticsearch": procfs.es_environment(pid),
+            }
+        session.say(self._attached_line())
 
     def _attached_line(self) -> str:
-        assert self.session is not None
+        assert self.ebpf is not None
         parts = []
-        for t in self.session.targets.values():
+        for t in self.ebpf.targets.values():
             what = f"CPython {t.python.full_version}" if t.python else "native"
             parts.append(f"{t.pid} ({what})")
-        n = len(self.session.loader.probes)
+        n = len(self.ebpf.loader.probes)
         return (
             f"trackleak-agent: attached to {', '.join(parts)}: {n} probes, "
-            f"{sampling_text(self.session.interval)}, min size {self.opts.min_size} B"
+            f"{sampling_text(self.ebpf.interval)}, min size {self.opts.min_size} B"
         )
 
-    def _loop(self) -> None:
-        assert self.session is not None
-        live_view = (
-            self.opts.live if self.opts.live is not None else (_isatty(self.stdout) and _isatty(self.stderr))
+    def poll(self) -> None:
+        assert self.ebpf is not None
+        self.ebpf.poll()
+
+    def _stamp(self, rows: list[Row]) -> list[Row]:
+        for row in rows:
+            row.host = self.host
+            row.command = (self.procs.get(row.pid) or {}).get("command", "")
+        return rows
+
+    def rows(self) -> list[Row]:
+        assert self.ebpf is not None
+        return self._stamp([dataclasses.replace(r) for r in self.ebpf.pid_rows()])
+
+    def view_rows(self) -> list[Row]:
+        assert self.ebpf is not None
+        return self.ebpf.merged_rows() if len(self.ebpf.table) else []
+
+    def pids(self) -> list[int]:
+        return list(self.ebpf.pids) if self.ebpf is not None else []
+
+    def caption(self, rows: list[Row], elapsed: float) -> str:
+        assert self.ebpf is not None
+        return (
+            f"trackleak-agent: {elapsed:.0f}s, pids {', '.join(map(str, self.ebpf.pids))}, "
+            f"{len(self.ebpf.table)} sites, {dropped_text(self.ebpf.dropped(), short=True)}"
         )
-        live_view = live_view and self.opts.progress
-        deadline = self.started + self.opts.duration if self.opts.duration else None
-        with self._live(live_view) as live:
-            while True:
-                wait = self.opts.interval
-                if deadline is not None:
-                    wait = max(0.0, min(wait, deadline - time.time()))
-                if self.stop_event.wait(wait):
-                    break
-                self.session.poll()
-                if live is not None:
-                    live.update(self._renderable())
-                elif self.opts.progress and len(self.session.table):
-                    from trackleak import render
 
-                    line = render.summary_line(
-                        self.session.merged_rows(), elapsed=time.time() - self.started, pids=self.session.pids
-                    )
-                    self._say(f"{line} {dropped_text(self.session.dropped(), short=True)}")
-                if not any(t.alive for t in self.session.targets.values()):
-                    self.reason = "every target exited"
-                    break
-                if deadline is not None and time.time() >= deadline:
-                    self.reason = "duration reached"
-                    break
+    def summary(self, rows: list[Row], elapsed: float) -> str:
+        assert self.ebpf is not None
+        line = render.summary_line(rows, elapsed=elapsed, pids=self.ebpf.pids)
+        return f"{line} {dropped_text(self.ebpf.dropped(), short=True)}"
 
-    def _renderable(self):
-        from trackleak import render
+    def ended(self) -> str | None:
+        if (
+            self.ebpf is not None
+            and self.ebpf.targets
+            and not any(t.alive for t in self.ebpf.targets.values())
+        ):
+            return "every target exited"
+        return None
 
-        assert self.session is not None
-        rows = render.top_rows(self.session.merged_rows(), top=self.opts.top, sort=self.opts.sort)
-        caption = (
-            f"{time.time() - self.started:.0f}s  pids {', '.join(map(str, self.session.pids))}  "
-            f"{len(self.session.table)} sites  {dropped_text(self.session.dropped(), short=True)}  "
-            "(Ctrl-C: detach and print the final table)"
-        )
-        return render.rich_table(rows, title=f"trackleak-agent: live, by {self.opts.sort}", caption=caption)
+    def stop(self) -> None:
+        if self.ebpf is not None:
+            self.ebpf.stop()  # the session's last poll: the last point of every series
 
-    @contextlib.contextmanager
-    def _live(self, enabled: bool):
-        if not enabled:
-            yield None
-            return
-        with liveview.rich_live(self.stderr) as view:
-            yield view
+    def meta(self, *, final: bool = False) -> dict:
+        """For the sinks: the host agent's form (trackleak.fleet.es.FleetShipping reads it)."""
+        now = time.time()
+        procs = {}
+        for pid, proc in self.procs.items():
+            target = self.ebpf.targets.get(pid) if self.ebpf is not None else None
+            procs[str(pid)] = dict(
+                proc,
+                python=target.python.full_version if target is not None and target.python else None,
+                exited=bool(target is not None and not target.alive),
+            )
+        started = self.owner.started if self.owner is not None else now
+        return {
+            "host": self.host,
+            "time": round(now, 3),
+            "elapsed_seconds": round(now - started, 3),
+            "processes": procs,
+            "final": final,
+        }
 
-    def meta(self) -> dict:
-        assert self.session is not None
+    def json_meta(self, session: Session) -> dict:
+        assert self.ebpf is not None
         meta = {"format": AGENT_FORMAT, "version": AGENT_VERSION}
-        meta.update(self.session.meta())
+        meta.update(self.ebpf.meta())
         meta.update(
-            started=round(self.started, 3),
-            ended=round(self.ended, 3),
-            stopped_by=self.reason or "stopped",
-            host=socket.gethostname(),
+            started=round(session.started, 3),
+            ended=round(session.ended, 3),
+            stopped_by=session.reason or "stopped",
+            host=self.host,
         )
         return meta
 
-    def finish(self) -> int:
-        from trackleak import render
-
-        assert self.session is not None
-        # The session's last poll (in stop()) is the last point of every series.
-        rows = self.session.merged_rows()
-        table = self.session.pid_rows()
-        dropped = dropped_text(self.session.dropped())
+    def final(self, session: Session) -> Final:
+        assert self.ebpf is not None
+        rows = self.ebpf.merged_rows()
+        table = self.ebpf.pid_rows()
+        self._stamp(list(table))
+        dropped = dropped_text(self.ebpf.dropped())
+        attached = session.ended - session.started
         if rows:
-            shown = render.top_rows(rows, top=self.opts.top, sort=self.opts.sort)
-            pids = ", ".join(map(str, self.session.pids))
-            self._say(
-                f"trackleak-agent: {len(self.session.pids)} process(es) ({pids}), "
-                f"{sampling_text(self.session.interval)}, min size {self.opts.min_size} B, "
-                f"{self.ended - self.started:.1f}s attached ({self.reason or 'stopped'}); {dropped}; "
-                f"top {len(shown)} by {self.opts.sort}"
-            )
-            try:
-                if _isatty(self.stdout):
-                    from rich.console import Console
-
-                    Console(file=self.stdout).print(render.rich_table(shown))
-                else:
-                    self.stdout.write(render.plain_table(shown))
-                self.stdout.flush()
-            except OSError:
-                pass
+            shown = len(render.top_rows(rows, top=self.opts.top, sort=self.opts.sort))
+            pids = ", ".join(map(str, self.ebpf.pids))
+            head = [
+                f"trackleak-agent: {len(self.ebpf.pids)} process(es) ({pids}), "
+                f"{sampling_text(self.ebpf.interval)}, min size {self.opts.min_size} B, "
+                f"{attached:.1f}s attached ({session.reason or 'stopped'}); {dropped}; "
+                f"top {shown} by {self.opts.sort}"
+            ]
         else:
-            self._say(
+            head = []
+        return Final(
+            rows=rows,
+            table=table,
+            meta=self.json_meta(session),
+            head=head,
+            empty=(
                 f"trackleak-agent: no allocation of at least {self.opts.min_size} B was seen "
-                f"in {self.ended - self.started:.1f}s; {dropped}"
-            )
-        if self.opts.json_path is not None:
-            from trackleak.runner import write_json
+                f"in {attached:.1f}s; {dropped}"
+            ),
+            history=self.ebpf.history,
+        )
 
-            try:
-                write_json(self.opts.json_path, table, self.meta(), self.session.history, rows)
-            except OSError as exc:
-                raise UserError(f"cannot write {self.opts.json_path}: {exc.strerror or exc}") from None
-            self._say(f"trackleak-agent: table written to {self.opts.json_path}")
-        return 0
 
-    def _say(self, text: str) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            print(text, file=self.stderr, flush=True)
+def pid_session(
+    opts: AgentOptions,
+    *,
+    stdout: IO[str] | None = None,
+    stderr: IO[str] | None = None,
+    sinks: list | None = None,
+    session_factory: Callable[..., EbpfSession] = EbpfSession,
+    host: str | None = None,
+) -> Session:
+    """The session of `trackleak-agent --pid`: call .run()."""
+    view = ViewOptions(
+        interval=opts.interval,
+        duration=opts.duration,
+        top=opts.top,
+        sort=opts.sort,
+        live=opts.live,
+        progress=opts.progress,
+        json_path=opts.json_path,
+    )
+    source = PidSource(opts, session_factory=session_factory, host=host)
+    return Session(source, view, sinks=sinks, stdout=stdout, stderr=stderr)
+
+
+def _start_time(pid: int) -> float | None:
+    try:
+        import psutil
+
+        return psutil.Process(pid).create_time()
+    except Exception:
+        return None
 
 
 def sampling_text(interval: int) -> str:
@@ -227,12 +265,5 @@ def dropped_text(dropped: dict[str, int], *, short: bool = False) -> str:
     return "dropped: " + ", ".join(f"{n} {DROPPED[name]}" for name, n in lost.items())
 
 
-def _isatty(stream: IO[str]) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
 def run_agent(opts: AgentOptions, **kwargs) -> int:
-    return Agent(opts, **kwargs).run()
+    return pid_session(opts, **kwargs).run()

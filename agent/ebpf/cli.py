@@ -24,7 +24,7 @@ from trackleak.errors import UserError
 EXIT_USAGE = 2
 
 HOST = "Host agent (without --pid)"
-ES = "Elasticsearch (host agent)"
+ES = "Elasticsearch"
 
 
 class EsShip(str, Enum):
@@ -287,7 +287,6 @@ def attach(
             ("--ebpf-period", ebpf_period is not None),
             ("--no-ebpf", not ebpf),
             ("--host-name", host_name),
-            ("--es-ship", es_ship),
         )
         if value
     ]
@@ -297,6 +296,7 @@ def attach(
         )
         raise typer.Exit(EXIT_USAGE)
     from trackleak.ebpf.agent import AgentOptions, run_agent
+    from trackleak.fleet.es import FleetShipping, NotShippingNotice
 
     opts = AgentOptions(
         pids=list(pid),
@@ -313,7 +313,8 @@ def attach(
         python_frames=python,
     )
     try:
-        status = run_agent(opts)
+        shipping = FleetShipping.from_env(os.environ, ship=(es_ship or EsShip.all).value)
+        status = run_agent(opts, sinks=[shipping if shipping is not None else NotShippingNotice()])
     except UserError as exc:
         typer.echo(f"trackleak-agent: error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None

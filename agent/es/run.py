@@ -1,18 +1,18 @@
 # SPDX-License-Identifier: MIT
-"""What ``trackleak run`` calls to ship: the session loop only says when it has read a table.
+"""How ``trackleak run`` ships: a sink of its session (trackleak.session), called after each read.
 
-    shipping = RunShipping.from_env(environ, command=argv, interval=..., say=...)  # None: off
-    shipping.tick(table, pid_history, at=read_at, started=t0, python="3.11.7")   # every poll
-    shipping.final(table, at=ended, started=t0, python=...)                      # the final table
-    shipping.close()                                                             # flush, summary
+    shipping = RunShipping.from_env(environ, command=argv, dump_interval=..., say=...)  # None: off
+    shipping(rows, {"final": False, "time": read_at, "started": t0, "python": "3.11.7"})
+    shipping(rows, {"final": True, ...})                                  # the final table
+    shipping.close()                                                      # flush, summary
 
-A document per site and process every ``interval`` seconds (the original's rhythm:
-``TRACKLEAK_DUMP_INTERVAL``, 300 s unless set) and once more with the final table.
+``rows`` are one per site and process, annotated with growth. A document per site and process
+every ``interval`` seconds (the original's rhythm: ``TRACKLEAK_DUMP_INTERVAL``, 300 s unless
+set) and once more with the final table.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import shlex
 import socket
 from typing import Callable, Iterable, Mapping, Sequence
@@ -80,8 +80,17 @@ class RunShipping:
             python=python,
         )
 
-    def tick(self, table: Iterable[Row], history, *, at: float, started: float, python: str | None) -> None:
-        """After a poll: ship the table when an interval has passed since the last shipment."""
+    __name__ = "elasticsearch"
+
+    def __call__(self, rows: Iterable[Row], meta: Mapping) -> None:
+        at, started, python = float(meta["time"]), float(meta["started"]), meta.get("python")
+        if meta.get("final"):
+            self.final(rows, at=at, started=started, python=python)
+        else:
+            self.tick(rows, at=at, started=started, python=python)
+
+    def tick(self, rows: Iterable[Row], *, at: float, started: float, python: str | None) -> None:
+        """After a read: ship the rows when an interval has passed since the last shipment."""
         if self.closed:
             return
         if self.last_sent is None:
@@ -90,11 +99,8 @@ class RunShipping:
             due = at - self.last_sent >= self.interval
         if not due:
             return
-        rows = [dataclasses.replace(r) for r in table]
-        if history is not None:
-            history.annotate(rows)
         self.last_sent = at
-        self.shipper.submit(rows, self._meta(at, started, python))
+        self.shipper.submit(list(rows), self._meta(at, started, python))
 
     def final(self, rows: Iterable[Row], *, at: float, started: float, python: str | None) -> None:
         """The final table (annotated rows, one per site and process)."""

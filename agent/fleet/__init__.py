@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: MIT
 """The host agent: `trackleak-agent` without --pid (discovery, routes, duty cycle, sinks)."""
 
-from .daemon import FleetDaemon, FleetOptions, run_fleet
+from .daemon import FleetOptions, HostSource, host_session, run_fleet
 from .discovery import Discovery, Filters, ProcInfo
 from .routes import DutyCycle, EbpfRoute, ShimWatch
 
@@ -10,9 +10,10 @@ __all__ = [
     "DutyCycle",
     "EbpfRoute",
     "Filters",
-    "FleetDaemon",
     "FleetOptions",
+    "HostSource",
     "ProcInfo",
     "ShimWatch",
+    "host_session",
     "run_fleet",
 ]

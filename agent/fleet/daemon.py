@@ -1,14 +1,15 @@
 # SPDX-License-Identifier: MIT
 """`trackleak-agent` without --pid: the host daemon.
 
-Every ``interval`` seconds: discover the processes to watch (trackleak.fleet.discovery), start
-watching new ones by their route (shim table, or eBPF), end the ones that exited or changed
-route, read every shim table, and hand the merged rows (one per process and site, with
-``source``, ``pid``, ``host``, ``command``) to the live view or a summary line, to ``--json``
-and to every *sink*. eBPF targets follow the duty cycle (trackleak.fleet.routes).
+``HostSource``, a source of trackleak.session (which owns the loop, the live view, the sinks,
+the final table and --json). Every ``interval`` seconds: discover the processes to watch
+(trackleak.fleet.discovery), start watching new ones by their route (shim table, or eBPF), end
+the ones that exited or changed route, read every shim table, and hand the merged rows (one per
+process and site, with ``source``, ``pid``, ``host``, ``command``) to the session. eBPF targets
+follow the duty cycle (trackleak.fleet.routes): ``events``/``on_time`` open and close windows.
 
 **Sinks** (the hook for shippers such as Elasticsearch): callables ``sink(rows, meta)`` in
-``FleetDaemon.sinks``, called once per interval (and once more with the final rows, with
+the session's ``sinks``, called once per interval (and once more with the final rows, with
 ``meta["final"] = True``). ``rows`` are ``trackleak.table.Row`` (``Row.to_dict()`` gives the
 documented fields); ``meta`` holds ``host``, ``time``, ``elapsed_seconds``, ``interval``,
 ``duty_cycle`` and ``processes``: pid (a string) -> {pid, source, command, user, python,
@@ -30,16 +31,14 @@ import dataclasses
 import os
 import socket
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO
 
-from .. import live as liveview
 from ..ebpf.loader import Tunables
-from ..errors import UserError
 from ..history import History, pid_site_key
+from ..session import Final, Session, Sink, Source, ViewOptions
 from ..table import RetentionTable, Row
 from . import procfs
 from .discovery import ROUTE_EBPF, ROUTE_PRELOAD, Discovery, Filters, ProcInfo, scan_maps
@@ -47,7 +46,6 @@ from .routes import DutyCycle, EbpfRoute, ShimWatch
 
 FLEET_FORMAT = "trackleak-host-agent"
 FLEET_VERSION = 1
-Sink = Callable[[list, dict], None]
 
 
 @dataclass
@@ -70,20 +68,17 @@ class FleetOptions:
     progress: bool = True
 
 
-class FleetDaemon:
-    def __init__(
-        self,
-        opts: FleetOptions,
-        *,
-        stdout: IO[str] | None = None,
-        stderr: IO[str] | None = None,
-        sinks: list[Sink] | None = None,
-    ):
+class HostSource(Source):
+    """The processes of this host that match the filters, each by its route (trackleak.session)."""
+
+    prefix = "trackleak-agent"
+    processes = True
+    first_read_at_start = True  # the first discovery at once
+    json_every_interval = True
+
+    def __init__(self, opts: FleetOptions) -> None:
         self.opts = opts
-        self.stdout = stdout or sys.stdout
-        self.stderr = stderr or sys.stderr
-        self.sinks: list[Sink] = list(sinks or [])
-        self.stop_event = threading.Event()
+        self.owner: Session | None = None
         self.discovery = Discovery(opts.filters)
         self.shims: dict[int, ShimWatch] = {}
         self.shim_final: list[Row] = []
@@ -100,34 +95,34 @@ class FleetDaemon:
                 on_note=self._say,
             )
         self.started = time.time()
-        self.reason = ""
         self._said: set[str] = set()
-        self._sink_failed: set[int] = set()
-        self._closed_sinks: set[int] = set()
         self._unwatched: set[int] = set()
+        self._once_done = False
+        self._next_window = 0.0
 
-    # ------------------------------------------------------------------ the loop
+    # ------------------------------------------------------------------ the session's calls
 
-    def run(self) -> int:
-        if self.opts.json_path is not None:
-            parent = Path(self.opts.json_path).expanduser().resolve().parent
-            if not parent.is_dir():
-                raise UserError(f"--json: directory does not exist: {parent}")
+    def start(self, session: Session) -> None:
+        self.owner = session
         self.started = time.time()
-        try:
-            with liveview.stop_on_signals(self):
-                try:
-                    self._say(self._banner())
-                    if self.opts.once:
-                        self._once()
-                    else:
-                        self._loop()
-                finally:
-                    if self.ebpf is not None:
-                        self.ebpf.stop()
-            return self.finish()
-        finally:
-            self._close_sinks()
+        self._next_window = time.monotonic()
+        self._say(self._banner())
+        if self.opts.once:
+            # One discovery, every eBPF target attached for one interval (no duty cycle), one read.
+            self.scan()
+            if self.ebpf is not None and self.ebpf.procs:
+                session.stop_event.wait(self.opts.interval)
+            elif self.shims:
+                session.stop_event.wait(min(self.opts.interval, 1.0))
+            self.read()
+            self._once_done = True
+
+    def ended(self) -> str | None:
+        return "--once" if self._once_done else None
+
+    def stop(self) -> None:
+        if self.ebpf is not None:
+            self.ebpf.stop()
 
     def _banner(self) -> str:
         d = self.opts.duty
@@ -141,70 +136,71 @@ class FleetDaemon:
             how = f"eBPF duty cycle {d.window:g}s every {d.period:g}s"
         return f"trackleak-agent: host agent on {self.opts.host}, every {self.opts.interval:g}s; {how}"
 
-    def _once(self) -> None:
+    def _duty(self) -> DutyCycle | None:
+        if self.ebpf is None or self.ebpf.duty.continuous or self.ebpf.available is False:
+            return None
+        return self.ebpf.duty
+
+    def events(self) -> list[float]:
+        duty = self._duty()
+        if duty is None:
+            return []
+        assert self.ebpf is not None
+        if self.ebpf.window_open is not None:
+            return [self.ebpf.window_open + duty.window]
+        return [self._next_window]
+
+    def on_time(self, now: float) -> None:
+        """The duty cycle: close a window that has lasted long enough, open one when it is time."""
+        duty = self._duty()
+        if duty is None or not self.ebpf.available:
+            return
+        if self.ebpf.window_open is not None and now >= self.ebpf.window_open + duty.window:
+            self.ebpf.close_window(self._still_ebpf)
+            self._next_window += duty.period
+            while self._next_window <= now:
+                self._next_window += duty.period
+        elif self.ebpf.window_open is None and now >= self._next_window and self.ebpf.procs:
+            self.ebpf.open_window()
+        elif self.ebpf.window_open is None and now >= self._next_window:
+            self._next_window = now + min(self.opts.interval, duty.period)  # nobody to watch yet
+
+    def poll(self) -> None:
         self.scan()
-        if self.ebpf is not None and self.ebpf.procs:
-            self.stop_event.wait(self.opts.interval)
-        elif self.shims:
-            self.stop_event.wait(min(self.opts.interval, 1.0))
         self.read()
-        self.reason = "--once"
 
-    def _loop(self) -> None:
-        start = time.monotonic()
-        deadline = start + self.opts.duration if self.opts.duration else None
-        next_tick = start  # the first scan at once
-        duty = self.ebpf.duty if self.ebpf is not None else None
-        next_window = start
-        with self._live_view() as live:
-            while True:
-                now = time.monotonic()
-                events = [next_tick]
-                if duty is not None and not duty.continuous and self.ebpf.available is not False:
-                    events.append(
-                        self.ebpf.window_open + duty.window
-                        if self.ebpf.window_open is not None
-                        else next_window
-                    )
-                if deadline is not None:
-                    events.append(deadline)
-                wait = max(0.0, min(events) - now)
-                if wait and self.stop_event.wait(wait):
-                    break
-                now = time.monotonic()
-                if deadline is not None and now >= deadline:
-                    self.reason = "duration reached"
-                    break
-                if duty is not None and not duty.continuous and self.ebpf.available:
-                    if self.ebpf.window_open is not None and now >= self.ebpf.window_open + duty.window:
-                        self.ebpf.close_window(self._still_ebpf)
-                        next_window += duty.period
-                        while next_window <= now:
-                            next_window += duty.period
-                    elif self.ebpf.window_open is None and now >= next_window and self.ebpf.procs:
-                        self.ebpf.open_window()
-                    elif self.ebpf.window_open is None and now >= next_window:
-                        next_window = now + min(self.opts.interval, duty.period)  # nobody to watch yet
-                if now >= next_tick:
-                    next_tick += self.opts.interval
-                    if next_tick <= now:
-                        next_tick = now + self.opts.interval
-                    self.scan()
-                    self.read()
-                    rows = self.rows()
-                    self._emit(rows)
-                    if live is not None:
-                        live.update(self._renderable(rows))
-                    elif self.opts.progress and rows:
-                        from .. import render
+    def pids(self) -> list[int]:
+        return [p for p in self.procs if p not in self.exited]
 
-                        self._say(
-                            render.summary_line(
-                                rows,
-                                elapsed=time.time() - self.started,
-                                pids=[p for p in self.procs if p not in self.exited],
-                            )
-                        )
+    def caption(self, rows: list[Row], elapsed: float) -> str:
+        alive = [p for p in self.procs if p not in self.exited and p not in self._unwatched]
+        return f"trackleak-agent: {elapsed:.0f}s, {self.opts.host}, {len(alive)} processes, {len(rows)} rows"
+
+    def snapshot(self) -> tuple[RetentionTable, dict]:
+        return self._table(self.rows()), self.meta()
+
+    def final(self, session: Session) -> Final:
+        from .. import render
+
+        rows = self.rows()
+        meta = self.meta(final=True)
+        watched = [p for p in self.procs if p not in self._unwatched]
+        shown = render.top_rows(rows, top=self.opts.top, sort=self.opts.sort)
+        head = [
+            f"trackleak-agent: {len(watched)} process(es) watched on {self.opts.host} "
+            f"({sum(1 for p in watched if self.procs[p].shim)} through the shim, "
+            f"{sum(1 for p in watched if not self.procs[p].shim)} through eBPF), "
+            f"{time.time() - self.started:.1f}s ({session.reason or 'stopped'}); "
+            f"top {len(shown)} by {self.opts.sort}"
+        ]
+        return Final(rows=rows, table=self._table(rows), meta=meta, head=head, sink_rows=rows, sink_meta=meta)
+
+    @staticmethod
+    def _table(rows: list[Row]) -> RetentionTable:
+        table = RetentionTable()
+        for row in rows:
+            table.rows[(row.pid, row.source, row.key)] = row  # both routes of one pid stay apart
+        return table
 
     # ------------------------------------------------------------------ discovery and reading
 
@@ -304,8 +300,6 @@ class FleetDaemon:
             row.command = info.command if info is not None else ""
         return rows
 
-    # ------------------------------------------------------------------ outputs
-
     def meta(self, *, final: bool = False) -> dict:
         d = self.ebpf.duty if self.ebpf is not None else self.opts.duty
         procs = {}
@@ -357,102 +351,10 @@ class FleetDaemon:
             "ebpf": ebpf,
             "processes": procs,
             "final": final,
-            "stopped_by": self.reason or None,
+            "stopped_by": (self.owner.reason if self.owner is not None else "") or None,
         }
 
-    def _emit(self, rows: list[Row], *, final: bool = False) -> None:
-        if not self.sinks and self.opts.json_path is None:
-            return
-        meta = self.meta(final=final)
-        for sink in self.sinks:
-            try:
-                sink(rows, meta)
-            except Exception as exc:  # a sink must never stop the agent
-                if id(sink) not in self._sink_failed:
-                    self._sink_failed.add(id(sink))
-                    self._say(f"trackleak-agent: sink {getattr(sink, '__name__', sink)!r} failed: {exc}")
-        if self.opts.json_path is not None and not final:
-            self._write_json(rows, meta)
-
-    def _write_json(self, rows: list[Row], meta: dict) -> None:
-        from ..runner import write_json
-
-        table = RetentionTable()
-        for row in rows:
-            table.rows[(row.pid, row.source, row.key)] = row  # both routes of one pid stay apart
-        try:
-            write_json(self.opts.json_path, table, meta, None)
-        except OSError as exc:
-            raise UserError(f"cannot write {self.opts.json_path}: {exc.strerror or exc}") from None
-
-    def _close_sinks(self) -> None:
-        """After the final rows: sinks with a ``close()`` (shippers) flush, once."""
-        sinks = [s for s in self.sinks if callable(getattr(s, "close", None))]
-        for sink in sinks:
-            if id(sink) in self._closed_sinks:
-                continue
-            self._closed_sinks.add(id(sink))
-            try:
-                sink.close()
-            except Exception as exc:
-                self._say(f"trackleak-agent: sink {getattr(sink, '__name__', sink)!r} failed at close: {exc}")
-
-    def _renderable(self, rows: list[Row]):
-        from .. import render
-
-        shown = render.top_rows(rows, top=self.opts.top, sort=self.opts.sort)
-        alive = [p for p in self.procs if p not in self.exited and p not in self._unwatched]
-        caption = (
-            f"{time.time() - self.started:.0f}s  {self.opts.host}  {len(alive)} processes  "
-            f"{len(rows)} rows  (Ctrl-C: detach and print the final table)"
-        )
-        return render.rich_table(
-            shown, title=f"trackleak-agent: host, by {self.opts.sort}", caption=caption, processes=True
-        )
-
-    def finish(self) -> int:
-        from .. import render
-
-        rows = self.rows()
-        self._emit(rows, final=True)
-        if self.opts.json_path is not None:
-            self._write_json(rows, self.meta(final=True))
-        watched = [p for p in self.procs if p not in self._unwatched]
-        shown = render.top_rows(rows, top=self.opts.top, sort=self.opts.sort)
-        self._say(
-            f"trackleak-agent: {len(watched)} process(es) watched on {self.opts.host} "
-            f"({sum(1 for p in watched if self.procs[p].shim)} through the shim, "
-            f"{sum(1 for p in watched if not self.procs[p].shim)} through eBPF), "
-            f"{time.time() - self.started:.1f}s ({self.reason or 'stopped'}); "
-            f"top {len(shown)} by {self.opts.sort}"
-        )
-        if shown:
-            try:
-                if _isatty(self.stdout):
-                    from rich.console import Console
-
-                    Console(file=self.stdout).print(render.rich_table(shown, processes=True))
-                else:
-                    self.stdout.write(render.plain_table(shown, processes=True))
-                self.stdout.flush()
-            except OSError:
-                pass
-        if self.opts.json_path is not None:
-            self._say(f"trackleak-agent: table written to {self.opts.json_path}")
-        return 0
-
     # ------------------------------------------------------------------ plumbing
-
-    @contextlib.contextmanager
-    def _live_view(self):
-        enabled = (
-            self.opts.live if self.opts.live is not None else (_isatty(self.stdout) and _isatty(self.stderr))
-        )
-        if not (enabled and self.opts.progress):
-            yield None
-            return
-        with liveview.rich_live(self.stderr) as view:
-            yield view
 
     def _once_say(self, key: str, text: str) -> None:
         if key not in self._said:
@@ -462,16 +364,32 @@ class FleetDaemon:
     def _say(self, text: str) -> None:
         if not self.opts.progress and not text.startswith("trackleak-agent: processes without"):
             return
-        with contextlib.suppress(OSError, ValueError):
-            print(text, file=self.stderr, flush=True)
+        if self.owner is not None:
+            self.owner.say(text)
+        else:
+            with contextlib.suppress(OSError, ValueError):
+                print(text, file=sys.stderr, flush=True)
 
 
-def _isatty(stream) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
+def host_session(
+    opts: FleetOptions,
+    *,
+    sinks: list[Sink] | None = None,
+    stdout: IO[str] | None = None,
+    stderr: IO[str] | None = None,
+) -> Session:
+    """The session of the host agent: call .run()."""
+    view = ViewOptions(
+        interval=opts.interval,
+        duration=None if opts.once else opts.duration,
+        top=opts.top,
+        sort=opts.sort,
+        live=opts.live,
+        progress=opts.progress,
+        json_path=opts.json_path,
+    )
+    return Session(HostSource(opts), view, sinks=sinks, stdout=stdout, stderr=stderr)
 
 
 def run_fleet(opts: FleetOptions, **kwargs) -> int:
-    return FleetDaemon(opts, **kwargs).run()
+    return host_session(opts, **kwargs).run()

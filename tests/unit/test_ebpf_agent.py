@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from trackleak.ebpf.agent import Agent, AgentOptions, dropped_text, sampling_text
+from trackleak.ebpf.agent import AgentOptions, dropped_text, pid_session, sampling_text
 from trackleak.history import History, pid_site_key
 from trackleak.table import RetentionTable, Row
 
@@ -86,7 +86,7 @@ def test_final_table_json_and_summaries_carry_growth_and_drops(tmp_path, sort):
     out = tmp_path / "out.json"
     opts = AgentOptions(pids=[42], duration=0.5, interval=0.05, json_path=out, live=False, sort=sort)
     stdout, stderr = io.StringIO(), io.StringIO()
-    agent = Agent(opts, stdout=stdout, stderr=stderr, session_factory=FakeSession)
+    agent = pid_session(opts, stdout=stdout, stderr=stderr, session_factory=FakeSession)
     assert agent.run() == 0
     err = stderr.getvalue()
     # every summary line and the head line say what was dropped
@@ -127,7 +127,7 @@ def test_cli_sort_choices_match_trackleak_run(monkeypatch):
     from trackleak.ebpf import cli
 
     seen = {}
-    monkeypatch.setattr(agent_mod, "run_agent", lambda opts: seen.setdefault("opts", opts) and 0)
+    monkeypatch.setattr(agent_mod, "run_agent", lambda opts, **kw: seen.setdefault("opts", opts) and 0)
     for choice in SortBy:
         seen.clear()
         with pytest.raises(SystemExit) as exc:

@@ -111,7 +111,7 @@ def test_run_shipping_interval_and_final():
         shipper=FakeShipper(),
     )
     for t in (0.5, 1.0, 2.0, 3.0, 4.1):
-        ship.tick(rows(3), None, at=100 + t, started=100, python="3.11.7")
+        ship(rows(3), {"final": False, "time": 100 + t, "started": 100, "python": "3.11.7"})
     assert [round(m.elapsed_seconds, 3) for _, m in sent] == [2.0, 4.1]
     ship.final(rows(4), at=105, started=100, python="3.11.7")
     ship.close()

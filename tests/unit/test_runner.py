@@ -255,7 +255,7 @@ def session(tmp_path, mode, *, private=True, **kw):
     import io
 
     out, err = io.StringIO(), io.StringIO()
-    s = runner.Session(opts, plan, stdout=out, stderr=err, spawn=stand_in_spawn)
+    s = runner.launch_session(opts, plan, stdout=out, stderr=err, spawn=stand_in_spawn)
     return s, out, err
 
 
@@ -269,9 +269,9 @@ def test_run_prints_the_exit_dump_and_passes_the_status(tmp_path):
     doc = json.loads(json_path.read_text())
     assert doc["meta"]["exit_code"] == 3 and doc["meta"]["command"] == ["python3", "app.py", "exit"]
     assert doc["meta"]["sample_rate"] == 50 and doc["meta"]["min_size"] == 500
-    assert doc["meta"]["pids"] == [s.child.pid]
+    assert doc["meta"]["pids"] == [s.source.child.pid]
     (site,) = doc["sites"]
-    assert site["pid"] == s.child.pid and site["source"] == "preload" and site["count"] == 5
+    assert site["pid"] == s.source.child.pid and site["source"] == "preload" and site["count"] == 5
     assert "exit status 3" in err.getvalue()
 
 
@@ -311,7 +311,7 @@ def test_sigterm_to_the_runner_reaches_the_child(tmp_path):
     # GIVEN a child that writes its exit dump on SIGTERM
     s, out, _ = session(tmp_path, "term")
     # WHEN the runner itself gets SIGTERM while the child runs
-    ready = s.plan.log_dir / "ready"
+    ready = s.source.plan.log_dir / "ready"
     stop = threading.Event()
 
     def terminate_when_ready():
@@ -343,7 +343,7 @@ def test_poll_puts_the_point_when_the_segment_was_read(tmp_path, monkeypatch):
 
     from trackleak.table import Row
 
-    s, _, _ = session(tmp_path, "exit")
+    s = session(tmp_path, "exit")[0].source
     now = [1000.0]
     s.clock = lambda: now[0]
     s.started = 1000.0
@@ -373,7 +373,8 @@ def test_poll_puts_the_point_when_the_segment_was_read(tmp_path, monkeypatch):
 
 def test_final_word_is_put_at_the_childs_exit(tmp_path):
     # GIVEN reading the log after the child ended takes long (100 s on a fake clock)
-    s, _, _ = session(tmp_path, "exit")
+    run, _, _ = session(tmp_path, "exit")
+    s = run.source
     late = [0.0]
     s.clock = lambda: time.time() + late[0]
     final_table = s.final_table
@@ -383,10 +384,10 @@ def test_final_word_is_put_at_the_childs_exit(tmp_path):
         return final_table()
 
     s.final_table = slow_final_table
-    s.run()
+    run.run()
     # THEN the exit dump's live bytes are the series' last point at the time the child ended
     points = s.history.series(("leaky", "/app/leaky.py", 12, False))
-    assert points and points[-1][0] == pytest.approx(s.ended - s.started, abs=0.01), points
+    assert points and points[-1][0] == pytest.approx(s.ended_at - s.started, abs=0.01), points
 
 
 @pytest.mark.parametrize("sort", ["leak", "live", "bytes", "retention"])
