@@ -357,3 +357,30 @@ def test_server_gone_mid_run_agent_and_target_keep_going(tmp_path, tag, shim, ow
         d["timestamp"] for d in docs
     )
     _no_secret(out, err)
+
+
+@BPF_SKIP
+def test_attach_by_pid_ships_with_the_process_own_job_name(tmp_path, tag, es, es_url, es_index):  # noqa: F811
+    """`trackleak-agent --pid` ships like the host agent (one sink): its documents are the
+    process's, ``source`` ebpf, the process's own NOMAD_JOB_NAME, the agent's index; every
+    interval and once more at the end."""
+    target = _start(
+        tmp_path, tag, env_extra={"NOMAD_JOB_NAME": "orders-worker", **TARGET_SECRETS}, seconds=60
+    )
+    env = _agent_env(es_url, es_index)
+    try:
+        r = _agent(["--pid", str(target.pid), "--duration", "4", "--interval", "1", "--quiet"], env)
+    finally:
+        _stop(target)
+    assert r.returncode == 0, r.stderr
+    assert "shipping every watched process" in r.stderr and "document(s) shipped to" in r.stderr, r.stderr
+    docs = search_all(es, es_index)
+    assert {d["pid"] for d in docs} == {target.pid}, docs[:3]
+    assert {d["source"] for d in docs} == {"ebpf"} and {d["job_name"] for d in docs} == {"orders-worker"}
+    leaks = _leak_docs(docs, target.pid)
+    assert len(leaks) >= 3, [(d["function"], d["line"]) for d in docs]  # every interval, and the end
+    last = max(leaks, key=lambda d: d["elapsed_seconds"])
+    assert last["live_bytes"] > 100_000 and tag in last["command"] and "--password=***" in last["command"]
+    import json
+
+    _no_secret(r.stdout, r.stderr, json.dumps(docs))
