@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Mapping, Sequence
 
-from . import render, sampling
+from . import config, render, sampling
 from .errors import UserError
 from .es.run import RunShipping
 from .history import History, pid_site_key
@@ -66,7 +66,7 @@ DEFAULT_INTERPRETER = "python3"
 FALLBACK_LOG_DIR = "/tmp/trackleak"  # where the shim writes when TRACKLEAK_LOG_DIR is unusable
 RUN_FORMAT = "trackleak-run"
 RUN_VERSION = 1
-SHIM_DEFAULTS = {"sample_rate": 50, "min_size": 500}
+SHIM_DEFAULTS = {"sample_rate": config.default("sample_rate"), "min_size": config.default("min_size")}
 
 ENV_SAMPLE_RATE = "TRACKLEAK_SAMPLE_RATE"
 ENV_SAMPLE_BYTES = "TRACKLEAK_SAMPLE_BYTES"
@@ -105,9 +105,9 @@ class RunOptions:
     startup_delay: int | None = None
     log_dir: Path | None = None
     json_path: Path | None = None
-    interval: float = 1.0
-    top: int = 20
-    sort: str = "leak"
+    interval: float = config.default("interval", "run")
+    top: int = config.default("top")
+    sort: str = config.default("sort")
     verbose: bool = False
     live: bool | None = None  # None: a live view when stdout and stderr are terminals
     progress: bool = True  # False: no live view and no periodic lines (final table only)
@@ -780,13 +780,18 @@ def run(
     environ: Mapping[str, str] | None = None,
     stdout: IO[str] | None = None,
     stderr: IO[str] | None = None,
+    es_environ: Mapping[str, str] | None = None,
 ) -> int:
-    """The whole `trackleak run`; returns the child's exit status. UserError before the start."""
+    """The whole `trackleak run`; returns the child's exit status. UserError before the start.
+    ES_ENVIRON: Elasticsearch variables from a configuration file, under the environment's."""
     plan = prepare(opts, environ)
     session = launch_session(opts, plan, stdout=stdout, stderr=stderr)
     try:
         shipping = RunShipping.from_env(
-            plan.env, command=plan.argv, dump_interval=opts.dump_interval, say=session.say
+            {**(es_environ or {}), **plan.env},
+            command=plan.argv,
+            dump_interval=opts.dump_interval,
+            say=session.say,
         )
         if shipping is not None:
             plan.env[RunShipping.ENV_SHIPPER] = RunShipping.SHIPPER  # the shim's banner says who ships

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, ContextManager, Iterator
 
-from . import live, render
+from . import config, live, render
 from .errors import UserError
 from .history import History
 from .table import RetentionTable, Row
@@ -45,10 +45,10 @@ Sink = Callable[[list, dict], None]  # sink(rows, meta); optional close()
 class ViewOptions:
     """What every session shows and writes, whatever the source (the shared options)."""
 
-    interval: float = 1.0
+    interval: float = config.default("interval")
     duration: float | None = None
-    top: int = 20
-    sort: str = "leak"
+    top: int = config.default("top")
+    sort: str = config.default("sort")
     live: bool | None = None  # None: a live view when stdout and stderr are terminals
     progress: bool = True  # False: no live view and no periodic lines (final table only)
     json_path: Path | None = None

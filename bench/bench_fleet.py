@@ -70,7 +70,7 @@ def run_targets(tmp: Path, n: int, seconds: float, shim: str, tag: str, agent_ar
             [
                 sys.executable,
                 "-c",
-                "from trackleak.ebpf.cli import main; main()",
+                "from trackleak.cli.commands.agent import main; main()",
                 "--cmdline",
                 tag,
                 "--no-live",

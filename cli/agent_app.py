@@ -1,15 +1,14 @@
 # SPDX-License-Identifier: MIT
-"""`trackleak-agent`: the eBPF agent (attach to running processes, no restart).
-
-Its commands live in trackleak.ebpf.cli (agent/ebpf/cli.py), written separately; this entry point
-only finds them, so that `pip install` always provides the command.
+"""`trackleak-agent`: the eBPF agent (--pid) and the host agent; the command is in
+cli/commands/agent.py. This entry point says so clearly when that part of the package (bcc and
+the BPF programs) is missing from a build, instead of a traceback.
 """
 
 import importlib
 import sys
 
 EXIT_UNAVAILABLE = 2
-MODULE = "trackleak.ebpf.cli"
+MODULE = "trackleak.cli.commands.agent"
 
 
 def main() -> None:

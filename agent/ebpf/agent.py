@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable
 
-from trackleak import render
+from trackleak import config, render
 from trackleak.ebpf.loader import Tunables
 from trackleak.ebpf.session import DROPPED, EbpfSession
 from trackleak.fleet import procfs
@@ -37,13 +37,13 @@ AGENT_VERSION = 1
 class AgentOptions:
     pids: list[int]
     duration: float | None = None
-    interval: float = 1.0
+    interval: float = config.default("interval", "agent")
     json_path: Path | None = None
-    sample_rate: int = 50
-    min_size: int = 500
+    sample_rate: int = config.default("sample_rate")
+    min_size: int = config.default("min_size")
     sample_bytes: int | None = None  # TRACKLEAK_SAMPLE_BYTES: the sampling interval R directly
-    top: int = 20
-    sort: str = "leak"
+    top: int = config.default("top")
+    sort: str = config.default("sort")
     live: bool | None = None  # None: when stdout and stderr are terminals
     progress: bool = True
     python_frames: bool = True

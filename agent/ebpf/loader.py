@@ -129,8 +129,8 @@ LIMITS = ("TL_MAX_TARGETS", "TL_MAX_SITES", "TL_MAX_LIVE", "TL_MAX_PENDING", "TL
 
 @dataclass
 class Tunables:
-    sample_rate: int = 50
-    min_size: int = 500
+    sample_rate: int = sampling.DEFAULT_SAMPLE_RATE
+    min_size: int = sampling.DEFAULT_MIN_SIZE
     native_stacks: int = 1  # 0 never, 1 when the direct caller is in libc, 2 always
     sample_bytes: int | None = None  # TRACKLEAK_SAMPLE_BYTES: the sampling interval R directly
     limits: dict[str, int] = field(default_factory=dict)  # {"TL_MAX_SITES": 64, ...}

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from .. import config
 from ..ebpf.loader import Tunables
 from ..history import History, pid_site_key
 from ..session import Final, Session, Sink, Source, ViewOptions
@@ -51,19 +52,19 @@ FLEET_VERSION = 1
 @dataclass
 class FleetOptions:
     filters: Filters = field(default_factory=Filters)
-    interval: float = 5.0
+    interval: float = config.default("interval", "host")
     duration: float | None = None
     once: bool = False
     duty: DutyCycle = field(default_factory=DutyCycle)
     ebpf: bool = True
     json_path: Path | None = None
     host: str = field(default_factory=socket.gethostname)
-    sample_rate: int = 50
+    sample_rate: int = config.default("sample_rate")
     sample_bytes: int | None = None
-    min_size: int = 500
+    min_size: int = config.default("min_size")
     python_frames: bool = True
-    top: int = 20
-    sort: str = "leak"
+    top: int = config.default("top")
+    sort: str = config.default("sort")
     live: bool | None = None
     progress: bool = True
 

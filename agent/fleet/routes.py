@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .. import sampling
+from .. import config, sampling
 from ..ebpf import AttachError
 from ..ebpf.loader import Tunables
 from ..ebpf.session import EbpfSession, Stats, _key
@@ -72,8 +72,8 @@ class ShimWatch:
 
 @dataclass(frozen=True)
 class DutyCycle:
-    window: float = 10.0
-    period: float = 60.0
+    window: float = config.default("ebpf_window", "host")
+    period: float = config.default("ebpf_period", "host")
 
     @property
     def continuous(self) -> bool:

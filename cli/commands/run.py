@@ -15,8 +15,9 @@ from typing import Annotated, List, Optional
 import typer
 from typer.core import TyperCommand
 
-from trackleak import runner
-from trackleak.cli._common import SORT_HELP, SortBy, user_errors
+from trackleak import config, runner
+from trackleak.cli import options
+from trackleak.cli._common import SortBy, user_errors
 
 HELP = """Run a Python script, a module (-m) or any command (after --) with the shim preloaded.
 
@@ -76,34 +77,9 @@ def run(
             show_default=False,
         ),
     ] = None,
-    sample_rate: Annotated[
-        Optional[int],
-        typer.Option(
-            envvar="TRACKLEAK_SAMPLE_RATE",
-            min=1,
-            help="Sample by bytes, one sample per N KiB allocated on average (shim default: 50); "
-            "1 samples every allocation.",
-            show_default=False,
-        ),
-    ] = None,
-    sample_bytes: Annotated[
-        Optional[int],
-        typer.Option(
-            envvar="TRACKLEAK_SAMPLE_BYTES",
-            min=1,
-            help="Mean bytes between samples, set directly (default: the sample rate in KiB).",
-            show_default=False,
-        ),
-    ] = None,
-    min_size: Annotated[
-        Optional[int],
-        typer.Option(
-            envvar="TRACKLEAK_MIN_SIZE",
-            min=0,
-            help="Track allocations of at least N bytes (shim default: 500).",
-            show_default=False,
-        ),
-    ] = None,
+    sample_rate: options.SampleRate = None,
+    sample_bytes: options.SampleBytes = None,
+    min_size: options.MinSize = None,
     dump_interval: Annotated[
         Optional[int],
         typer.Option(
@@ -131,32 +107,23 @@ def run(
             show_default=False,
         ),
     ] = None,
-    json_path: Annotated[
-        Optional[Path],
+    json_path: options.JsonPath = None,
+    interval: Annotated[
+        Optional[float],
         typer.Option(
-            "--json",
-            help="Write the final table and run metadata as JSON to this file.",
-            dir_okay=False,
+            min=0.1,
             show_default=False,
+            help=f"Seconds between live updates. Default {config.default('interval')}.",
         ),
     ] = None,
-    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between live updates.")] = 1.0,
-    top: Annotated[int, typer.Option(min=0, help="Rows to show (0: all).")] = 20,
-    sort: Annotated[SortBy, typer.Option(help=SORT_HELP)] = SortBy.leak,
-    live: Annotated[
-        Optional[bool],
-        typer.Option(
-            "--live/--no-live",
-            help="Live view on stderr (default: when stdout is a terminal).",
-            show_default=False,
-        ),
-    ] = None,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No live view or progress lines; only the final table.")
-    ] = False,
+    top: options.Top = None,
+    sort: options.Sort = None,
+    live: options.Live = None,
+    quiet: options.Quiet = False,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Show the shim's banner and what is run.")
     ] = False,
+    config_file: options.config_option("run") = None,
 ) -> None:
     with user_errors():
         target = target_from(list(argv or ()), module, ctx.meta.get("trackleak.command_form", False))
@@ -170,14 +137,17 @@ def run(
             startup_delay=startup_delay,
             log_dir=log_dir,
             json_path=json_path,
-            interval=interval,
-            top=top,
-            sort=sort.value,
+            interval=options.pick(interval, "interval", "run"),
+            top=options.pick(top, "top", "run"),
+            sort=SortBy(options.pick(sort, "sort", "run")).value,
             verbose=verbose,
             live=live,
             progress=not quiet,
         )
-        status = runner.run(opts)
+        cfg = options.loaded_config(ctx)
+        for note in cfg.notes:
+            typer.echo(f"trackleak: {note}", err=True)
+        status = runner.run(opts, es_environ=cfg.es)
     raise typer.Exit(status)
 
 

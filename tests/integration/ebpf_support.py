@@ -25,7 +25,7 @@ import pytest
 TESTS_DIR = Path(__file__).resolve().parents[1]
 REPO_ROOT = TESTS_DIR.parent
 NATIVE = TESTS_DIR / "fixtures" / "native"
-AGENT_CMD = [sys.executable, "-c", "from trackleak.ebpf.cli import main; main()"]
+AGENT_CMD = [sys.executable, "-c", "from trackleak.cli.commands.agent import main; main()"]
 
 
 def _bpf_skip_reason() -> str | None:

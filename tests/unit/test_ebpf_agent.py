@@ -124,7 +124,7 @@ def test_texts():
 def test_cli_sort_choices_match_trackleak_run(monkeypatch):
     from trackleak.cli._common import SortBy
     from trackleak.ebpf import agent as agent_mod
-    from trackleak.ebpf import cli
+    from trackleak.cli.commands import agent as cli
 
     seen = {}
     monkeypatch.setattr(agent_mod, "run_agent", lambda opts, **kw: seen.setdefault("opts", opts) and 0)

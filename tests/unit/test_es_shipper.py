@@ -50,7 +50,10 @@ def test_server_down_never_blocks_and_stays_bounded():
         t = time.perf_counter()
         shipper.submit(rows(20, f"b{b}_"), META)
         worst = max(worst, time.perf_counter() - t)
-    assert worst < 0.05
+    # Blocking would mean waiting for the network (connect timeout 5 s, retries with backoff);
+    # serializing 20 documents takes well under a millisecond, scheduling noise on a loaded
+    # machine tens of milliseconds: half a second separates the two without timing the code.
+    assert worst < 0.5
     assert shipper.stats.max_queued_batches <= 100
     time.sleep(0.3)
     stats = shipper.close(deadline=1.0)

@@ -1,5 +1,7 @@
-"""`trackleak-agent`: attach to running processes with eBPF (thin Typer layer over agent.py), or,
-without --pid, watch the whole host (trackleak.fleet: the host agent).
+# SPDX-License-Identifier: MIT
+"""`trackleak-agent`: attach to running processes with eBPF (trackleak.ebpf.agent.PidSource), or,
+without --pid, watch the whole host (trackleak.fleet.daemon.HostSource); both run as a
+trackleak.session, like `trackleak run`, with the options of cli/options.py.
 
     sudo trackleak-agent --pid 1234 [--pid 5678] [--duration S] [--interval S] [--json PATH]
     sudo trackleak-agent [--once] [--name RE] [--user U] [--ebpf-window 10 --ebpf-period 60] ...
@@ -12,13 +14,14 @@ from __future__ import annotations
 import os
 import sys
 from enum import Enum
-from pathlib import Path
 from typing import List, Optional
 
 import typer
 from typing_extensions import Annotated
 
-from trackleak.cli._common import SORT_HELP, SortBy
+from trackleak import config
+from trackleak.cli import options
+from trackleak.cli._common import SortBy
 from trackleak.errors import UserError
 
 EXIT_USAGE = 2
@@ -45,6 +48,7 @@ app = typer.Typer(
 
 @app.command()
 def attach(
+    ctx: typer.Context,
     pid: Annotated[
         Optional[List[int]],
         typer.Option(
@@ -58,41 +62,20 @@ def attach(
         Optional[float],
         typer.Option(
             min=0.1,
-            help="Seconds between reads (default: 1 with --pid; 5 for the host agent, "
-            "which also looks for new processes at each).",
+            help=f"Seconds between reads (default: {config.default('interval', 'agent'):g} with --pid; "
+            f"{config.default('interval', 'host'):g} for the host agent, which also looks for new "
+            "processes at each).",
             show_default=False,
         ),
     ] = None,
-    json_path: Annotated[
-        Optional[Path],
-        typer.Option("--json", help="Write the final table as JSON ({meta, sites}).", dir_okay=False),
-    ] = None,
-    sample_rate: Annotated[
-        int,
-        typer.Option(
-            envvar="TRACKLEAK_SAMPLE_RATE",
-            min=1,
-            help="Sample allocations byte-weighted, one per N KiB allocated on average "
-            "(an allocation of s bytes with p = 1 - exp(-s / N KiB)); 1: every allocation.",
-        ),
-    ] = 50,
-    sample_bytes: Annotated[
-        Optional[int],
-        typer.Option(
-            envvar="TRACKLEAK_SAMPLE_BYTES",
-            min=1,
-            help="The mean sampling interval in bytes (overrides --sample-rate).",
-        ),
-    ] = None,
-    min_size: Annotated[
-        int, typer.Option(envvar="TRACKLEAK_MIN_SIZE", min=0, help="Count allocations of at least N bytes.")
-    ] = 500,
-    top: Annotated[int, typer.Option(min=0, help="Rows to show (0: all).")] = 20,
-    sort: Annotated[SortBy, typer.Option(help=SORT_HELP)] = SortBy.leak,
-    live: Annotated[
-        Optional[bool], typer.Option("--live/--no-live", help="Live view on stderr (default: on a terminal).")
-    ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the final table.")] = False,
+    json_path: options.JsonPath = None,
+    sample_rate: options.SampleRate = None,
+    sample_bytes: options.SampleBytes = None,
+    min_size: options.MinSize = None,
+    top: options.Top = None,
+    sort: options.Sort = None,
+    live: options.Live = None,
+    quiet: options.Quiet = False,
     python: Annotated[
         bool,
         typer.Option(
@@ -192,7 +175,8 @@ def attach(
             metavar="S",
             rich_help_panel=HOST,
             show_default=False,
-            help="Seconds attached in each period (default 10). A block counts as "
+            help=f"Seconds attached in each period (default {config.default('ebpf_window', 'host'):g}). "
+            "A block counts as "
             "retained when held S/2 seconds. >= --ebpf-period: attached all the time.",
         ),
     ] = None,
@@ -204,7 +188,8 @@ def attach(
             metavar="S",
             rich_help_panel=HOST,
             show_default=False,
-            help="Seconds between the starts of two eBPF windows (default 60).",
+            help="Seconds between the starts of two eBPF windows "
+            f"(default {config.default('ebpf_period', 'host'):g}).",
         ),
     ] = None,
     ebpf: Annotated[
@@ -232,14 +217,35 @@ def attach(
             show_default=False,
             help="With ENABLE_ELASTICSEARCH=1 and ELASTICSEARCH_URL (+ ELASTICSEARCH_API_KEY, or "
             "_USERNAME/_PASSWORD, _SSL_VERIFY, _CA_FILE, _CLIENT_CERT/_KEY, _INDEX) in the agent's "
-            "environment, each interval's rows are shipped: 'all' (default) every watched "
-            "process, 'requested' only processes with ENABLE_ELASTICSEARCH=1 in their own "
-            "environment. A process's own ELASTICSEARCH_INDEX and NOMAD_JOB_NAME are used for its "
-            "documents (nothing else is read from it); otherwise the agent's index and 'unknown'.",
+            "environment (or [elasticsearch] in --config), each interval's rows are shipped: "
+            "'all' (default) every watched process, 'requested' only processes with "
+            "ENABLE_ELASTICSEARCH=1 in their own environment. A process's own "
+            "ELASTICSEARCH_INDEX and NOMAD_JOB_NAME are used for its documents (nothing else is "
+            "read from it); otherwise the agent's index and 'unknown'.",
         ),
     ] = None,
+    config_file: options.config_option("agent") = None,
 ) -> None:
     """Attach to --pid PID ... (source "ebpf"), or without --pid watch the host's Python processes."""
+    cfg = options.loaded_config(ctx)
+    for note in cfg.notes:
+        typer.echo(f"trackleak-agent: {note}", err=True)
+    es_environ = cfg.es_environ(os.environ)
+    command = "agent" if pid else "host"
+    shared = dict(
+        duration=duration,
+        interval=options.pick(interval, "interval", command),
+        json_path=json_path,
+        sample_rate=options.pick(sample_rate, "sample_rate", command),
+        sample_bytes=sample_bytes,
+        min_size=options.pick(min_size, "min_size", command),
+        top=options.pick(top, "top", command),
+        sort=SortBy(options.pick(sort, "sort", command)).value,
+        live=live,
+        progress=not quiet,
+        python_frames=python,
+    )
+    ship = (es_ship or EsShip(config.default("es_ship", "host"))).value
     if not pid:
         host_opts = dict(
             once=once,
@@ -256,40 +262,27 @@ def attach(
             ebpf_period=ebpf_period,
             ebpf=ebpf,
             host_name=host_name,
-            es_ship=(es_ship or EsShip.all).value,
-            duration=duration,
-            interval=interval,
-            json_path=json_path,
-            sample_rate=sample_rate,
-            sample_bytes=sample_bytes,
-            min_size=min_size,
-            top=top,
-            sort=SortBy(sort).value,
-            live=live,
-            quiet=quiet,
-            python=python,
         )
-        raise typer.Exit(_host_agent(**host_opts))
-    given = [
-        flag
-        for flag, value in (
-            ("--once", once),
-            ("--name", name),
-            ("--cmdline", cmdline),
-            ("--user", user),
-            ("--cgroup", cgroup),
-            ("--exclude-name", exclude_name),
-            ("--exclude-cmdline", exclude_cmdline),
-            ("--exclude-user", exclude_user),
-            ("--exclude-cgroup", exclude_cgroup),
-            ("--any-process", any_process),
-            ("--ebpf-window", ebpf_window is not None),
-            ("--ebpf-period", ebpf_period is not None),
-            ("--no-ebpf", not ebpf),
-            ("--host-name", host_name),
-        )
-        if value
-    ]
+        raise typer.Exit(_host_agent(host_opts, shared, ship=ship, es_environ=es_environ))
+    # Host-agent flags given on the command line make no sense with --pid (from a configuration
+    # file's [agent] table they are the host agent's settings: ignored here).
+    host_only = {
+        "once": "--once",
+        "name": "--name",
+        "cmdline": "--cmdline",
+        "user": "--user",
+        "cgroup": "--cgroup",
+        "exclude_name": "--exclude-name",
+        "exclude_cmdline": "--exclude-cmdline",
+        "exclude_user": "--exclude-user",
+        "exclude_cgroup": "--exclude-cgroup",
+        "any_process": "--any-process",
+        "ebpf_window": "--ebpf-window",
+        "ebpf_period": "--ebpf-period",
+        "ebpf": "--no-ebpf",
+        "host_name": "--host-name",
+    }
+    given = [flag for name, flag in host_only.items() if _from_command_line(ctx, name)]
     if given:
         typer.echo(
             f"trackleak-agent: error: {', '.join(given)}: only for the host agent (without --pid)", err=True
@@ -298,23 +291,12 @@ def attach(
     from trackleak.ebpf.agent import AgentOptions, run_agent
     from trackleak.fleet.es import FleetShipping, NotShippingNotice
 
-    opts = AgentOptions(
-        pids=list(pid),
-        duration=duration,
-        interval=1.0 if interval is None else interval,
-        json_path=json_path,
-        sample_rate=sample_rate,
-        min_size=min_size,
-        sample_bytes=sample_bytes,
-        top=top,
-        sort=SortBy(sort).value,
-        live=live,
-        progress=not quiet,
-        python_frames=python,
-    )
     try:
-        shipping = FleetShipping.from_env(os.environ, ship=(es_ship or EsShip.all).value)
-        status = run_agent(opts, sinks=[shipping if shipping is not None else NotShippingNotice()])
+        shipping = FleetShipping.from_env(es_environ, ship=ship)
+        status = run_agent(
+            AgentOptions(pids=list(pid), **shared),
+            sinks=[shipping if shipping is not None else NotShippingNotice()],
+        )
     except UserError as exc:
         typer.echo(f"trackleak-agent: error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
@@ -323,82 +305,47 @@ def attach(
     raise typer.Exit(status)
 
 
-DEFAULT_WINDOW, DEFAULT_PERIOD, DEFAULT_HOST_INTERVAL = 10.0, 60.0, 5.0
+def _from_command_line(ctx: typer.Context, name: str) -> bool:
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name == "COMMANDLINE"
 
 
-def _host_agent(
-    *,
-    once,
-    name,
-    cmdline,
-    user,
-    cgroup,
-    exclude_name,
-    exclude_cmdline,
-    exclude_user,
-    exclude_cgroup,
-    any_process,
-    ebpf_window,
-    ebpf_period,
-    ebpf,
-    host_name,
-    es_ship,
-    duration,
-    interval,
-    json_path,
-    sample_rate,
-    sample_bytes,
-    min_size,
-    top,
-    sort,
-    live,
-    quiet,
-    python,
-) -> int:
+def _host_agent(host: dict, shared: dict, *, ship: str, es_environ: dict) -> int:
     import socket
 
     from trackleak.fleet import DutyCycle, Filters, FleetOptions, run_fleet
+    from trackleak.fleet.es import FleetShipping, NotShippingNotice
 
     try:
         filters = Filters.build(
-            names=name,
-            cmdlines=cmdline,
-            users=user,
-            cgroups=cgroup,
-            exclude_names=exclude_name,
-            exclude_cmdlines=exclude_cmdline,
-            exclude_users=exclude_user,
-            exclude_cgroups=exclude_cgroup,
-            any_process=any_process,
+            names=host["name"],
+            cmdlines=host["cmdline"],
+            users=host["user"],
+            cgroups=host["cgroup"],
+            exclude_names=host["exclude_name"],
+            exclude_cmdlines=host["exclude_cmdline"],
+            exclude_users=host["exclude_user"],
+            exclude_cgroups=host["exclude_cgroup"],
+            any_process=host["any_process"],
         )
-        window = DEFAULT_WINDOW if ebpf_window is None else ebpf_window
-        period = DEFAULT_PERIOD if ebpf_period is None else ebpf_period
+        ebpf_window, ebpf_period = host["ebpf_window"], host["ebpf_period"]
+        window = config.default("ebpf_window", "host") if ebpf_window is None else ebpf_window
+        period = config.default("ebpf_period", "host") if ebpf_period is None else ebpf_period
         if ebpf_window is not None and ebpf_period is None and window > period:
             period = window  # "--ebpf-window 120" alone: attached all the time
-        host = (host_name if host_name is not None else socket.gethostname()).strip()
-        if not host or len(host) > 255 or any(ord(c) < 32 for c in host):
+        host_name = host["host_name"]
+        name = (host_name if host_name is not None else socket.gethostname()).strip()
+        if not name or len(name) > 255 or any(ord(c) < 32 for c in name):
             raise UserError(f"--host-name {host_name!r}: give a non-empty name without control characters")
         opts = FleetOptions(
             filters=filters,
-            interval=DEFAULT_HOST_INTERVAL if interval is None else interval,
-            duration=duration,
-            once=once,
+            once=host["once"],
             duty=DutyCycle(window, period),
-            ebpf=ebpf,
-            json_path=json_path,
-            host=host,
-            sample_rate=sample_rate,
-            sample_bytes=sample_bytes,
-            min_size=min_size,
-            python_frames=python,
-            top=top,
-            sort=sort,
-            live=live,
-            progress=not quiet,
+            ebpf=host["ebpf"],
+            host=name,
+            **shared,
         )
-        from trackleak.fleet.es import FleetShipping, NotShippingNotice
-
-        shipping = FleetShipping.from_env(os.environ, ship=es_ship)
+        shipping = FleetShipping.from_env(es_environ, ship=ship)
         return run_fleet(opts, sinks=[shipping if shipping is not None else NotShippingNotice()])
     except UserError as exc:
         typer.echo(f"trackleak-agent: error: {exc}", err=True)
