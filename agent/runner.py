@@ -693,14 +693,7 @@ def launch_session(
 ) -> ProfilingSession:
     """The session of `trackleak run`: its source is the launched child (call .run())."""
     source = LaunchSource(opts, plan, spawn=spawn)
-    view = ViewOptions(
-        interval=opts.interval,
-        top=opts.top,
-        sort=opts.sort,
-        live=opts.live,
-        progress=opts.progress,
-        json_path=opts.json_path,
-    )
+    view = ViewOptions.of(opts)
     session = ProfilingSession(source, view, sinks=sinks, stdout=stdout, stderr=stderr)
     source.session = session
     return session

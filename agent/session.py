@@ -26,6 +26,7 @@ session goes on: the target must never be abandoned because its observer stumble
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 import threading
 import time
@@ -52,6 +53,13 @@ class ViewOptions:
     live: bool | None = None  # None: a live view when stdout and stderr are terminals
     progress: bool = True  # False: no live view and no periodic lines (final table only)
     json_path: Path | None = None
+
+    @classmethod
+    def of(cls, opts: Any, **override: Any) -> ViewOptions:
+        """The view options found on a command's options (RunOptions, AgentOptions, ...)."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        given = {name: getattr(opts, name) for name in names if hasattr(opts, name)}
+        return cls(**{**given, **override})
 
 
 @dataclass

@@ -224,15 +224,7 @@ def pid_session(
     host: str | None = None,
 ) -> Session:
     """The session of `trackleak-agent --pid`: call .run()."""
-    view = ViewOptions(
-        interval=opts.interval,
-        duration=opts.duration,
-        top=opts.top,
-        sort=opts.sort,
-        live=opts.live,
-        progress=opts.progress,
-        json_path=opts.json_path,
-    )
+    view = ViewOptions.of(opts)
     source = PidSource(opts, session_factory=session_factory, host=host)
     return Session(source, view, sinks=sinks, stdout=stdout, stderr=stderr)
 

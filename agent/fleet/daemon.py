@@ -380,15 +380,7 @@ def host_session(
     stderr: IO[str] | None = None,
 ) -> Session:
     """The session of the host agent: call .run()."""
-    view = ViewOptions(
-        interval=opts.interval,
-        duration=None if opts.once else opts.duration,
-        top=opts.top,
-        sort=opts.sort,
-        live=opts.live,
-        progress=opts.progress,
-        json_path=opts.json_path,
-    )
+    view = ViewOptions.of(opts, duration=None if opts.once else opts.duration)
     return Session(HostSource(opts), view, sinks=sinks, stdout=stdout, stderr=stderr)
 
 

@@ -30,6 +30,13 @@ HOST = "Host agent (without --pid)"
 ES = "Elasticsearch"
 
 
+def _filter(flag: str, metavar: str, help: str):
+    """A repeatable filter of the host agent (trackleak.fleet.discovery.Filters)."""
+    return Annotated[
+        Optional[List[str]], typer.Option(flag, metavar=metavar, rich_help_panel=HOST, help=help)
+    ]
+
+
 class EsShip(str, Enum):
     all = "all"
     requested = "requested"
@@ -90,77 +97,29 @@ def attach(
             rich_help_panel=HOST,
         ),
     ] = False,
-    name: Annotated[
-        Optional[List[str]],
-        typer.Option(
-            "--name",
-            metavar="REGEX",
-            rich_help_panel=HOST,
-            help="Watch only processes whose name (comm, or the executable's file name) matches "
-            "(repeatable: any of them).",
-        ),
-    ] = None,
-    cmdline: Annotated[
-        Optional[List[str]],
-        typer.Option(
-            "--cmdline",
-            metavar="REGEX",
-            rich_help_panel=HOST,
-            help="Watch only processes whose command line (arguments joined by spaces) matches.",
-        ),
-    ] = None,
-    user: Annotated[
-        Optional[List[str]],
-        typer.Option(
-            "--user",
-            metavar="USER",
-            rich_help_panel=HOST,
-            help="Watch only processes of this user (name or uid).",
-        ),
-    ] = None,
-    cgroup: Annotated[
-        Optional[List[str]],
-        typer.Option(
-            "--cgroup",
-            metavar="REGEX",
-            rich_help_panel=HOST,
-            help="Watch only processes with a cgroup path (/proc/PID/cgroup) that matches, "
-            "e.g. 'system.slice/myapp'.",
-        ),
-    ] = None,
-    exclude_name: Annotated[
-        Optional[List[str]],
-        typer.Option(
-            "--exclude-name",
-            metavar="REGEX",
-            rich_help_panel=HOST,
-            help="Never watch processes whose name matches.",
-        ),
-    ] = None,
-    exclude_cmdline: Annotated[
-        Optional[List[str]],
-        typer.Option(
-            "--exclude-cmdline",
-            metavar="REGEX",
-            rich_help_panel=HOST,
-            help="Never watch processes whose command line matches.",
-        ),
-    ] = None,
-    exclude_user: Annotated[
-        Optional[List[str]],
-        typer.Option(
-            "--exclude-user", metavar="USER", rich_help_panel=HOST, help="Never watch processes of this user."
-        ),
-    ] = None,
-    exclude_cgroup: Annotated[
-        Optional[List[str]],
-        typer.Option(
-            "--exclude-cgroup",
-            metavar="REGEX",
-            rich_help_panel=HOST,
-            help="Never watch processes in a matching cgroup.",
-        ),
-    ] = None,
+    name: _filter(
+        "--name",
+        "REGEX",
+        "Watch only processes whose name (comm, or the executable's file name) matches "
+        "(repeatable: any of them).",
+    ) = None,
+    cmdline: _filter(
+        "--cmdline", "REGEX", "Watch only processes whose command line (arguments joined by spaces) matches."
+    ) = None,
+    user: _filter("--user", "USER", "Watch only processes of this user (name or uid).") = None,
+    cgroup: _filter(
+        "--cgroup",
+        "REGEX",
+        "Watch only processes with a cgroup path (/proc/PID/cgroup) that matches, e.g. 'system.slice/myapp'.",
+    ) = None,
+    exclude_name: _filter("--exclude-name", "REGEX", "Never watch processes whose name matches.") = None,
+    exclude_cmdline: _filter(
+        "--exclude-cmdline", "REGEX", "Never watch processes whose command line matches."
+    ) = None,
+    exclude_user: _filter("--exclude-user", "USER", "Never watch processes of this user.") = None,
+    exclude_cgroup: _filter(
+        "--exclude-cgroup", "REGEX", "Never watch processes in a matching cgroup."
+    ) = None,
     any_process: Annotated[
         bool,
         typer.Option(

@@ -123,8 +123,8 @@ def test_texts():
 
 def test_cli_sort_choices_match_trackleak_run(monkeypatch):
     from trackleak.cli._common import SortBy
-    from trackleak.ebpf import agent as agent_mod
     from trackleak.cli.commands import agent as cli
+    from trackleak.ebpf import agent as agent_mod
 
     seen = {}
     monkeypatch.setattr(agent_mod, "run_agent", lambda opts, **kw: seen.setdefault("opts", opts) and 0)
