@@ -68,7 +68,9 @@ def diff(before: Snapshot, after: Snapshot) -> list[Change]:
             row = a
         else:
             assert b is not None
-            row = Row(function=b.function, file=b.file, line=b.line, native=b.native, source=b.source, pid=b.pid)
+            row = Row(
+                function=b.function, file=b.file, line=b.line, native=b.native, source=b.source, pid=b.pid
+            )
         changes.append(Change(row=dataclasses.replace(row), before=b, after=a))
     return sorted(changes, key=order)
 
@@ -153,5 +155,7 @@ def rich_table(changes: Sequence[Change]):
         table.add_column(name, justify="right" if name in _RIGHT else "left", no_wrap=True)
     for change in changes:
         grew = change.delta("live_bytes") > 0
-        table.add_row(*cells(change), style="red" if grew and change.row.growing else ("yellow" if grew else None))
+        table.add_row(
+            *cells(change), style="red" if grew and change.row.growing else ("yellow" if grew else None)
+        )
     return table

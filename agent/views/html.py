@@ -48,7 +48,14 @@ def flame_tree(stacks: Sequence[Stack], growing: set[tuple] = frozenset()) -> di
             child = node["c"].get(frame)
             if child is None:
                 function, file, line = frame
-                child = node["c"][frame] = {"n": function or "?", "f": file, "l": line, "v": 0, "t": 0, "c": {}}
+                child = node["c"][frame] = {
+                    "n": function or "?",
+                    "f": file,
+                    "l": line,
+                    "v": 0,
+                    "t": 0,
+                    "c": {},
+                }
             child["v"] += stack.live_bytes
             child["t"] += stack.total_bytes
             node = child
@@ -189,7 +196,8 @@ a frame above it (or all) to go back</span></h2>
 """
 
 _STYLE = """
-body{font:13px/1.4 system-ui,-apple-system,"DejaVu Sans",sans-serif;margin:0 24px 24px;color:#222;background:#fff}
+body{font:13px/1.4 system-ui,-apple-system,"DejaVu Sans",sans-serif;margin:0 24px 24px;
+  color:#222;background:#fff}
 h1{font-size:20px;margin:16px 0 2px}h2{font-size:15px;margin:22px 0 6px}
 .sub,.hint{color:#666;font-weight:normal;font-size:12px}
 .scroll{overflow-x:auto}
@@ -246,7 +254,9 @@ _SCRIPT = r"""
     }
     var t0 = Infinity, t1 = -Infinity, y1 = 0;
     series.forEach(function (s) {
-      s.points.forEach(function (p) { t0 = Math.min(t0, p[0]); t1 = Math.max(t1, p[0]); y1 = Math.max(y1, p[1]); });
+      s.points.forEach(function (p) {
+        t0 = Math.min(t0, p[0]); t1 = Math.max(t1, p[0]); y1 = Math.max(y1, p[1]);
+      });
     });
     if (t1 <= t0) { t1 = t0 + 1; }
     if (y1 <= 0) { y1 = 1; }
@@ -264,7 +274,9 @@ _SCRIPT = r"""
     el("line", {x1: L, x2: W - R, y1: H - B, y2: H - B, "class": "axis"}, svg);
     series.forEach(function (s, n) {
       var color = COLORS[n % COLORS.length];
-      var d = s.points.map(function (p, k) { return (k ? "L" : "M") + x(p[0]).toFixed(1) + "," + y(p[1]).toFixed(1); });
+      var d = s.points.map(function (p, k) {
+        return (k ? "L" : "M") + x(p[0]).toFixed(1) + "," + y(p[1]).toFixed(1);
+      });
       var path = el("path", {d: d.join(""), "class": "series", stroke: color, "data-name": s.name}, svg);
       el("title", {}, path).textContent = s.name + " " + s.where;
       s.points.forEach(function (p) {
@@ -276,7 +288,8 @@ _SCRIPT = r"""
       var sw = document.createElement("span");
       sw.className = "sw"; sw.style.background = color;
       item.appendChild(sw);
-      item.appendChild(document.createTextNode(s.name + " (" + s.where + ")" + (s.growing ? " \u2014 growing" : "")));
+      var text = s.name + " (" + s.where + ")" + (s.growing ? " \u2014 growing" : "");
+      item.appendChild(document.createTextNode(text));
       legend.appendChild(item);
     });
   }
@@ -344,14 +357,20 @@ _SCRIPT = r"""
     focus.textContent = "Focus: " + chain.map(function (c) { return c.n; }).join(" \u203a ") +
       " \u2014 " + bytes(FOCUS.v) + " live" + (where(FOCUS) ? " at " + where(FOCUS) : "");
     var note = document.getElementById("flame-note");
-    note.textContent = ROOT.v ? (ROOT.omitted ? ROOT.omitted + " frame(s) under 0.01 % of the total left out." : "") :
-      "Nothing is live: every sampled allocation was freed.";
+    if (!ROOT.v) {
+      note.textContent = "Nothing is live: every sampled allocation was freed.";
+    } else {
+      note.textContent = ROOT.omitted ? ROOT.omitted + " frame(s) under 0.01 % of the total left out." : "";
+    }
   }
 
   function drawAll() { drawChart(); drawFlame(); }
   drawAll();
   var pending = null;
-  window.addEventListener("resize", function () { clearTimeout(pending); pending = setTimeout(drawAll, 100); });
+  window.addEventListener("resize", function () {
+    clearTimeout(pending);
+    pending = setTimeout(drawAll, 100);
+  });
   document.body.setAttribute("data-ready", "1");
 })();
 """

@@ -33,7 +33,14 @@ DEFAULT_SAMPLE_TYPE = "inuse_space"
 
 # profile.proto field numbers
 _P_SAMPLE_TYPE, _P_SAMPLE, _P_MAPPING, _P_LOCATION, _P_FUNCTION, _P_STRINGS = 1, 2, 3, 4, 5, 6
-_P_TIME_NANOS, _P_DURATION_NANOS, _P_PERIOD_TYPE, _P_PERIOD, _P_COMMENT, _P_DEFAULT_TYPE = 9, 10, 11, 12, 13, 14
+_P_TIME_NANOS, _P_DURATION_NANOS, _P_PERIOD_TYPE, _P_PERIOD, _P_COMMENT, _P_DEFAULT_TYPE = (
+    9,
+    10,
+    11,
+    12,
+    13,
+    14,
+)
 
 
 def display_name(name: str) -> str:

@@ -199,9 +199,7 @@ def load(path: str | Path) -> Snapshot:
             obj = json.loads(lines[dump.line_no - 1])
         except (IndexError, ValueError):
             continue
-        named = [
-            (r, v) for r, v in _sites_with_stacks(obj.get("sites"), source="preload", pid=dump.pid)
-        ]
+        named = [(r, v) for r, v in _sites_with_stacks(obj.get("sites"), source="preload", pid=dump.pid)]
         # The dump reader renames native symbols; match the rows it kept by file and line.
         kept = {(r.file, r.line, r.native): r for r in snap.table if r.pid == dump.pid}
         named = [(kept.get((r.file, r.line, r.native), r), v) for r, v in named]

@@ -19,7 +19,9 @@ def diff(
     top: Annotated[int, typer.Option(min=0, help="Rows to show (0: all).")] = 20,
     json_out: Annotated[
         Optional[str],
-        typer.Option("--json", metavar="OUT", help="Write the change as JSON to OUT ('-': stdout, no table)."),
+        typer.Option(
+            "--json", metavar="OUT", help="Write the change as JSON to OUT ('-': stdout, no table)."
+        ),
     ] = None,
 ) -> None:
     """Per site, what grew between two snapshots: live bytes and allocations, growers first."""

@@ -53,7 +53,9 @@ def _write_views(snap, rows, all_rows, *, html: Optional[Path], pprof: Optional[
 def report(
     path: Annotated[
         Path,
-        typer.Argument(help="A `trackleak run --json` or `trackleak-agent --json` file, or the shim's profiler.jsonl."),
+        typer.Argument(
+            help="A `trackleak run --json` or `trackleak-agent --json` file, or the shim's profiler.jsonl."
+        ),
     ],
     top: Annotated[int, typer.Option(min=0, help="Rows to show (0: all); the HTML table too.")] = 20,
     sort: Annotated[SortBy, typer.Option(help=SORT_HELP)] = SortBy.leak,

@@ -15,6 +15,7 @@ error that says what to install, never a skip.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -34,9 +35,22 @@ def trackleak_run(workdir: Path, name: str, rounds: int) -> tuple[dict, dict]:
     """`trackleak run --json` of the fixture, every allocation sampled (exact live bytes)."""
     out, truth = workdir / f"{name}.json", workdir / f"{name}.truth.json"
     result = run_trackleak(
-        "run", "--sample-rate", "1", "--interval", "0.2", "--json", str(out), "-q",
-        str(FIXTURE), str(truth), str(rounds), str(PER_ROUND), str(SIZE), "0.15",
-        cwd=workdir, timeout=120,
+        "run",
+        "--sample-rate",
+        "1",
+        "--interval",
+        "0.2",
+        "--json",
+        str(out),
+        "-q",
+        str(FIXTURE),
+        str(truth),
+        str(rounds),
+        str(PER_ROUND),
+        str(SIZE),
+        "0.15",
+        cwd=workdir,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(out.read_text()), json.loads(truth.read_text())
@@ -83,8 +97,15 @@ def browser():
         pytest.fail("selenium is missing: run scripts/setup.sh (the test extra)", pytrace=False)
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1400,1200", "--no-first-run", "--disable-extensions"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1200",
+        "--no-first-run",
+        "--disable-extensions",
+    ):
         opts.add_argument(arg)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     # the system chromedriver, named: selenium's manager downloads nothing
@@ -178,16 +199,26 @@ def test_html_report_in_chromium(runs, browser):
 def test_html_flame_graph_of_stacks_in_chromium(runs, browser, tmp_path):
     # GIVEN the real run's table with call stacks on the leaking row, in the format both routes
     # will write (trackleak.stacks): 3/4 of its live bytes through one caller, the rest another
-    path, doc, _ = runs["after"]
+    doc = copy.deepcopy(runs["after"][1])
     row = hoard_row(doc)
     site = [row["function"], row["file"], row["line"]]
     main = ["main", row["file"], 1]
     share = row["live_bytes"] * 3 // 4
     row["stacks"] = [
-        {"frames": [main, ["caller_a", row["file"], 2], site], "live_bytes": share,
-         "live_count": 0, "total_bytes": 0, "count": 0},
-        {"frames": [main, ["caller_b", row["file"], 3], site], "live_bytes": row["live_bytes"] - share,
-         "live_count": 0, "total_bytes": 0, "count": 0},
+        {
+            "frames": [main, ["caller_a", row["file"], 2], site],
+            "live_bytes": share,
+            "live_count": 0,
+            "total_bytes": 0,
+            "count": 0,
+        },
+        {
+            "frames": [main, ["caller_b", row["file"], 3], site],
+            "live_bytes": row["live_bytes"] - share,
+            "live_count": 0,
+            "total_bytes": 0,
+            "count": 0,
+        },
     ]
     stacked = tmp_path / "stacked.json"
     stacked.write_text(json.dumps(doc))
@@ -222,17 +253,37 @@ def go_tool() -> str:
     for candidate in (shutil.which("go"), "/usr/local/go/bin/go", "/usr/lib/go/bin/go"):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
-    pytest.fail("Go is missing: `go tool pprof` reads the profile (install Go, e.g. apt golang-go)", pytrace=False)
+    pytest.fail(
+        "Go is missing: `go tool pprof` reads the profile (install Go, e.g. apt golang-go)", pytrace=False
+    )
 
 
 def pprof_top(profile: Path, sample_index: str, home: Path) -> dict[str, int]:
     """`go tool pprof -top` with exact units: function name -> flat value."""
-    env = dict(os.environ, HOME=str(home), GOCACHE=str(home / "gocache"), GOPATH=str(home / "gopath"),
-               GOTOOLCHAIN="local", GOPROXY="off", GOFLAGS="")
+    env = dict(
+        os.environ,
+        HOME=str(home),
+        GOCACHE=str(home / "gocache"),
+        GOPATH=str(home / "gopath"),
+        GOTOOLCHAIN="local",
+        GOPROXY="off",
+        GOFLAGS="",
+    )
     result = subprocess.run(
-        [go_tool(), "tool", "pprof", "-top", "-nodecount=1000", f"-sample_index={sample_index}",
-         *(["-unit=B"] if "space" in sample_index else []), str(profile)],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            go_tool(),
+            "tool",
+            "pprof",
+            "-top",
+            "-nodecount=1000",
+            f"-sample_index={sample_index}",
+            *(["-unit=B"] if "space" in sample_index else []),
+            str(profile),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert f"Type: {sample_index}" in result.stdout
@@ -276,9 +327,13 @@ def test_diff_of_two_snapshots_of_a_growing_leak(runs):
     # THEN the leak comes first with what it grew: 6 rounds of blocks
     first = doc["sites"][0]
     assert (first["function"], first["line"]) == ("hoard_blocks", line_of(FIXTURE, "hoard"))
-    grew = (after_truth["bytes"] + after_truth["list_buffer"]) - (before_truth["bytes"] + before_truth["list_buffer"])
+    grew = (after_truth["bytes"] + after_truth["list_buffer"]) - (
+        before_truth["bytes"] + before_truth["list_buffer"]
+    )
     assert abs(first["live_bytes_delta"] - grew) <= 0.01 * grew, (first["live_bytes_delta"], grew)
-    assert first["live_bytes_delta"] == hoard_row(after_doc)["live_bytes"] - hoard_row(before_doc)["live_bytes"]
+    assert (
+        first["live_bytes_delta"] == hoard_row(after_doc)["live_bytes"] - hoard_row(before_doc)["live_bytes"]
+    )
     assert first["count_delta"] >= (after_truth["blocks"] - before_truth["blocks"]) == 6 * PER_ROUND
     assert first["status"] == "both"
     churn = next(s for s in doc["sites"] if s["function"] == "churn_blocks")

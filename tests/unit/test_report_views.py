@@ -152,15 +152,29 @@ def test_message_fields():
 
 
 def site_row(**kw) -> Row:
-    base = dict(function="append", file="/app/lib.py", line=7, count=100, total_bytes=100_000,
-                sample_count=10, live_bytes=60_000, live_count=60)
+    base = dict(
+        function="append",
+        file="/app/lib.py",
+        line=7,
+        count=100,
+        total_bytes=100_000,
+        sample_count=10,
+        live_bytes=60_000,
+        live_count=60,
+    )
     base.update(kw)
     return Row(**base)
 
 
 def stack_json(*frames, live=0, count=0, total=0, live_count=0, **extra):
-    return {"frames": [list(f) for f in frames], "live_bytes": live, "live_count": live_count,
-            "total_bytes": total, "count": count, **extra}
+    return {
+        "frames": [list(f) for f in frames],
+        "live_bytes": live,
+        "live_count": live_count,
+        "total_bytes": total,
+        "count": count,
+        **extra,
+    }
 
 
 MAIN_A = ("main", "/app/run.py", 40)
@@ -172,8 +186,16 @@ def test_parse_stacks_valid_and_completed():
     row = site_row()
     value = [
         stack_json(MAIN_A, SITE, live=40_000, live_count=40, total=50_000, count=50),
-        stack_json(MAIN_B, SITE, live=15_000, live_count=15, total=30_000, count=30, truncated=True,
-                   growth_bytes_per_s=12.5),
+        stack_json(
+            MAIN_B,
+            SITE,
+            live=15_000,
+            live_count=15,
+            total=30_000,
+            count=30,
+            truncated=True,
+            growth_bytes_per_s=12.5,
+        ),
     ]
     stacks = parse_stacks(value, row)
     assert [s.frames for s in stacks] == [(MAIN_A, SITE), (MAIN_B, SITE)]
@@ -182,7 +204,12 @@ def test_parse_stacks_valid_and_completed():
     # what no stack covers is the site's own one-frame path: the counters add up to the row's
     done = complete(row, stacks)
     assert done[-1].frames == (SITE,)
-    assert (done[-1].live_bytes, done[-1].live_count, done[-1].total_bytes, done[-1].count) == (5000, 5, 20_000, 20)
+    assert (done[-1].live_bytes, done[-1].live_count, done[-1].total_bytes, done[-1].count) == (
+        5000,
+        5,
+        20_000,
+        20,
+    )
     for name in ("live_bytes", "live_count", "total_bytes", "count"):
         assert sum(getattr(s, name) for s in done) == getattr(row, name)
 
@@ -245,8 +272,12 @@ def test_pprof_profile_reads_back():
     ]
     prof = read_profile(pprof.build(stacks, period=51200, time_nanos=123, comments=["hello"]))
     assert prof["strings"][0] == ""
-    assert prof["types"] == [("inuse_space", "bytes"), ("inuse_objects", "count"),
-                             ("alloc_space", "bytes"), ("alloc_objects", "count")]
+    assert prof["types"] == [
+        ("inuse_space", "bytes"),
+        ("inuse_objects", "count"),
+        ("alloc_space", "bytes"),
+        ("alloc_objects", "count"),
+    ]
     assert prof["default"] == "inuse_space"
     assert prof["period"] == 51200 and prof["period_type"] == ("space", "bytes")
     assert prof["time_nanos"] == 123 and prof["comments"] == ["hello"]
@@ -293,18 +324,43 @@ def test_collapsed_lines():
 
 
 def run_doc(sites, history=None, **meta):
-    doc = {"meta": {"format": "trackleak-run", "version": 1, "pids": [1], "sample_interval": 51200,
-                    "started": 1000.0, "ended": 1010.0, **meta}, "sites": sites}
+    doc = {
+        "meta": {
+            "format": "trackleak-run",
+            "version": 1,
+            "pids": [1],
+            "sample_interval": 51200,
+            "started": 1000.0,
+            "ended": 1010.0,
+            **meta,
+        },
+        "sites": sites,
+    }
     if history is not None:
         doc["history"] = history
     return doc
 
 
 def site(function, line, live, count, pid=1, file="/app/lib.py", growing=False, **extra):
-    return {"function": function, "file": file, "line": line, "count": count, "total_bytes": live * 2,
-            "sample_count": count, "sample_total_bytes": live, "sample_free_bytes": 0, "peak_single": 100,
-            "source": "preload", "pid": pid, "native": False, "live_bytes": live, "live_count": count,
-            "growth_bytes_per_s": 1000.0 if growing else 0.0, "growing": growing, **extra}
+    return {
+        "function": function,
+        "file": file,
+        "line": line,
+        "count": count,
+        "total_bytes": live * 2,
+        "sample_count": count,
+        "sample_total_bytes": live,
+        "sample_free_bytes": 0,
+        "peak_single": 100,
+        "source": "preload",
+        "pid": pid,
+        "native": False,
+        "live_bytes": live,
+        "live_count": count,
+        "growth_bytes_per_s": 1000.0 if growing else 0.0,
+        "growing": growing,
+        **extra,
+    }
 
 
 def write(tmp_path, name, doc):
@@ -314,14 +370,33 @@ def write(tmp_path, name, doc):
 
 
 def test_snapshot_stacks_history_and_bad_stacks(tmp_path):
-    good = site("append", 7, 60_000, 60, growing=True, stacks=[
-        stack_json(MAIN_A, SITE, live=40_000, live_count=40, total=50_000, count=50)])
+    good = site(
+        "append",
+        7,
+        60_000,
+        60,
+        growing=True,
+        stacks=[stack_json(MAIN_A, SITE, live=40_000, live_count=40, total=50_000, count=50)],
+    )
     bad = site("other", 9, 100, 1, stacks=[stack_json(MAIN_A, ("other", "/app/lib.py", 10), live=1)])
     other_pid = site("append", 7, 1_000, 1, pid=2)
-    path = write(tmp_path, "run.json", run_doc([good, bad, other_pid], history=[
-        {"function": "append", "file": "/app/lib.py", "line": 7, "native": False, "points": [[0.5, 10], [1.5, 20]]},
-        {"function": "x", "file": "/a", "line": 1, "points": "nope"},
-    ]))
+    path = write(
+        tmp_path,
+        "run.json",
+        run_doc(
+            [good, bad, other_pid],
+            history=[
+                {
+                    "function": "append",
+                    "file": "/app/lib.py",
+                    "line": 7,
+                    "native": False,
+                    "points": [[0.5, 10], [1.5, 20]],
+                },
+                {"function": "x", "file": "/a", "line": 1, "points": "nope"},
+            ],
+        ),
+    )
     snap = snapshot.load(path)
     assert snap.bad_stacks == 1 and any("not the row's site" in e for e in snap.errors)
     assert [s.points for s in snap.history] == [[(0.5, 10), (1.5, 20)]]
@@ -336,11 +411,31 @@ def test_snapshot_stacks_history_and_bad_stacks(tmp_path):
 
 
 def test_snapshot_of_shim_dumps_keeps_stacks(tmp_path):
-    dump = {"format": "trackleak-dump", "version": 1, "pid": 5, "ppid": 1, "timestamp": 77.0,
-            "reason": "exit", "sites": [site("append", 7, 60_000, 60, stacks=[
-                stack_json(MAIN_B, SITE, live=60_000, live_count=60, total=120_000, count=60)])]}
-    path = write(tmp_path, "profiler.jsonl", json.dumps({**dump, "reason": "interval", "timestamp": 1.0,
-                                                          "sites": []}) + "\n" + json.dumps(dump) + "\n")
+    dump = {
+        "format": "trackleak-dump",
+        "version": 1,
+        "pid": 5,
+        "ppid": 1,
+        "timestamp": 77.0,
+        "reason": "exit",
+        "sites": [
+            site(
+                "append",
+                7,
+                60_000,
+                60,
+                stacks=[stack_json(MAIN_B, SITE, live=60_000, live_count=60, total=120_000, count=60)],
+            )
+        ],
+    }
+    path = write(
+        tmp_path,
+        "profiler.jsonl",
+        json.dumps({**dump, "reason": "interval", "timestamp": 1.0, "sites": []})
+        + "\n"
+        + json.dumps(dump)
+        + "\n",
+    )
     snap = snapshot.load(path)
     assert snap.kind == "dumps" and snap.ended == 77.0
     (row,) = snap.rows()
@@ -352,14 +447,22 @@ def test_snapshot_of_shim_dumps_keeps_stacks(tmp_path):
     [
         (None, "no such file"),
         ("hello\n", "neither a `trackleak run --json` file nor"),
-        ('{"meta": {"format": "trackleak-run", "version": 9}, "sites": []}',
-         "trackleak-run version 9 is not supported: this trackleak reads version 1"),
-        ('{"meta": {"format": "trackleak-agent", "version": "1"}, "sites": []}', "version '1' is not supported"),
+        (
+            '{"meta": {"format": "trackleak-run", "version": 9}, "sites": []}',
+            "trackleak-run version 9 is not supported: this trackleak reads version 1",
+        ),
+        (
+            '{"meta": {"format": "trackleak-agent", "version": "1"}, "sites": []}',
+            "version '1' is not supported",
+        ),
         ('{"meta": {"format": "something-else", "version": 1}, "sites": []}', "is not a TrackLeak table"),
         ('{"meta": {"format": "trackleak-diff", "version": 1}, "sites": []}', "output of `trackleak diff`"),
         ('{"meta": 3, "sites": []}', "'meta' is not an object"),
         ('{"sites": 3}', "'sites' is not a list"),
-        ('{"format": "trackleak-dump", "version": 2, "pid": 3, "sites": []}\n', "dump version 2 is not supported"),
+        (
+            '{"format": "trackleak-dump", "version": 2, "pid": 3, "sites": []}\n',
+            "dump version 2 is not supported",
+        ),
     ],
 )
 def test_snapshot_errors(tmp_path, content, message):
@@ -400,17 +503,25 @@ def test_flame_tree():
     assert "g" not in tree["c"][0]
     # frames below MIN_SHARE of the root are left out, and counted
     many = [Stack(frames=(("big", "/b.py", 1),), live_bytes=10**6)] + [
-        Stack(frames=((f"f{i}", "/b.py", i),), live_bytes=1) for i in range(3)]
+        Stack(frames=((f"f{i}", "/b.py", i),), live_bytes=1) for i in range(3)
+    ]
     small = html.flame_tree(many)
     assert [k["n"] for k in small["c"]] == ["big"] and small["omitted"] == 3
 
 
 def test_html_page_is_self_contained_and_escapes(tmp_path):
     hostile = "</script><script>alert(1)</script>"
-    path = write(tmp_path, "run.json", run_doc([
-        site("append", 7, 60_000, 60, growing=True),
-        site(hostile, 3, 10, 1, file="/x<y>.py"),
-    ], history=[{"function": hostile, "file": "/x<y>.py", "line": 3, "points": [[0, 1]]}]))
+    path = write(
+        tmp_path,
+        "run.json",
+        run_doc(
+            [
+                site("append", 7, 60_000, 60, growing=True),
+                site(hostile, 3, 10, 1, file="/x<y>.py"),
+            ],
+            history=[{"function": hostile, "file": "/x<y>.py", "line": 3, "points": [[0, 1]]}],
+        ),
+    )
     snap = snapshot.load(path)
     rows = snap.rows()
     from trackleak import render
@@ -420,11 +531,12 @@ def test_html_page_is_self_contained_and_escapes(tmp_path):
     assert page.count("<script") == 2 and page.count("</script>") == 2  # the data and the code only
     assert "alert(1)" in page and "<script>alert" not in page
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # nothing fetched when viewed
-    body = page.split('<tbody>')[1]
+    body = page.split("<tbody>")[1]
     first = re.search(r"<tr([^>]*)><td[^>]*>([^<]*)</td>", body)
     assert first.group(2) == "append" and 'class="leak"' in first.group(1)
-    data = json.loads(re.search(r'<script type="application/json" id="trackleak-data">(.*?)</script>',
-                                page, re.S).group(1))
+    data = json.loads(
+        re.search(r'<script type="application/json" id="trackleak-data">(.*?)</script>', page, re.S).group(1)
+    )
     assert data["flame"]["v"] == 60_010 and data["series"][0]["name"] == hostile
 
 
@@ -432,12 +544,32 @@ def test_html_page_is_self_contained_and_escapes(tmp_path):
 
 
 def test_diff_growers_first(tmp_path):
-    before = write(tmp_path, "a.json", run_doc([
-        site("leak", 1, 1_000, 10), site("steady", 2, 5_000, 5), site("shrinks", 3, 9_000, 9),
-        site("gone", 4, 100, 1)], ended=1000.0))
-    after = write(tmp_path, "b.json", run_doc([
-        site("leak", 1, 51_000, 60, pid=7), site("steady", 2, 5_000, 5, pid=7),
-        site("shrinks", 3, 1_000, 9, pid=7), site("new", 5, 2_000, 2, pid=7)], ended=1030.0))
+    before = write(
+        tmp_path,
+        "a.json",
+        run_doc(
+            [
+                site("leak", 1, 1_000, 10),
+                site("steady", 2, 5_000, 5),
+                site("shrinks", 3, 9_000, 9),
+                site("gone", 4, 100, 1),
+            ],
+            ended=1000.0,
+        ),
+    )
+    after = write(
+        tmp_path,
+        "b.json",
+        run_doc(
+            [
+                site("leak", 1, 51_000, 60, pid=7),
+                site("steady", 2, 5_000, 5, pid=7),
+                site("shrinks", 3, 1_000, 9, pid=7),
+                site("new", 5, 2_000, 2, pid=7),
+            ],
+            ended=1030.0,
+        ),
+    )
     snap_a, snap_b = snapshot.load(before), snapshot.load(after)
     changes = diff.diff(snap_a, snap_b)
     assert [(c.row.function, c.status, c.delta("live_bytes"), c.delta("count")) for c in changes] == [
@@ -475,10 +607,23 @@ def stderr_of(result) -> str:
 
 
 def test_cli_report_views(tmp_path):
-    path = write(tmp_path, "run.json", run_doc([
-        site("append", 7, 60_000, 60, growing=True, stacks=[
-            stack_json(MAIN_A, SITE, live=40_000, live_count=40, total=50_000, count=50)]),
-        site("other", 9, 100, 1)]))
+    path = write(
+        tmp_path,
+        "run.json",
+        run_doc(
+            [
+                site(
+                    "append",
+                    7,
+                    60_000,
+                    60,
+                    growing=True,
+                    stacks=[stack_json(MAIN_A, SITE, live=40_000, live_count=40, total=50_000, count=50)],
+                ),
+                site("other", 9, 100, 1),
+            ]
+        ),
+    )
     folded = invoke("report", str(path), "--collapsed", "-")
     assert folded.exit_code == 0, folded.output
     assert folded.stdout.splitlines() == [
@@ -487,11 +632,19 @@ def test_cli_report_views(tmp_path):
         "other (/app/lib.py:9) 100",
     ]
     out = tmp_path / "out"
-    result = invoke("report", str(path), "--html", f"{out}.html", "--pprof", f"{out}.pb.gz",
-                    "--collapsed", f"{out}.folded")
+    result = invoke(
+        "report",
+        str(path),
+        "--html",
+        f"{out}.html",
+        "--pprof",
+        f"{out}.pb.gz",
+        "--collapsed",
+        f"{out}.folded",
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout == ""  # no table when views are written
-    assert "<svg id=\"flame\"" in (tmp_path / "out.html").read_text()
+    assert '<svg id="flame"' in (tmp_path / "out.html").read_text()
     prof = read_profile(gzip.decompress((tmp_path / "out.pb.gz").read_bytes()))
     assert sum(v[0] for _, v in prof["samples"]) == 60_100 and prof["period"] == 51200
     assert prof["time_nanos"] == 1000 * 10**9
