@@ -28,6 +28,9 @@ from helpers import FIXTURES, line_of, run_trackleak
 
 FIXTURE = FIXTURES / "views_leak.py"
 PER_ROUND, SIZE = 200, 4096
+# 12 rounds 0.25 s apart: enough polls (--interval 0.2) for the run to see the leak keep growing
+# on a loaded machine (it needs three readings and growth in the recent half of the window)
+PAUSE_S, ROUNDS_BEFORE, ROUNDS_AFTER = 0.25, 2, 12
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
@@ -58,10 +61,10 @@ def trackleak_run(workdir: Path, name: str, rounds: int) -> tuple[dict, dict]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, shim):
-    """Two snapshots of one growing leak: after 2 rounds and after 8."""
+    """Two snapshots of one growing leak: after a few rounds and after more."""
     workdir = tmp_path_factory.mktemp("views")
-    before, before_truth = trackleak_run(workdir, "before", 2)
-    after, after_truth = trackleak_run(workdir, "after", 8)
+    before, before_truth = trackleak_run(workdir, "before", ROUNDS_BEFORE)
+    after, after_truth = trackleak_run(workdir, "after", ROUNDS_AFTER)
     return {
         "dir": workdir,
         "before": (workdir / "before.json", before, before_truth),
@@ -152,7 +155,9 @@ def test_html_report_in_chromium(runs, browser):
     path, doc, _ = runs["after"]
     page = runs["dir"] / "report.html"
     report(str(path), "--html", str(page), cwd=runs["dir"])
-    assert hoard_row(doc)["growing"], "the run did not see the leak grow"
+    row = hoard_row(doc)
+    series = [h["points"] for h in doc.get("history", []) if h["function"] == "hoard_blocks"]
+    assert row["growing"], f"the run did not see the leak grow: {row}, series {series}"
 
     # WHEN Chromium opens it
     open_page(browser, page)
@@ -324,7 +329,7 @@ def test_diff_of_two_snapshots_of_a_growing_leak(runs):
     result = run_trackleak("diff", str(before), str(after), "--json", "-", cwd=runs["dir"], timeout=60)
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
-    # THEN the leak comes first with what it grew: 6 rounds of blocks
+    # THEN the leak comes first with what it grew: the blocks of the rounds in between
     first = doc["sites"][0]
     assert (first["function"], first["line"]) == ("hoard_blocks", line_of(FIXTURE, "hoard"))
     grew = (after_truth["bytes"] + after_truth["list_buffer"]) - (
@@ -334,7 +339,11 @@ def test_diff_of_two_snapshots_of_a_growing_leak(runs):
     assert (
         first["live_bytes_delta"] == hoard_row(after_doc)["live_bytes"] - hoard_row(before_doc)["live_bytes"]
     )
-    assert first["count_delta"] >= (after_truth["blocks"] - before_truth["blocks"]) == 6 * PER_ROUND
+    assert (
+        first["count_delta"]
+        >= (after_truth["blocks"] - before_truth["blocks"])
+        == (ROUNDS_AFTER - ROUNDS_BEFORE) * PER_ROUND
+    )
     assert first["status"] == "both"
     churn = next(s for s in doc["sites"] if s["function"] == "churn_blocks")
     assert abs(churn["live_bytes_delta"]) < 0.01 * grew
