@@ -21,10 +21,13 @@ allocations, each with its own share of the row's counters::
   sampled allocation adds its Horvitz-Thompson weights to the stack it was sampled on; ``count``
   and ``total_bytes`` are estimates too, since only sampled allocations record a stack). Two
   stacks of one row never have the same frames.
-- Sums over a row's stacks never exceed the row's counters. What no stack covers (a stack that
-  could not be recorded: its table was full, counted in the dump's ``dropped``) is shown by the
-  readers as the one-frame stack of the site itself; so is a whole row without ``stacks`` (rows
-  written before stacks existed, or by a route that records none). No byte is lost in a view.
+- Sums over a row's stacks should not exceed the row's counters; where they do (``count`` and
+  ``total_bytes`` of paths are estimates next to the row's exact counts; a table read while its
+  process runs may be a few allocations apart from its paths) readers scale the paths down to
+  the row. What no stack covers (a stack that could not be recorded: its table was full, counted
+  in the dump's ``dropped``) is shown by the readers as the one-frame stack of the site itself;
+  so is a whole row without ``stacks`` (rows written before stacks existed, or by a route that
+  records none). No byte is lost in a view, and none is added: a view adds up to the table.
 - At most ``MAX_STACKS`` stacks per row.
 
 Readers treat the input as hostile: ``parse_stacks`` validates everything and refuses the whole
@@ -149,11 +152,16 @@ def parse_stacks(value: Any, row: Row) -> list[Stack]:
         if stack.frames in out:
             raise ValueError(f"stack {n}: the same frames as another stack of the row")
         out[stack.frames] = stack
+    stacks = list(out.values())
     for name in COUNTERS:
-        total = sum(getattr(s, name) for s in out.values())
-        if total > getattr(row, name):
-            raise ValueError(f"the stacks' {name} ({total}) exceed the row's ({getattr(row, name)})")
-    return list(out.values())
+        total, have = sum(getattr(s, name) for s in stacks), getattr(row, name)
+        if total > have:
+            # Paths' count and total_bytes are estimates next to the row's exact ones, and a table
+            # read while its process runs can be a few allocations apart from its paths: the row
+            # is what the table shows, the paths are scaled to it.
+            for stack in stacks:
+                setattr(stack, name, getattr(stack, name) * have // total)
+    return stacks
 
 
 def complete(row: Row, stacks: Sequence[Stack]) -> list[Stack]:

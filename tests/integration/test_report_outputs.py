@@ -135,7 +135,7 @@ def frames(driver) -> list[dict]:
     return driver.execute_script(
         """return Array.from(document.querySelectorAll('#flame rect.frame')).map(function (r) {
              return {name: r.dataset.name, depth: +r.dataset.depth, path: r.dataset.path,
-                     x: +r.getAttribute('x'), w: +r.getAttribute('width'),
+                     x: +r.getAttribute('x'), w: +r.getAttribute('width'), fill: r.getAttribute('fill'),
                      title: r.querySelector('title').textContent}; });"""
     )
 
@@ -186,6 +186,8 @@ def test_html_report_in_chromium(runs, browser):
     below = sorted((f for f in drawn if f["depth"] == 1), key=lambda f: -f["w"])
     assert root["name"] == "all" and len(below) >= 2
     assert below[0]["name"] == "hoard_blocks" and below[0]["w"] > 0.5 * root["w"]
+    # the growing site in red, as in the table; the others not
+    assert below[0]["fill"] == "#e0443a" and all(f["fill"] != "#e0443a" for f in below[1:])
 
     # WHEN the leak's frame is clicked
     click_frame(browser, "hoard_blocks", 1)
