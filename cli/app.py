@@ -55,6 +55,7 @@ def _optional(name: str) -> None:
 
 _optional("doctor")
 _optional("es")
+_optional("diff")
 
 
 def main() -> None:

@@ -9,7 +9,8 @@
 #   1. system packages (apt; `apt-get update` only when something is missing); for the
 #      Elasticsearch tests: a Java runtime 17+ (openjdk-17-jre-headless when `java` is missing or
 #      older), Maven (when `mvn` is missing), nginx, openssl, unzip, curl; and, as root, the system
-#      user trackleak-es that runs the test server (Elasticsearch refuses root; scripts/es.sh)
+#      user trackleak-es that runs the test server (Elasticsearch refuses root; scripts/es.sh);
+#      for the HTML report's browser test: chromium, chromium-driver, fonts-dejavu-core
 #   2. kernel headers for bcc: the running kernel's own, or a merged tree of the
 #      distribution's generic headers under .cache/kernel-headers/<version>, whose
 #      path is written to .cache/bcc_kernel_source (read by the agent and
@@ -156,6 +157,9 @@ PKGS+=(systemd vagrant ruby shellcheck)
 # The Elasticsearch tests (scripts/es.sh fetches the server with Maven and runs it on Java 17+;
 # nginx and openssl put authentication and TLS in front of it).
 PKGS+=(nginx openssl unzip curl)
+# The HTML report's browser test (tests/integration/test_report_views.py, driven by selenium) and
+# the README's screenshot: Debian's headless Chromium, its WebDriver, and a font to draw text with.
+PKGS+=(chromium chromium-driver fonts-dejavu-core)
 java_major() {
     java -XshowSettings:properties -version 2>&1 | awk -F'= ' '/java.specification.version/ {print $2}' | cut -d. -f1
 }
