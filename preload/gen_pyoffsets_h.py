@@ -30,7 +30,8 @@ def c_name(field):
 
 def render(doc, source):
     minors = sorted(
-        (k for k in doc if not k.startswith("_")), key=lambda k: tuple(int(x) for x in k.split("."))
+        (k for k in doc if not k.startswith("_")),
+        key=lambda k: tuple(int(x) for x in k.rstrip("t").split(".")) + (int(k.endswith("t")),),
     )
     if not minors:
         raise ValueError(f"no versions in {source}")
@@ -41,6 +42,7 @@ def render(doc, source):
         if not all(isinstance(v, int) for v in doc[m].values()):
             raise ValueError(f"{m}: non-integer value")
     names = [c_name(f) for f in fields]
+    debug_pairs = [f[len("debug."):] for f in fields if f.startswith("debug.") and f[len("debug."):] in fields]
     origin = doc.get("_generated_from", {})
     width = max(len(n) for n in names)
 
@@ -55,12 +57,12 @@ def render(doc, source):
         "#define TL_PYOFFSETS_H",
         "",
         "struct tl_pyoffsets {",
-        "    int major, minor;",
+        "    int major, minor; /* key \"3.13t\": free_threaded below is 1 */",
     ]
     out += [f"    int {n};" for n in names]
     out += ["};", "", "static const struct tl_pyoffsets tl_pyoffsets_table[] = {"]
     for m in minors:
-        major, minor = m.split(".")
+        major, minor = m.rstrip("t").split(".")
         out.append(f"    {{ .major = {major}, .minor = {minor},")
         out += [f"      .{n:<{width}} = {doc[m][f]}," for n, f in zip(names, fields)]
         out.append("    },")
@@ -68,14 +70,30 @@ def render(doc, source):
         "};",
         f"#define TL_PYOFFSETS_COUNT {len(minors)}",
         "",
-        "/* The table for major.minor, or NULL: an unknown version must be refused, not guessed. */",
-        "static inline const struct tl_pyoffsets *tl_pyoffsets_find(int major, int minor)",
+        "/* The table for major.minor (free_threaded: the \"t\" build), or NULL: an unknown version",
+        " * must be refused, not guessed. */",
+        "static inline const struct tl_pyoffsets *tl_pyoffsets_find(int major, int minor, int free_threaded)",
         "{",
         "    for (int i = 0; i < TL_PYOFFSETS_COUNT; i++)",
-        "        if (tl_pyoffsets_table[i].major == major && tl_pyoffsets_table[i].minor == minor)",
+        "        if (tl_pyoffsets_table[i].major == major && tl_pyoffsets_table[i].minor == minor &&",
+        "            tl_pyoffsets_table[i].free_threaded == free_threaded)",
         "            return &tl_pyoffsets_table[i];",
         "    return 0;",
         "}",
+        "",
+        "/* Field <- the position of its value inside _Py_DebugOffsets (field \"debug.X\" of X): applied",
+        " * by the reader to a copy of the table entry, with the running interpreter's own values. */",
+        "struct tl_pyoffsets_debug { unsigned field, position; };",
+        "#define TL_PYOFFSETS_DEBUG_COUNT " + str(len(debug_pairs)),
+        "static const struct tl_pyoffsets_debug tl_pyoffsets_debug_map[] = {",
+    ]
+    out += [
+        f"    {{ __builtin_offsetof(struct tl_pyoffsets, {c_name(f)}), "
+        f"__builtin_offsetof(struct tl_pyoffsets, {c_name('debug.' + f)}) }},"
+        for f in debug_pairs
+    ]
+    out += [
+        "};",
         "",
         "#endif /* TL_PYOFFSETS_H */",
     ]

@@ -9,12 +9,27 @@
 #   bash scripts/roots.sh list               the roots that are ready ("NAME PATH"), nothing built
 #   bash scripts/roots.sh path NAME          the path of NAME (exit 1 when it is not built)
 #   bash scripts/roots.sh remove NAME        delete a root
+#   bash scripts/roots.sh pythons            every interpreter of the ready roots: "NAME PATH"
+#                                            (the launchers below, and the free-threaded builds)
 #
 # The roots (name: suite, packages):
 #   trixie   Debian 13: python3.13
 #   sid      Debian unstable: python3.14, python3.15
+# and the free-threaded builds (Debian packages none), configured --disable-gil from Debian's
+# source tarball of the same version as the root's interpreter, installed into a prefix:
+#   ft3.13   CPython 3.13t (trixie's python3.13 source), PREFIX/bin/python3.13t
+#   ft3.14   CPython 3.14t (sid's python3.14 source),    PREFIX/bin/python3.14t
 #
-# Where: $TRACKLEAK_ROOTS, default /var/cache/trackleak/roots: outside the checkout, so that every
+# Each Debian root also gets, on ensure (stamped in NAME/.trackleak-headers):
+#   - its interpreters' headers (libpython3.X-dev of the same version, unpacked into the root with
+#     dpkg-deb -x: bpf/offsets/generate.py and the extension tests compile against them);
+#   - a launcher per interpreter, ROOTS/bin/NAME-python3.X: runs ROOT/usr/bin/python3.X through the
+#     root's own dynamic loader and libraries (glibc included) with PYTHONHOME=ROOT/usr, from the
+#     host's file system: the root's interpreter without a chroot, so every test can pass it host
+#     paths (scripts, log directories, the shim). `chroot ROOT /usr/bin/python3.X` is the container
+#     form of the same interpreter.
+#
+# Where: $TRACKLEAK_ROOTS, default /var/cache/trackleak/roots (builds: ROOTS/NAME too): outside the checkout, so that every
 # clone of the project (CI's fresh one included) reuses them. A root is built in NAME.tmp and
 # renamed when complete, with a stamp (NAME/.trackleak-root) naming its suite and packages: a
 # root whose stamp differs from what this script wants is built again. About a minute and
@@ -28,15 +43,36 @@ STAMP=.trackleak-root
 # One source of truth for what each root holds.
 declare -A SUITE=([trixie]=trixie [sid]=sid)
 declare -A PACKAGES=([trixie]="python3.13" [sid]="python3.14,python3.15")
-ALL=(trixie sid)
+# Free-threaded builds: the root whose interpreter gives the source version, and its package.
+declare -A FT_ROOT=([ft3.13]=trixie [ft3.14]=sid)
+declare -A FT_PKG=([ft3.13]=python3.13 [ft3.14]=python3.14)
+ALL=(trixie sid ft3.13 ft3.14)
 
 say() { printf '[roots] %s\n' "$*" >&2; }
 die() { printf '[roots] FAILED: %s\n' "$*" >&2; exit 1; }
 
-want_stamp() { printf 'suite=%s packages=%s\n' "${SUITE[$1]}" "${PACKAGES[$1]}"; }
+is_ft() { [[ -n "${FT_ROOT[$1]:-}" ]]; }
+
+# A free-threaded build's version: the upstream part of its root's package version (3.13.5-2+deb13u5
+# -> 3.13.5), so both are built from the same source; empty while the root is not built.
+ft_version() {
+    local root="$ROOTS/${FT_ROOT[$1]}" v
+    [[ -f "$root/$STAMP" ]] || return 0
+    v="$(chroot "$root" dpkg-query -W -f '${Version}' "${FT_PKG[$1]}" 2>/dev/null)" || return 0
+    v="${v#*:}"
+    printf '%s\n' "${v%%-*}"
+}
+
+want_stamp() {
+    if is_ft "$1"; then
+        printf 'free-threaded source=%s_%s configure=--disable-gil\n' "${FT_PKG[$1]}" "$(ft_version "$1")"
+    else
+        printf 'suite=%s packages=%s\n' "${SUITE[$1]}" "${PACKAGES[$1]}"
+    fi
+}
 
 known() {
-    [[ -n "${SUITE[$1]:-}" ]] || die "unknown root '$1' (known: ${ALL[*]})"
+    [[ -n "${SUITE[$1]:-}" ]] || is_ft "$1" || die "unknown root '$1' (known: ${ALL[*]})"
 }
 
 ready() {
@@ -68,6 +104,117 @@ build() {
     say "built $name in $((SECONDS - t0)) s: $(du -sh "$dir" | cut -f1)"
 }
 
+# A free-threaded CPython from Debian's .orig.tar.xz (the root's version), no PGO, make -j$(nproc),
+# installed into ROOTS/NAME (bin/python3.Xt). About 5-10 minutes on 2 cores; the time is printed.
+build_ft() {
+    local name=$1 dir="$ROOTS/$1" tmp="$ROOTS/$1.tmp" log="$ROOTS/$1.log" pkg="${FT_PKG[$1]}"
+    local version url src
+    ready "${FT_ROOT[$name]}" || build "${FT_ROOT[$name]}"
+    version="$(ft_version "$name")"
+    [[ -n $version ]] || die "$name: cannot read the version of $pkg in the ${FT_ROOT[$name]} root"
+    url="$MIRROR/pool/main/p/$pkg/${pkg}_${version}.orig.tar.xz"
+    src="$ROOTS/${pkg}_${version}.orig.tar.xz"
+    if [[ ! -s $src ]]; then
+        say "downloading $url"
+        if ! curl -fsSL --retry 2 -m 600 -o "$src.part" "$url"; then
+            rm -f "$src.part"
+            die "$name: cannot download the CPython $version source ($url): is $MIRROR reachable and does it still carry that version? (a copy of the tarball placed at $src is used as it is)"
+        fi
+        mv "$src.part" "$src"
+    fi
+    rm -rf "$tmp" "$ROOTS/$name.src"
+    mkdir -p "$ROOTS/$name.src"
+    say "building $name: CPython $version ./configure --disable-gil into $dir (5-10 minutes; log $log)"
+    local t0=$SECONDS
+    if ! (
+        set -e
+        tar -xJf "$src" -C "$ROOTS/$name.src" --strip-components=1
+        cd "$ROOTS/$name.src"
+        ./configure --disable-gil --prefix="$dir" --without-ensurepip
+        make -j"$(nproc)"
+        make install DESTDIR="$tmp"
+    ) >"$log" 2>&1; then
+        tail -n 15 "$log" | sed 's/^/    | /' >&2
+        rm -rf "$tmp" "$ROOTS/$name.src"
+        die "build of $name failed (log: $log)"
+    fi
+    # DESTDIR keeps the prefix's path under tmp: move the prefix itself into place.
+    want_stamp "$name" >"$tmp$dir/$STAMP"
+    rm -rf "$dir"
+    mv "$tmp$dir" "$dir"
+    rm -rf "$tmp" "$ROOTS/$name.src"
+    "$dir/bin/${pkg}t" -c 'import sys, sysconfig; assert sysconfig.get_config_var("Py_GIL_DISABLED"), "not free-threaded"' ||
+        die "$name: $dir/bin/${pkg}t is not a free-threaded interpreter"
+    say "built $name in $((SECONDS - t0)) s: $(du -sh "$dir" | cut -f1)"
+}
+
+# The root's libpython3.X-dev headers (same version as its python3.X), through the host's apt-get
+# with a private state directory (no change to the host's apt), unpacked into the root.
+headers() {
+    local name=$1 dir="$ROOTS/$1" pkgs=() want="" pkg version
+    IFS=, read -r -a pkgs <<<"${PACKAGES[$name]}"
+    for pkg in "${pkgs[@]}"; do
+        version="$(chroot "$dir" dpkg-query -W -f '${Version}' "$pkg")"
+        want+="lib${pkg}-dev=$version "
+    done
+    [[ -f "$dir/.trackleak-headers" && "$(cat "$dir/.trackleak-headers")" == "$want" ]] && return 0
+    local apt="$ROOTS/.apt/$name" t0=$SECONDS
+    mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/debs"
+    echo "deb [trusted=yes] $MIRROR ${SUITE[$name]} main" >"$apt/sources.list"
+    local opts=(-o "Dir::Etc::SourceList=$apt/sources.list" -o Dir::Etc::SourceParts=/nonexistent
+        -o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o APT::Sandbox::User=root
+        -o APT::Architecture=amd64 -o Debug::NoLocking=1)
+    say "headers of $name: $want"
+    if ! apt-get "${opts[@]}" -q update >"$apt/log" 2>&1 ||
+        ! (cd "$apt/debs" && apt-get "${opts[@]}" -q download $want) >>"$apt/log" 2>&1; then
+        tail -n 5 "$apt/log" | sed 's/^/    | /' >&2
+        die "$name: cannot download $want from $MIRROR (log: $apt/log)"
+    fi
+    for pkg in $want; do
+        dpkg-deb -x "$apt/debs/${pkg%%=*}_${pkg#*=}_amd64.deb" "$dir" ||
+            die "$name: cannot unpack ${pkg%%=*}"
+    done
+    rm -f "$apt/debs/"*.deb
+    printf '%s' "$want" >"$dir/.trackleak-headers"
+    say "headers of $name in $((SECONDS - t0)) s"
+}
+
+# ROOTS/bin/NAME-python3.X for each python3.X of the root (see the top of this file).
+launchers() {
+    local name=$1 dir="$ROOTS/$1" pkgs=() pkg
+    IFS=, read -r -a pkgs <<<"${PACKAGES[$name]}"
+    mkdir -p "$ROOTS/bin"
+    for pkg in "${pkgs[@]}"; do
+        local launcher="$ROOTS/bin/$name-$pkg"
+        cat >"$launcher.tmp" <<LAUNCHER
+#!/bin/sh
+# $name's /usr/bin/$pkg with the root's loader and libraries (made by scripts/roots.sh)
+PYTHONHOME="$dir/usr"
+export PYTHONHOME
+exec "$dir/lib64/ld-linux-x86-64.so.2" --library-path "$dir/lib/x86_64-linux-gnu:$dir/usr/lib/x86_64-linux-gnu" --argv0 "\$0" "$dir/usr/bin/$pkg" "\$@"
+LAUNCHER
+        chmod 755 "$launcher.tmp"
+        mv "$launcher.tmp" "$launcher"
+    done
+}
+
+# "NAME PATH" for each interpreter of the ready roots and builds.
+pythons() {
+    local name pkg pkgs=()
+    for name in "${ALL[@]}"; do
+        ready "$name" || continue
+        if is_ft "$name"; then
+            printf '%s %s\n' "$name" "$ROOTS/$name/bin/${FT_PKG[$name]}t"
+        else
+            IFS=, read -r -a pkgs <<<"${PACKAGES[$name]}"
+            for pkg in "${pkgs[@]}"; do
+                [[ -x "$ROOTS/bin/$name-$pkg" ]] && printf '%s %s\n' "$name-$pkg" "$ROOTS/bin/$name-$pkg"
+            done
+        fi
+    done
+    true
+}
+
 cmd="${1:-}"
 shift || true
 case "$cmd" in
@@ -79,7 +226,13 @@ case "$cmd" in
         flock 9  # concurrent runs (two checkouts) build each root once
         for name in "${names[@]}"; do
             known "$name"
-            ready "$name" || build "$name"
+            if is_ft "$name"; then
+                ready "$name" || build_ft "$name"
+            else
+                ready "$name" || build "$name"
+                headers "$name"
+                launchers "$name"
+            fi
             printf '%s %s\n' "$name" "$ROOTS/$name"
         done
         ;;
@@ -89,6 +242,9 @@ case "$cmd" in
         done
         true
         ;;
+    pythons)
+        pythons
+        ;;
     path)
         known "${1:-}"
         ready "$1" || exit 1
@@ -96,10 +252,10 @@ case "$cmd" in
         ;;
     remove)
         known "${1:-}"
-        rm -rf "${ROOTS:?}/$1" "${ROOTS:?}/$1.tmp"
+        rm -rf "${ROOTS:?}/$1" "${ROOTS:?}/$1.tmp" "${ROOTS:?}/$1.src"
         ;;
     -h | --help | help | "")
-        sed -n '3,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        sed -n '3,38p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
         ;;
     *)
         die "unknown command '$cmd' (try --help)"

@@ -33,6 +33,40 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_JSON = os.path.join(HERE, "cpython.json")
 MIN_VERSION = (3, 9)
 
+# Table field -> the _Py_DebugOffsets member that describes it (3.13+), with the first minor that
+# has the member. Members that a build without the GIL leaves at 0 (tlbc) are marked "t".
+DEBUG_MEMBERS = {
+    "tstate.current_frame": ("thread_state.current_frame", 0x030D0000),
+    "tstate.interp": ("thread_state.interp", 0x030D0000),
+    "tstate.thread_id": ("thread_state.thread_id", 0x030D0000),
+    "tstate.native_thread_id": ("thread_state.native_thread_id", 0x030D0000),
+    "tstate.next": ("thread_state.next", 0x030D0000),
+    "frame.previous": ("interpreter_frame.previous", 0x030D0000),
+    "frame.code": ("interpreter_frame.executable", 0x030D0000),
+    "frame.instr": ("interpreter_frame.instr_ptr", 0x030D0000),
+    "frame.owner": ("interpreter_frame.owner", 0x030D0000),
+    "frame.tlbc_index": ("interpreter_frame.tlbc_index", 0x030E0000),
+    "code.co_name": ("code_object.name", 0x030D0000),
+    "code.co_filename": ("code_object.filename", 0x030D0000),
+    "code.co_qualname": ("code_object.qualname", 0x030D0000),
+    "code.co_firstlineno": ("code_object.firstlineno", 0x030D0000),
+    "code.co_code_adaptive": ("code_object.co_code_adaptive", 0x030D0000),
+    "code.co_linetable": ("code_object.linetable", 0x030D0000),
+    "code.sizeof": ("code_object.size", 0x030D0000),
+    "code.co_tlbc": ("code_object.co_tlbc", 0x030E0000),
+    "unicode.asciiobject_size": ("unicode_object.asciiobject_size", 0x030D0000),
+    "unicode.compact_size": ("unicode_object.compactunicodeobject_size", 0x030F0000),
+    "unicode.length": ("unicode_object.length", 0x030D0000),
+    "unicode.state": ("unicode_object.state", 0x030D0000),
+    "bytes.ob_sval": ("bytes_object.ob_sval", 0x030D0000),
+    "varobject.ob_size": ("bytes_object.ob_size", 0x030D0000),
+    "object.ob_type": ("pyobject.ob_type", 0x030D0000),
+    "type.tp_name": ("type_object.tp_name", 0x030D0000),
+    "runtime.interpreters_head": ("runtime_state.interpreters_head", 0x030D0000),
+    "interp.tstate_head": ("interpreter_state.threads_head", 0x030D0000),
+}
+DEBUG_FIELDS = list(DEBUG_MEMBERS)
+
 # Field order here is the order in the JSON and in the generated C header.
 # -1 means "no such field in this version".
 FIELDS = [
@@ -51,8 +85,10 @@ FIELDS = [
     "frame.lasti",  # 3.9/3.10 PyFrameObject.f_lasti
     "frame.instr",  # prev_instr (3.11/3.12), instr_ptr (3.13+)
     "frame.owner",  # 3.11+
-    "frame.owner_cstack",  # value of FRAME_OWNED_BY_CSTACK (3.12+): skip such frames
+    "frame.owner_cstack",  # 3.12+: frames with owner >= this have no code (C stack / interpreter)
     "frame.lasti_is_index",  # 3.9: f_lasti in bytes (0); 3.10: in code units (1); 3.11+: -1
+    "frame.tlbc_index",  # 3.14t: index of the thread-local bytecode copy instr points into
+    "frame.code_tag_bits",  # bits to clear from frame.code: 3.14+ f_executable is a _PyStackRef
     # Code objects (symbolization).
     "code.co_name",
     "code.co_filename",
@@ -63,6 +99,7 @@ FIELDS = [
     "code.co_linetable",  # 3.10+
     "code.co_lnotab",  # 3.9 only
     "code.sizeof",
+    "code.co_tlbc",  # 3.14t: _PyCodeArray *co_tlbc (entries[0] is co_code_adaptive)
     # Strings (names and file names are str objects).
     "unicode.asciiobject_size",
     "unicode.compact_size",
@@ -75,12 +112,20 @@ FIELDS = [
     "bytes.ob_sval",
     "varobject.ob_size",
     "object.ob_type",
+    "type.tp_name",
     # From the process to its threads without the GIL (gilstate TSS key).
     "runtime.autotsskey",  # _PyRuntime.gilstate.autoTSSkey (<=3.11), _PyRuntime.autoTSSkey (3.12+)
     "tss.key",  # Py_tss_t._key (the pthread_key_t)
     "runtime.interpreters_head",
     "interp.tstate_head",  # tstate_head (<=3.10), threads.head (3.11+)
-]
+    # Build.
+    "free_threaded",  # 1 for a --disable-gil build (key "3.13t"), else 0
+    # 3.13+: where the interpreter's own _Py_DebugOffsets (at the start of _PyRuntime, cookie
+    # "xdebugpy") holds each field above that it describes: byte offset of that uint64 inside the
+    # struct, -1 = not described (then the value above is the one used). The struct's layout
+    # changes between minors (fields are inserted), so its positions are per minor like the rest;
+    # the values read there are the running build's own (a free-threaded build's too).
+] + ["debug." + name for name in DEBUG_FIELDS] + ["debug.version", "debug.free_threaded"]
 
 # The probe. Version branches use PY_VERSION_HEX from the headers being probed,
 # so one source serves every minor. Enum constants (FRAME_OWNED_BY_CSTACK) can't
@@ -97,6 +142,12 @@ PROBE_C = r"""
 #include "pycore_interp.h"      /* struct _is (PyInterpreterState) */
 #if PY_VERSION_HEX >= 0x030B0000
 #  include "pycore_frame.h"     /* _PyInterpreterFrame */
+#endif
+#if PY_VERSION_HEX >= 0x030E0000
+#  include "pycore_debug_offsets.h"  /* _Py_DebugOffsets (3.13: in pycore_runtime.h) */
+#endif
+#if PY_VERSION_HEX >= 0x030E0000
+#  include "pycore_stackref.h"  /* Py_TAG_BITS */
 #endif
 
 #define P(name, value) printf("%s %ld\n", (name), (long)(value))
@@ -168,12 +219,26 @@ int main(void)
     OFF("frame.instr", _PyInterpreterFrame, instr_ptr);
 #  endif
     OFF("frame.owner", _PyInterpreterFrame, owner);
-#  if PY_VERSION_HEX >= 0x030C0000
+#  if PY_VERSION_HEX >= 0x030E0000
+    /* 3.14 moved the frames without code to the top of the enum: owner >= INTERPRETER
+       (3.14 also has CSTACK = 4 after it; 3.15 only INTERPRETER). */
+    P("frame.owner_cstack", FRAME_OWNED_BY_INTERPRETER);
+#  elif PY_VERSION_HEX >= 0x030C0000
     P("frame.owner_cstack", FRAME_OWNED_BY_CSTACK);
 #  else
     NONE("frame.owner_cstack");
 #  endif
     NONE("frame.lasti_is_index");
+#endif
+#if PY_VERSION_HEX >= 0x030E0000 && defined(Py_GIL_DISABLED)
+    OFF("frame.tlbc_index", _PyInterpreterFrame, tlbc_index);
+#else
+    NONE("frame.tlbc_index");
+#endif
+#if PY_VERSION_HEX >= 0x030E0000
+    P("frame.code_tag_bits", Py_TAG_BITS);
+#else
+    P("frame.code_tag_bits", 0);
 #endif
 
     /* ---- code objects ---- */
@@ -200,6 +265,11 @@ int main(void)
     OFF("code.co_lnotab", PyCodeObject, co_lnotab);
 #endif
     P("code.sizeof", sizeof(PyCodeObject));
+#if PY_VERSION_HEX >= 0x030E0000 && defined(Py_GIL_DISABLED)
+    OFF("code.co_tlbc", PyCodeObject, co_tlbc);
+#else
+    NONE("code.co_tlbc");
+#endif
 
     /* ---- str: sizes, length, and the state bitfield ---- */
     P("unicode.asciiobject_size", sizeof(PyASCIIObject));
@@ -242,12 +312,15 @@ int main(void)
     OFF("bytes.ob_sval", PyBytesObject, ob_sval);
     OFF("varobject.ob_size", PyVarObject, ob_size);
     OFF("object.ob_type", PyObject, ob_type);
+    OFF("type.tp_name", PyTypeObject, tp_name);
 
     /* ---- runtime -> gilstate TSS key, interpreters, thread list ---- */
 #if PY_VERSION_HEX < 0x030C0000
     OFF("runtime.autotsskey", _PyRuntimeState, gilstate.autoTSSkey);
-#else
+#elif PY_VERSION_HEX < 0x030F0000
     OFF("runtime.autotsskey", _PyRuntimeState, autoTSSkey);
+#else
+    NONE("runtime.autotsskey");  /* 3.15: a C11 thread-local (_Py_tss_gilstate), no TSS key */
 #endif
     OFF("tss.key", Py_tss_t, _key);
     OFF("runtime.interpreters_head", _PyRuntimeState, interpreters.head);
@@ -256,9 +329,39 @@ int main(void)
 #else
     OFF("interp.tstate_head", PyInterpreterState, threads.head);   /* renamed in 3.11 */
 #endif
+#ifdef Py_GIL_DISABLED
+    P("free_threaded", 1);
+#else
+    P("free_threaded", 0);
+#endif
+
+    /* ---- positions inside _Py_DebugOffsets (DEBUG_MEMBERS, generated below) ---- */
+@DEBUG_PROBE@
+#if PY_VERSION_HEX >= 0x030D0000
+    OFF("debug.version", _Py_DebugOffsets, version);
+    OFF("debug.free_threaded", _Py_DebugOffsets, free_threaded);
+#else
+    NONE("debug.version");
+    NONE("debug.free_threaded");
+#endif
     return 0;
 }
 """
+
+def _debug_probe():
+    lines = []
+    for field, (member, since) in DEBUG_MEMBERS.items():
+        lines += [
+            f"#if PY_VERSION_HEX >= {since:#010x}",
+            f'    OFF("debug.{field}", _Py_DebugOffsets, {member});',
+            "#else",
+            f'    NONE("debug.{field}");',
+            "#endif",
+        ]
+    return "\n".join(lines)
+
+
+PROBE_C = PROBE_C.replace("@DEBUG_PROBE@", _debug_probe())
 
 # Run by each target interpreter. Kept Python-2 compatible so that discovery
 # can ask old pyenv versions (2.7, 3.6...) what they are and then skip them.
@@ -288,16 +391,26 @@ def interpreter_info(python):
         raise OffsetsError(f"cannot run {python}: {e}") from None
     info = json.loads(out)
     info["python"] = python
-    info["minor"] = "{}.{}".format(*info["version_info"][:2])
+    # Free-threaded builds lay objects out differently (a bigger PyObject header): their own key.
+    info["minor"] = "{}.{}".format(*info["version_info"][:2]) + ("t" if info["gil_disabled"] else "")
     return info
 
 
+def root_interpreters():
+    """The interpreters of scripts/roots.sh (Debian roots' launchers, free-threaded builds)."""
+    roots = os.environ.get("TRACKLEAK_ROOTS", "/var/cache/trackleak/roots")
+    found = sorted(glob.glob(os.path.join(roots, "bin", "*-python3.*")))
+    found += sorted(glob.glob(os.path.join(roots, "ft3.*", "bin", "python3.*t")))
+    return [p for p in found if os.access(p, os.X_OK)]
+
+
 def default_interpreters():
-    """Every pyenv CPython >= 3.9, plus Debian's static /usr/bin/python3.11."""
+    """Every pyenv CPython >= 3.9, Debian's static /usr/bin/python3.11, and the roots' (roots.sh)."""
     root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
     candidates = sorted(glob.glob(os.path.join(root, "versions", "*", "bin", "python")))
     if os.path.exists("/usr/bin/python3.11"):
         candidates.append("/usr/bin/python3.11")
+    candidates += root_interpreters()
     found, seen = [], set()
     for python in candidates:
         real = os.path.realpath(python)
@@ -311,11 +424,6 @@ def default_interpreters():
             continue
         if info["implementation"] != "CPython" or tuple(info["version_info"]) < MIN_VERSION:
             continue
-        if info["gil_disabled"]:
-            # Free-threaded builds have a different PyObject layout; they would
-            # need their own key ("3.13t"), which nothing reads yet.
-            print(f"note: skipping free-threaded {python}", file=sys.stderr)
-            continue
         found.append(info)
     return found
 
@@ -325,11 +433,12 @@ def probe(info, cc=None):
     cc = cc or os.environ.get("CC", "cc")
     if shutil.which(cc) is None:
         raise OffsetsError(f"C compiler {cc!r} not found")
-    if info["gil_disabled"]:
-        raise OffsetsError("{} is a free-threaded build; not supported".format(info["python"]))
     incs = [info["include"], os.path.join(info["include"], "internal")]
     if info["platinclude"] not in incs:
         incs.append(info["platinclude"])
+    # Debian's pyconfig.h includes <x86_64-linux-gnu/python3.X/pyconfig.h>: its include root,
+    # which for an interpreter of another root (roots.sh) is not the host's /usr/include.
+    incs.append(os.path.dirname(info["include"]))
     with tempfile.TemporaryDirectory(prefix="tl-offsets-") as tmp:
         src, exe = os.path.join(tmp, "probe.c"), os.path.join(tmp, "probe")
         with open(src, "w") as f:
@@ -367,8 +476,9 @@ def probe(info, cc=None):
 
 
 def version_key(version):
-    """Sort key: "3.10" -> (3, 10), so 3.9 comes before 3.10."""
-    return tuple(int(x) for x in version.split("."))
+    """Sort key: "3.10" -> (3, 10, 0), so 3.9 comes before 3.10; "3.13t" right after "3.13"."""
+    ft = version.endswith("t")
+    return tuple(int(x) for x in version.rstrip("t").split(".")) + (int(ft),)
 
 
 def generate(infos):

@@ -43,8 +43,12 @@ typedef struct {
 
 enum { DOM_RAW = 0, DOM_MEM = 1, DOM_OBJ = 2, DOM_N = 3 };
 /* The mem and object domains may only be called with the GIL held (C API
- * contract); the raw domain may be called without it. */
-enum { GIL_0 = 0, GIL_1 = 1, GIL_2 = 1 };
+ * contract); the raw domain may be called without it. Without a GIL (free-threaded
+ * builds) or in a subinterpreter (maybe with a GIL of its own) that is not exclusion:
+ * tl_py_gil_exclusive() says when it is. */
+#define GIL_0 0
+#define GIL_1 tl_py_gil_exclusive()
+#define GIL_2 tl_py_gil_exclusive()
 
 volatile int tl_pymem_wanted;
 static tl_pymem_allocator prev[DOM_N];

@@ -13,6 +13,14 @@
  *       GIL (a C extension allocating outside the GIL still gets its line);
  *   tstate -> innermost frame -> (code object, instruction offset).
  *
+ * Layouts: for 3.13+ the interpreter describes itself in _Py_DebugOffsets, at the
+ * start of _PyRuntime (cookie "xdebugpy", PY_VERSION_HEX, free-threaded flag, then
+ * the offsets): the fields it describes are read from there (the running build's
+ * own values, a free-threaded build's too); the table (cpython.json) says where in
+ * that struct each one is (its layout changes between minors) and gives what it does
+ * not describe (the gilstate key's place, str state bits, frame owner values). A
+ * version or build the table does not know gets one message and native rows.
+ *
  * Only the owning thread pushes and pops its frames, and we run on that
  * thread, so the chain is stable while we read it. Names and the line number
  * are resolved once per new site (tl_py_describe): the code object is alive
@@ -35,7 +43,11 @@ static struct {
     volatile int up;                    /* was initialized (finalization detection) */
     int have_key;                       /* tss_key valid: skip PyGILState_GetThisThreadState */
     pthread_key_t tss_key;              /* the gilstate key (fixed once the runtime is up) */
-    const struct tl_pyoffsets *o;       /* NULL: version without offsets */
+    const struct tl_pyoffsets *o;       /* NULL: version without offsets; else &layout */
+    struct tl_pyoffsets layout;         /* the table's entry, debug offsets applied */
+    const char *runtime;                /* &_PyRuntime */
+    int free_threaded;                  /* a --disable-gil build */
+    int debug_offsets;                  /* fields taken from _Py_DebugOffsets */
     uint32_t version_hex;
     char version[32];
     int (*is_initialized)(void);
@@ -46,7 +58,33 @@ static struct {
     void *unicode_type;
 } rt;
 
+int tl_py_gil_one = 1;
+void *const volatile *tl_py_interp_head;
+void *tl_py_main_interp;
+
 int tl_py_present(void) { return rt.present; }
+int tl_py_free_threaded(void) { return rt.free_threaded; }
+const char *tl_py_layout_source(void)
+{
+    return !rt.o ? "none" : rt.debug_offsets ? "debug-offsets" : "table";
+}
+
+/* A subinterpreter exists (3.12+: it may have its own GIL): is the calling thread's
+ * current interpreter the main one? Its thread state is read through the unchecked
+ * accessor (a thread-local read in CPython). */
+int tl_py_current_interp_is_main(void)
+{
+    static void *(*unchecked)(void);
+    static int looked;
+    if (!looked) {
+        unchecked = (void *(*)(void))dlsym(RTLD_DEFAULT, "PyThreadState_GetUnchecked");
+        if (!unchecked)
+            unchecked = (void *(*)(void))dlsym(RTLD_DEFAULT, "_PyThreadState_UncheckedGet");
+        __atomic_store_n(&looked, 1, __ATOMIC_RELEASE);
+    }
+    const char *ts = unchecked ? unchecked() : NULL;
+    return ts && rt.o && AT(ts, rt.o->tstate_interp, void *) == tl_py_main_interp;
+}
 const char *tl_py_version_str(void) { return rt.present ? rt.version : NULL; }
 uint32_t tl_py_version_hex(void) { return rt.version_hex; }
 int tl_py_initialized(void) { return rt.present && rt.is_initialized(); }
@@ -55,7 +93,13 @@ int tl_py_initialized(void) { return rt.present && rt.is_initialized(); }
  * pthread_getspecific instead of three nested calls. */
 void tl_py_mark_up(void)
 {
-    const char *runtime = dlsym(RTLD_DEFAULT, "_PyRuntime");
+    const char *runtime = rt.runtime;
+    if (rt.o && runtime && rt.o->runtime_interpreters_head >= 0) {
+        /* New interpreters are pushed at the head: while it is the main one, there is no
+         * subinterpreter, and mem/object domain callers exclude each other (one GIL). */
+        tl_py_main_interp = AT(runtime, rt.o->runtime_interpreters_head, void *);
+        tl_py_interp_head = (void *const volatile *)(runtime + rt.o->runtime_interpreters_head);
+    }
     if (rt.o && runtime && rt.o->runtime_autotsskey >= 0) {
         const char *tss = runtime + rt.o->runtime_autotsskey;
         if (AT(tss, 0, int) == 1) { /* Py_tss_t._is_initialized */
@@ -73,6 +117,84 @@ int tl_py_schedule(int (*fn)(void *), void *arg)
     if (!rt.present || !rt.add_pending_call || !rt.is_initialized())
         return -1;
     return rt.add_pending_call(fn, arg);
+}
+
+/* "3.9 to 3.15, 3.13t": the keys of the table, for the messages. */
+static void supported(char *buf, size_t cap)
+{
+    size_t n = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < TL_PYOFFSETS_COUNT && n + 16 < cap; i++) {
+        const struct tl_pyoffsets *e = &tl_pyoffsets_table[i];
+        n += (size_t)snprintf(buf + n, cap - n, "%s%d.%d%s", n ? ", " : "", e->major, e->minor,
+                              e->free_threaded ? "t" : "");
+    }
+}
+
+/* The interpreter's _Py_DebugOffsets header: 1 when present and of this version. */
+static int debug_header(int major, int minor, int *free_threaded)
+{
+    /* cookie, version and free_threaded open the struct in every minor that has it (3.13+;
+     * the table's debug.version / debug.free_threaded say 8 and 16) */
+    if (!rt.runtime || rt.version_hex < 0x030D0000 || memcmp(rt.runtime, "xdebugpy", 8) != 0)
+        return 0;
+    uint64_t v = AT(rt.runtime, 8, uint64_t);
+    if ((int)(v >> 24) != major || (int)((v >> 16) & 0xff) != minor)
+        return 0;
+    *free_threaded = AT(rt.runtime, 16, uint64_t) != 0;
+    return 1;
+}
+
+static void find_layout(int major, int minor)
+{
+    char known[160];
+    int ft = 0;
+    int have_debug = debug_header(major, minor, &ft);
+    rt.free_threaded = ft;
+    if (ft)
+        tl_py_gil_one = 0; /* no GIL: no caller of any domain excludes another */
+    const struct tl_pyoffsets *e = tl_pyoffsets_find(major, minor, ft);
+    if (!e) {
+        supported(known, sizeof known);
+        if (ft)
+            tl_say("Python %st is a free-threaded build, which this TrackLeak has no layout for "
+                   "(supported: %s); allocations are attributed to native code, not to Python lines",
+                   rt.version, known);
+        else if (rt.version_hex >= 0x030D0000 && !have_debug)
+            tl_say("Python %s has no frame layout in this build (supported: %s) and describes none "
+                   "itself (no _Py_DebugOffsets); allocations are attributed to native code, not to "
+                   "Python lines",
+                   rt.version, known);
+        else
+            tl_say("Python %s has no frame layout in this build (supported: %s); allocations are "
+                   "attributed to native code, not to Python lines",
+                   rt.version, known);
+        return;
+    }
+    rt.layout = *e;
+    if (have_debug) {
+        /* Each field the interpreter describes, from its own _Py_DebugOffsets; a field the
+         * table says this build lacks (-1: e.g. tlbc_index, 0 there without free threading)
+         * stays absent. */
+        for (int i = 0; i < TL_PYOFFSETS_DEBUG_COUNT; i++) {
+            int *field = (int *)((char *)&rt.layout + tl_pyoffsets_debug_map[i].field);
+            int position = *(const int *)((const char *)e + tl_pyoffsets_debug_map[i].position);
+            if (position < 0 || *field < 0)
+                continue;
+            uint64_t v = AT(rt.runtime, position, uint64_t);
+            if (v > (1u << 20)) {
+                tl_say("Python %s: implausible _Py_DebugOffsets (%llu at byte %d); allocations are "
+                       "attributed to native code, not to Python lines",
+                       rt.version, (unsigned long long)v, position);
+                return;
+            }
+            *field = (int)v;
+        }
+        rt.debug_offsets = 1;
+    } else if (rt.version_hex >= 0x030D0000) {
+        tl_say("Python %s: no _Py_DebugOffsets found; using the built-in table", rt.version);
+    }
+    rt.o = &rt.layout;
 }
 
 void tl_py_discover(void)
@@ -102,13 +224,8 @@ void tl_py_discover(void)
             rt.version_hex = ((uint32_t)major << 24) | ((uint32_t)minor << 16) | ((uint32_t)micro << 8);
     }
     snprintf(rt.version, sizeof rt.version, "%d.%d.%d", major, minor, micro);
-    for (int i = 0; i < TL_PYOFFSETS_COUNT; i++)
-        if (tl_pyoffsets_table[i].major == major && tl_pyoffsets_table[i].minor == minor)
-            rt.o = &tl_pyoffsets_table[i];
-    if (!rt.o)
-        tl_say("Python %s has no frame layout in this build (supported: 3.9 to 3.13); "
-               "allocations are attributed to native code, not to Python lines",
-               rt.version);
+    rt.runtime = dlsym(RTLD_DEFAULT, "_PyRuntime");
+    find_layout(major, minor);
 }
 
 /* Distinguishes a code object from one allocated later at the same address
@@ -141,9 +258,10 @@ int tl_py_current(struct tl_pyloc *loc)
         frame = AT(ts, o->tstate_current_frame, const char *);
     }
     for (int depth = 0; frame && depth < 16; depth++, frame = AT(frame, o->frame_previous, const char *)) {
-        if (o->frame_owner_cstack >= 0 && AT(frame, o->frame_owner, unsigned char) == o->frame_owner_cstack)
-            continue; /* a C-stack shim frame (3.12+) */
-        const char *code = AT(frame, o->frame_code, const char *);
+        if (o->frame_owner_cstack >= 0 && AT(frame, o->frame_owner, unsigned char) >= o->frame_owner_cstack)
+            continue; /* no code: a C-stack or interpreter entry frame (3.12+) */
+        /* 3.14+: f_executable is a _PyStackRef, a pointer with tag bits */
+        const char *code = (const char *)(AT(frame, o->frame_code, uintptr_t) & ~(uintptr_t)o->frame_code_tag_bits);
         if (!code || AT(code, o->object_ob_type, void *) != rt.code_type)
             continue;
         long off;
@@ -152,7 +270,16 @@ int tl_py_current(struct tl_pyloc *loc)
             if (o->frame_lasti_is_index == 1)
                 off *= 2;
         } else {
-            off = AT(frame, o->frame_instr, const char *) - (code + o->code_co_code_adaptive);
+            const char *bytecode = code + o->code_co_code_adaptive;
+            if (o->frame_tlbc_index >= 0 && o->code_co_tlbc >= 0) {
+                /* 3.14t: the thread may run its own copy of the bytecode, entries[tlbc_index]
+                 * of co_tlbc (a _PyCodeArray: Py_ssize_t size, char *entries[]) */
+                int32_t index = AT(frame, o->frame_tlbc_index, int32_t);
+                const char *array = AT(code, o->code_co_tlbc, const char *);
+                if (array && index > 0 && index < AT(array, 0, long))
+                    bytecode = AT(array, 8 + 8 * (long)index, const char *);
+            }
+            off = AT(frame, o->frame_instr, const char *) - bytecode;
         }
         loc->code = (uintptr_t)code;
         loc->offset = off < 0 ? 0 : (uint32_t)off;

@@ -101,6 +101,25 @@ int tl_py_schedule(int (*fn)(void *), void *arg) TL_HIDDEN; /* Py_AddPendingCall
 int tl_py_initialized(void) TL_HIDDEN;
 void tl_py_mark_up(void) TL_HIDDEN;     /* the interpreter finished starting */
 int tl_py_finalizing(void) TL_HIDDEN;   /* it was up and is now shutting down */
+int tl_py_free_threaded(void) TL_HIDDEN; /* a --disable-gil build (3.13t, 3.14t) */
+const char *tl_py_layout_source(void) TL_HIDDEN; /* "debug-offsets", "table" or "none" */
+/* Do the callers of the mem/object domains exclude each other (one GIL), so their counters
+ * may be bumped without a locked instruction? Not in a free-threaded build; not for a thread
+ * of a subinterpreter (3.12+: it may have its own GIL). Stable per thread: a main-interpreter
+ * thread always gets 1 (GIL builds), a subinterpreter's always 0, so a block is looked up in
+ * the live set it was put in. */
+extern int tl_py_gil_one TL_HIDDEN;
+extern void *const volatile *tl_py_interp_head TL_HIDDEN; /* &_PyRuntime.interpreters.head */
+extern void *tl_py_main_interp TL_HIDDEN;
+int tl_py_current_interp_is_main(void) TL_HIDDEN;
+static inline int tl_py_gil_exclusive(void)
+{
+    if (!tl_py_gil_one)
+        return 0;
+    if (TL_LIKELY(!tl_py_interp_head || *tl_py_interp_head == tl_py_main_interp))
+        return 1;
+    return tl_py_current_interp_is_main();
+}
 
 /* ---- hooks_libc.c / hooks_dl.c ------------------------------------------ */
 /* found: what the real dlsym returned for name. The shim's own function when
