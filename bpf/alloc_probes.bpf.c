@@ -98,9 +98,23 @@ static __always_inline u64 tl_pthread_getspecific(struct tl_target *t)
 #endif
 }
 
+/* 3.15+: the thread state is a static thread-local of the executable, at fsbase + tstate_tls. */
+static __always_inline u64 tl_thread_local(struct tl_target *t)
+{
+#if TL_TASK_FSBASE < 0
+    return 0;
+#else
+    u64 task = bpf_get_current_task();
+    u64 fsbase = 0;
+    if (bpf_probe_read_kernel(&fsbase, sizeof(fsbase), (void *)(task + TL_TASK_FSBASE)) || !fsbase)
+        return 0;
+    return tl_read_ptr(fsbase + t->tstate_tls);
+#endif
+}
+
 static __always_inline int tl_python_site(struct tl_target *t, struct tl_site_key *key)
 {
-    u64 tstate = tl_pthread_getspecific(t);
+    u64 tstate = t->tstate_tls ? tl_thread_local(t) : tl_pthread_getspecific(t);
     if (!tstate)
         return 0;
     u64 frame;
@@ -119,7 +133,7 @@ static __always_inline int tl_python_site(struct tl_target *t, struct tl_site_ke
         if (t->frame_owner >= 0) {
             u8 owner = 0;
             bpf_probe_read_user(&owner, 1, (void *)(frame + t->frame_owner));
-            if (owner == (u8)t->owner_cstack) {        /* shim frame of a C call: no code */
+            if (owner >= (u8)t->owner_cstack) {        /* C-stack / interpreter entry frame: no code */
                 frame = previous;
                 continue;
             }

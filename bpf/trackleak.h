@@ -67,9 +67,12 @@ struct tl_target {
     __s32 lasti_mult;              /* bytes per f_lasti unit: 1 (3.9) or 2 (3.10) */
     __s32 frame_instr;             /* 3.11+: prev_instr / instr_ptr */
     __s32 frame_owner;             /* 3.12+: owner byte, to skip C-stack shim frames */
-    __s32 owner_cstack;            /* value of FRAME_OWNED_BY_CSTACK, -1 = none */
+    __s32 owner_cstack;            /* frames with owner >= this have no code (C stack, interpreter
+                                      entry: FRAME_OWNED_BY_CSTACK / _INTERPRETER), -1 = none */
     __s32 code_adaptive;           /* 3.11+: offsetof(PyCodeObject, co_code_adaptive) */
     __u64 code_tag_mask;           /* bits to clear from the frame's code pointer (tagged refs) */
+    __s64 tstate_tls;              /* 3.15+: thread state at fsbase + this (a static thread-local);
+                                      0: through the gilstate key (py_key) */
     /* native: callers in [wrap_lo, wrap_hi) (the libc text) are wrappers; walk the user stack */
     __u64 wrap_lo;
     __u64 wrap_hi;

@@ -3,8 +3,11 @@
 All version knowledge comes from one place (STYLE guideline 8): ``bpf/offsets/cpython.json``
 (generated from the real interpreters by ``bpf/offsets/generate.py``), and for 3.13+ the
 interpreter's own ``_Py_DebugOffsets`` at the start of ``_PyRuntime`` (cookie ``xdebugpy``),
-which overrides the table's frame, code and string fields. Only ``autoTSSkey``'s offset is not
-in the debug offsets; it comes from the table.
+whose values replace the table's for every field it describes (thread state, frame, code, str,
+bytes, object and type fields: the running build's own, a free-threaded build's too). Its layout
+changes between minors, so the table's ``debug.X`` fields say where each value sits in it. Not
+described there, from the table: ``autoTSSkey``'s place (3.15: a thread-local, found from
+``PyGILState_GetThisThreadState``'s code), str state bits, frame owner values, tag bits.
 
 The interpreter is found from the ELF files the target maps: the one defining ``_PyRuntime``
 (``libpython3.X.so`` for shared builds, the ``python`` executable itself for static ones).
@@ -59,77 +62,64 @@ def supported_versions() -> list[str]:
     return [k for k in offsets_table() if not k.startswith("_")]
 
 
-# _Py_DebugOffsets (3.13), as uint64 fields in declaration order (Include/internal/pycore_runtime.h).
-DEBUG_OFFSETS_313 = (
-    "cookie", "version", "free_threaded",
-    "runtime_state.size", "runtime_state.finalizing", "runtime_state.interpreters_head",
-    "interpreter_state.size", "interpreter_state.id", "interpreter_state.next",
-    "interpreter_state.threads_head", "interpreter_state.gc", "interpreter_state.imports_modules",
-    "interpreter_state.sysdict", "interpreter_state.builtins", "interpreter_state.ceval_gil",
-    "interpreter_state.gil_runtime_state", "interpreter_state.gil_runtime_state_enabled",
-    "interpreter_state.gil_runtime_state_locked", "interpreter_state.gil_runtime_state_holder",
-    "thread_state.size", "thread_state.prev", "thread_state.next", "thread_state.interp",
-    "thread_state.current_frame", "thread_state.thread_id", "thread_state.native_thread_id",
-    "thread_state.datastack_chunk", "thread_state.status",
-    "interpreter_frame.size", "interpreter_frame.previous", "interpreter_frame.executable",
-    "interpreter_frame.instr_ptr", "interpreter_frame.localsplus", "interpreter_frame.owner",
-    "code_object.size", "code_object.filename", "code_object.name", "code_object.qualname",
-    "code_object.linetable", "code_object.firstlineno", "code_object.argcount",
-    "code_object.localsplusnames", "code_object.localspluskinds", "code_object.co_code_adaptive",
-    "pyobject.size", "pyobject.ob_type",
-    "type_object.size", "type_object.tp_name", "type_object.tp_repr", "type_object.tp_flags",
-    "tuple_object.size", "tuple_object.ob_item", "tuple_object.ob_size",
-    "list_object.size", "list_object.ob_item", "list_object.ob_size",
-    "dict_object.size", "dict_object.ma_keys", "dict_object.ma_values",
-    "float_object.size", "float_object.ob_fval",
-    "long_object.size", "long_object.lv_tag", "long_object.ob_digit",
-    "bytes_object.size", "bytes_object.ob_size", "bytes_object.ob_sval",
-    "unicode_object.size", "unicode_object.state", "unicode_object.length",
-    "unicode_object.asciiobject_size",
-    "gc.size", "gc.collecting",
-)  # fmt: skip
-
-# Table field <- debug-offsets field (3.13+).
-FROM_DEBUG_OFFSETS = {
-    "tstate.current_frame": "thread_state.current_frame",
-    "tstate.interp": "thread_state.interp",
-    "tstate.next": "thread_state.next",
-    "tstate.thread_id": "thread_state.thread_id",
-    "tstate.native_thread_id": "thread_state.native_thread_id",
-    "frame.previous": "interpreter_frame.previous",
-    "frame.code": "interpreter_frame.executable",
-    "frame.instr": "interpreter_frame.instr_ptr",
-    "frame.owner": "interpreter_frame.owner",
-    "code.co_name": "code_object.name",
-    "code.co_filename": "code_object.filename",
-    "code.co_qualname": "code_object.qualname",
-    "code.co_firstlineno": "code_object.firstlineno",
-    "code.co_linetable": "code_object.linetable",
-    "code.co_code_adaptive": "code_object.co_code_adaptive",
-    "object.ob_type": "pyobject.ob_type",
-    "bytes.ob_sval": "bytes_object.ob_sval",
-    "unicode.state": "unicode_object.state",
-    "unicode.length": "unicode_object.length",
-    "unicode.asciiobject_size": "unicode_object.asciiobject_size",
-    "runtime.interpreters_head": "runtime_state.interpreters_head",
-    "interp.tstate_head": "interpreter_state.threads_head",
-}
+DEBUG_COOKIE = b"xdebugpy"
+# cookie, version (PY_VERSION_HEX) and free_threaded open _Py_DebugOffsets in every minor that has
+# it (3.13+); the table's debug.version / debug.free_threaded say so (checked by a unit test).
+DEBUG_VERSION_AT = 8
+DEBUG_FREE_THREADED_AT = 16
+MAX_DEBUG_VALUE = 1 << 20  # an offset or size inside a CPython struct; larger: not the layout we know
 
 
-def read_debug_offsets(mem: ProcessMemory, runtime: int) -> dict[str, int] | None:
-    """The interpreter's own _Py_DebugOffsets (3.13 layout), or None when absent/other layout."""
+@dataclass(frozen=True)
+class DebugHeader:
+    version_hex: int
+    free_threaded: bool
+
+    @property
+    def minor(self) -> str:
+        return f"{self.version_hex >> 24}.{(self.version_hex >> 16) & 0xFF}"
+
+    @property
+    def full_version(self) -> str:
+        v = self.version_hex
+        return f"{v >> 24}.{(v >> 16) & 0xFF}.{(v >> 8) & 0xFF}"
+
+
+def read_debug_header(mem: ProcessMemory, runtime: int) -> DebugHeader | None:
+    """The interpreter's own _Py_DebugOffsets header (3.13+), or None when it has none."""
     try:
-        head = mem.read(runtime, 16)
+        head = mem.read(runtime, 24)
     except MemoryError_:
         return None
-    if head[:8] != b"xdebugpy":
+    if head[:8] != DEBUG_COOKIE:
         return None
-    version = struct.unpack_from("<Q", head, 8)[0]
-    if (version >> 16) != 0x030D:  # the struct grows between minors: only 3.13's layout is known
-        return None
-    raw = mem.read(runtime, 8 * len(DEBUG_OFFSETS_313))
-    values = struct.unpack(f"<{len(DEBUG_OFFSETS_313)}Q", raw)
-    return {k: v for k, v in zip(DEBUG_OFFSETS_313, values) if k != "cookie"}
+    version, free_threaded = struct.unpack_from("<QQ", head, DEBUG_VERSION_AT)
+    return DebugHeader(int(version), bool(free_threaded))
+
+
+def apply_debug_offsets(mem: ProcessMemory, runtime: int, entry: dict[str, int]) -> dict[str, int]:
+    """The table entry with each field the interpreter describes replaced by its own value.
+
+    ``entry["debug.X"]`` is where field X sits inside _Py_DebugOffsets for that minor (-1: not
+    described); a field the entry says this build lacks (-1) stays absent (the struct holds 0
+    there, e.g. tlbc_index without free threading). Raises UnsupportedPython on a value no
+    CPython struct could have (the struct is not the layout the table expects)."""
+    out = dict(entry)
+    positions = {k[len("debug.") :]: v for k, v in entry.items() if k.startswith("debug.") and v >= 0}
+    try:
+        raw = mem.read(runtime, max(positions.values(), default=0) + 8)
+    except MemoryError_ as e:
+        raise UnsupportedPython(f"cannot read the interpreter's _Py_DebugOffsets: {e}") from None
+    for field_, pos in positions.items():
+        if field_ not in entry or entry[field_] < 0:
+            continue
+        value = struct.unpack_from("<Q", raw, pos)[0]
+        if value > MAX_DEBUG_VALUE:
+            raise UnsupportedPython(
+                f"implausible _Py_DebugOffsets ({field_} = {value} at byte {pos}): not the layout expected"
+            )
+        out[field_] = int(value)
+    return out
 
 
 @dataclass
@@ -142,6 +132,12 @@ class PythonInfo:
     offsets: dict[str, int] = field(default_factory=dict)
     source: str = "bpf/offsets/cpython.json"
     tss_key: int = -1
+    free_threaded: bool = False
+    tls_offset: int = 0  # 3.15+: thread state at fsbase + tls_offset (0: through tss_key)
+
+    @property
+    def version_tuple(self) -> tuple[int, ...]:
+        return tuple(int(x) for x in self.version.split("."))
 
 
 class UnsupportedPython(Exception):
@@ -194,39 +190,92 @@ def find_python(pid: int, maps: list[Mapping]) -> PythonInfo | None:
     return None
 
 
+def table_key(version: str, free_threaded: bool) -> str:
+    """The offsets table's key: "3.13", or "3.13t" for a free-threaded build."""
+    return version + ("t" if free_threaded else "")
+
+
 def resolve_offsets(py: PythonInfo, mem: ProcessMemory) -> PythonInfo:
-    """Fill py.offsets and py.tss_key, or raise UnsupportedPython with the reason."""
+    """Fill py.offsets and py.tss_key, or raise UnsupportedPython with the reason.
+
+    3.13+: the fields the interpreter describes come from its own _Py_DebugOffsets (the table
+    says where they are in it); the rest (the gilstate key's place, str state bits, frame
+    owner values) from the table, as for 3.9-3.12."""
     table = offsets_table()
-    if py.version not in table:
+    debug = read_debug_header(mem, py.runtime) if py.version_tuple >= (3, 13) else None
+    if debug is not None and debug.minor == py.version:
+        py.full_version = debug.full_version
+        py.free_threaded = debug.free_threaded
+    key = table_key(py.version, py.free_threaded)
+    if key not in table:
         known = ", ".join(supported_versions()) or "none: bpf/offsets/cpython.json is missing"
+        if py.free_threaded:
+            raise UnsupportedPython(
+                f"CPython {py.full_version}t is a free-threaded build, which this TrackLeak has no "
+                f"layout for (known: {known})"
+            )
+        if py.version_tuple >= (3, 13) and debug is None:
+            raise UnsupportedPython(
+                f"CPython {py.full_version} is not supported (known: {known}) and describes no "
+                "layout itself (no _Py_DebugOffsets)"
+            )
         raise UnsupportedPython(f"CPython {py.full_version} is not supported (known: {known})")
-    offsets = dict(table[py.version])
-    debug = read_debug_offsets(mem, py.runtime)
-    if debug is not None:
-        if debug.get("free_threaded"):
-            raise UnsupportedPython(f"CPython {py.full_version} is a free-threaded build (not supported)")
-        for ours, theirs in FROM_DEBUG_OFFSETS.items():
-            offsets[ours] = debug[theirs]
-        vhex = debug["version"]
-        py.full_version = f"{vhex >> 24}.{(vhex >> 16) & 0xFF}.{(vhex >> 8) & 0xFF}"
-        py.source = "_Py_DebugOffsets (+ autoTSSkey from bpf/offsets/cpython.json)"
+    entry = dict(table[key])
+    if debug is not None and debug.minor == py.version:
+        offsets = apply_debug_offsets(mem, py.runtime, entry)
+        py.source = f"_Py_DebugOffsets (+ bpf/offsets/cpython.json {key})"
+    else:
+        offsets = entry
+        py.source = f"bpf/offsets/cpython.json {key}"
     py.offsets = offsets
+    if offsets.get("frame.tlbc_index", -1) >= 0:
+        raise UnsupportedPython(
+            f"CPython {py.full_version}t runs thread-local bytecode copies, which the eBPF frame "
+            "walk does not follow yet"
+        )
+    if offsets["runtime.autotsskey"] < 0:
+        # 3.15+: no TSS key; PyGILState_GetThisThreadState reads a C11 thread-local.
+        py.tls_offset = gilstate_tls_offset(py)
+        return py
     tss = py.runtime + offsets["runtime.autotsskey"]
     try:
         initialised = mem.i32(tss)
-        key = mem.u32(tss + offsets["tss.key"])
+        key_ = mem.u32(tss + offsets["tss.key"])
     except MemoryError_ as e:
         raise UnsupportedPython(f"cannot read the interpreter's runtime: {e}") from None
     if not initialised:
         raise UnsupportedPython(f"CPython {py.full_version} has not initialised its thread-state key yet")
-    py.tss_key = key
+    py.tss_key = key_
     return py
+
+
+# endbr64 (optional), then mov %fs:disp32,%rax: a static TLS variable of the executable.
+_FS_LOAD = re.compile(rb"^(?:\xf3\x0f\x1e\xfa)?\x64\x48\x8b\x04\x25(....)", re.S)
+
+
+def gilstate_tls_offset(py: PythonInfo) -> int:
+    """3.15+: the thread pointer offset of the thread-local that PyGILState_GetThisThreadState
+    returns, read from that function's first instruction (static TLS of a statically linked
+    interpreter: ``mov %fs:OFF,%rax``). A shared libpython reaches its TLS through
+    __tls_get_addr, which a BPF program cannot call: UnsupportedPython."""
+    try:
+        info = elf_info(proc_path(py.pid, py.path))
+        sym = info.symbol("PyGILState_GetThisThreadState")
+        code = info.read(sym[0], 16) if sym is not None else b""
+    except Exception as e:  # unreadable file: say why
+        raise UnsupportedPython(f"cannot read {py.path}: {e}") from None
+    m = _FS_LOAD.match(code)
+    if not m:
+        raise UnsupportedPython(
+            f"CPython {py.full_version} keeps the thread state in a thread-local the eBPF route cannot "
+            f"find in {os.path.basename(py.path)} (a shared libpython's TLS): Python frames need the shim"
+        )
+    return int(struct.unpack("<i", m.group(1))[0])
 
 
 def target_fields(py: PythonInfo) -> dict[str, int]:
     """struct tl_target's Python fields (bpf/trackleak.h), by name."""
     o = py.offsets
-    v = tuple(int(x) for x in py.version.split("."))
     return {
         "py_key": py.tss_key,
         "tstate_frame": o["tstate.frame"],
@@ -242,5 +291,6 @@ def target_fields(py: PythonInfo) -> dict[str, int]:
         "owner_cstack": o.get("frame.owner_cstack", -1),
         "code_adaptive": o["code.co_code_adaptive"],
         # 3.14 tags the low bits of f_executable (_PyStackRef); earlier versions hold a plain pointer.
-        "code_tag_mask": 3 if v >= (3, 14) else 0,
+        "code_tag_mask": o.get("frame.code_tag_bits", 0),
+        "tstate_tls": py.tls_offset,
     }

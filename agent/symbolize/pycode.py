@@ -19,7 +19,7 @@ from typing import Mapping
 
 MAX_STR = 4096
 MAX_TABLE = 1 << 20
-TP_NAME = 24  # offsetof(PyTypeObject, tp_name): ob_refcnt, ob_type, ob_size, tp_name (all versions)
+TP_NAME = 24  # offsetof(PyTypeObject, tp_name) with the GIL (free-threaded: the table's type.tp_name)
 
 
 class MemoryError_(Exception):
@@ -209,7 +209,7 @@ class CodeReader:
 
     def type_name(self, obj: int) -> bytes:
         tp = self.mem.u64(obj + self.o["object.ob_type"])
-        return self.mem.cstr(self.mem.u64(tp + TP_NAME), 32)
+        return self.mem.cstr(self.mem.u64(tp + self.o.get("type.tp_name", TP_NAME)), 32)
 
     def code(self, addr: int) -> CodeInfo | None:
         if addr in self._cache:
