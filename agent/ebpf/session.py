@@ -219,6 +219,12 @@ class EbpfSession:
                     )
                     target.python = py
                     target.code = CodeReader(target.mem, py.offsets)
+                    if py.free_threaded:
+                        self.on_note(
+                            f"pid {pid}: CPython {py.full_version}t is free-threaded: its objects come "
+                            "from mimalloc, not from libc, so the probes see only libc allocations "
+                            "(C extensions, ctypes...); `trackleak run` sees both"
+                        )
             except UnsupportedPython as e:
                 target.note = f"{e}; attributing to native functions only."
                 self.on_note(f"pid {pid}: {target.note}")

@@ -193,8 +193,10 @@ static int install(void *arg)
         {NULL, hook_malloc_2, hook_calloc_2, hook_realloc_2, hook_free_2},
     };
     /* The mem and object domains are pymalloc's (blocks <= 512 bytes; larger
-     * ones go on to the raw domain, which we always wrap). */
-    int ndom = tl_cfg.pymalloc ? DOM_N : 1;
+     * ones go on to the raw domain, which we always wrap). A free-threaded build
+     * serves them from mimalloc at every size, never through the raw domain:
+     * wrapped always, or its objects would not be seen at all. */
+    int ndom = tl_cfg.pymalloc || tl_py_free_threaded() ? DOM_N : 1;
     for (int d = 0; d < ndom; d++) {
         get(d, &prev[d]);
         ours[d].ctx = prev[d].ctx;
