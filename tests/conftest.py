@@ -2,13 +2,20 @@
 """Shared pytest set-up: markers, the ``trackleak`` import, and discovery of every local CPython.
 
 ``cpython`` is a session-scoped parametrized fixture: one param per interpreter >= 3.9 found on this
-machine (every ``$(pyenv root)/versions/*/bin/python`` plus Debian's ``/usr/bin/python3.11``), with
-ids like ``3.12.1`` or ``3.11.2-static``. Finding none is an error, never a skip: a CI run must not
-silently test nothing. ``TRACKLEAK_TEST_PYTHONS=3.12,static`` narrows the list (substrings of ids).
+machine (every ``$(pyenv root)/versions/*/bin/python`` plus Debian's ``/usr/bin/python3.11``, and
+the interpreters of ``scripts/roots.sh``: the Debian roots' launchers (3.13, 3.14, 3.15, static, with
+their own glibc) and the free-threaded builds (3.13t)), with ids like ``3.12.1``,
+``3.11.2-static`` or ``3.13.5t``. Finding none is an error, never a skip: a CI run must not silently
+test nothing. ``TRACKLEAK_TEST_PYTHONS=3.12,static`` narrows the list (substrings of ids).
+
+A root that ``scripts/test.sh`` could not make (``roots.sh ensure`` failed: the mirror unreachable,
+say) is written to ``TRACKLEAK_ROOTS_FAILED`` ("NAME: reason" lines, a file): each becomes a param
+of its own whose tests fail with that reason, so a missing interpreter is never a silent skip.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import json
@@ -64,6 +71,7 @@ print(json.dumps({
     "include": sysconfig.get_paths()["include"],
     "ext_suffix": sysconfig.get_config_var("EXT_SUFFIX") or ".so",
     "executable": sys.executable,
+    "free_threaded": bool(sysconfig.get_config_var("Py_GIL_DISABLED")),
 }))
 """
 
@@ -88,10 +96,36 @@ def _pyenv_root() -> Path:
     return Path.home() / ".pyenv"
 
 
+ROOTS_SH = REPO_ROOT / "scripts" / "roots.sh"
+
+
+def _root_interpreters() -> list:
+    """The interpreters of the ready roots and builds (scripts/roots.sh pythons)."""
+    try:
+        out = subprocess.run(["bash", str(ROOTS_SH), "pythons"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.split(" ", 1)[1] for line in out.stdout.splitlines() if " " in line]
+
+
+def roots_failed() -> dict:
+    """NAME -> why scripts/test.sh could not make that root (TRACKLEAK_ROOTS_FAILED)."""
+    path = os.environ.get("TRACKLEAK_ROOTS_FAILED")
+    if not path or not os.path.exists(path):
+        return {}
+    failed = {}
+    for line in Path(path).read_text().splitlines():
+        name, _, why = line.partition(": ")
+        if name.strip():
+            failed[name.strip()] = why.strip() or "roots.sh ensure failed"
+    return failed
+
+
 def _candidates() -> list:
     versions = _pyenv_root() / "versions"
     found = sorted(str(p) for p in versions.glob("*/bin/python")) if versions.is_dir() else []
     found += [p for p in EXTRA_INTERPRETERS if os.path.exists(p)]
+    found += _root_interpreters()
     return found
 
 
@@ -114,6 +148,7 @@ def _probe(path: str) -> Interpreter | None:
         static=bool(info["static"]),
         include=info["include"],
         ext_suffix=info["ext_suffix"],
+        free_threaded=bool(info.get("free_threaded")),
     )
 
 
@@ -155,12 +190,28 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             + (f", narrowed by TRACKLEAK_TEST_PYTHONS={narrowed!r}" if narrowed else "")
             + "); the integration tests need at least one (install one with pyenv)"
         )
-    metafunc.parametrize("cpython", interps, ids=_ids(interps), indirect=True, scope="session")
+    params = list(interps) + [MissingRoot(name, why) for name, why in sorted(roots_failed().items())]
+    ids = _ids(interps) + [f"missing-{m.name}" for m in params[len(interps) :]]
+    metafunc.parametrize("cpython", params, ids=ids, indirect=True, scope="session")
+
+
+@dataclasses.dataclass(frozen=True)
+class MissingRoot:
+    """An interpreter scripts/roots.sh should have made and could not: its tests fail."""
+
+    name: str
+    why: str
 
 
 @pytest.fixture(scope="session")
 def cpython(request: pytest.FixtureRequest) -> Interpreter:
     """One local CPython >= 3.9 (parametrized over all of them)."""
+    if isinstance(request.param, MissingRoot):
+        pytest.fail(
+            f"interpreter root {request.param.name} is missing: {request.param.why} "
+            "(scripts/roots.sh ensure failed in scripts/test.sh; see its output)",
+            pytrace=False,
+        )
     return request.param
 
 

@@ -64,10 +64,11 @@ class Interpreter:
     static: bool  # no libpython*.so mapped: everything lives in the executable
     include: str  # sysconfig include dir (Python.h)
     ext_suffix: str  # ".cpython-312-x86_64-linux-gnu.so"
+    free_threaded: bool = False  # a --disable-gil build (3.13t)
 
     @property
     def id(self) -> str:
-        return self.version + ("-static" if self.static else "")
+        return self.version + ("t" if self.free_threaded else "") + ("-static" if self.static else "")
 
     @property
     def has_qualname(self) -> bool:

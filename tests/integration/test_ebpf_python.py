@@ -116,7 +116,13 @@ def test_debug_offsets_agree_with_the_table(interpreters, tmp_path):
     """3.13+: the interpreter's own _Py_DebugOffsets and bpf/offsets/cpython.json must agree."""
     import subprocess
 
-    from trackleak.ebpf.python import FROM_DEBUG_OFFSETS, find_python, offsets_table, read_debug_offsets
+    from trackleak.ebpf.python import (
+        apply_debug_offsets,
+        find_python,
+        offsets_table,
+        read_debug_header,
+        table_key,
+    )
     from trackleak.symbolize.elf import read_maps
     from trackleak.symbolize.pycode import ProcessMemory
 
@@ -133,18 +139,16 @@ def test_debug_offsets_agree_with_the_table(interpreters, tmp_path):
         )
         try:
             assert proc.stdout.readline().startswith("ready")
-            # WHEN its debug offsets are read from its memory
+            # WHEN its debug offsets are read from its memory, where the table says they are
             py = find_python(proc.pid, read_maps(proc.pid))
             assert py is not None
-            debug = read_debug_offsets(ProcessMemory(proc.pid), py.runtime)
+            mem = ProcessMemory(proc.pid)
+            header = read_debug_header(mem, py.runtime)
+            assert header is not None, f"{interp.path}: no _Py_DebugOffsets (cookie xdebugpy) at _PyRuntime"
+            table = offsets_table()[table_key(py.version, header.free_threaded)]
+            applied = apply_debug_offsets(mem, py.runtime, table)
         finally:
             proc.communicate("x\n", timeout=30)
         # THEN every field the agent takes from them matches the generated table
-        assert debug is not None, f"{interp.path}: no _Py_DebugOffsets (cookie xdebugpy) at _PyRuntime"
-        table = offsets_table()["{}.{}".format(*interp.version_info[:2])]
-        diffs = {
-            ours: (table[ours], debug[theirs])
-            for ours, theirs in FROM_DEBUG_OFFSETS.items()
-            if table[ours] != debug[theirs]
-        }
+        diffs = {k: (table[k], applied[k]) for k in table if table[k] != applied[k]}
         assert not diffs, f"{interp.path}: table vs _Py_DebugOffsets: {diffs}"

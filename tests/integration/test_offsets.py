@@ -22,8 +22,6 @@ from pathlib import Path
 
 import pytest
 
-from trackleak.ebpf.python import FROM_DEBUG_OFFSETS
-
 pytestmark = pytest.mark.integration  # needs real interpreters (and cc for some tests)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,7 +50,7 @@ def _params(infos, missing_reason):
     """One param per interpreter (id = its version), or one skipped param saying what's missing."""
     if not infos:
         return [pytest.param(None, marks=pytest.mark.skip(reason=missing_reason), id="none")]
-    return [pytest.param(i, id=i["version"]) for i in infos]
+    return [pytest.param(i, id=i["version"] + ("t" if i["gil_disabled"] else "")) for i in infos]
 
 
 ALL = _params(INTERPRETERS, "no CPython >= 3.9 found (pyenv versions or /usr/bin/python3.11)")
@@ -169,8 +167,8 @@ def walk(tstate):
     got = []
     while f:
         # 3.12+: entry frames owned by the C stack are not Python frames
-        if T["frame.owner"] < 0 or I8(f + T["frame.owner"]).value != T["frame.owner_cstack"]:
-            code = P(f + T["frame.code"]).value
+        if T["frame.owner_cstack"] < 0 or I8(f + T["frame.owner"]).value < T["frame.owner_cstack"]:
+            code = P(f + T["frame.code"]).value & ~T["frame.code_tag_bits"]   # 3.14+: _PyStackRef
             if T["frame.lasti"] >= 0:
                 off = I32(f + T["frame.lasti"]).value * (2 if T["frame.lasti_is_index"] == 1 else 1)
             else:
@@ -194,10 +192,14 @@ def walk(tstate):
 def check_thread(errors):
     try:
         tstate, interp = api.PyThreadState_Get(), api.PyInterpreterState_Get()
-        # The shim's route: gilstate TSS key in _PyRuntime -> pthread_getspecific.
-        tss = RUNTIME + T["runtime.autotsskey"]
-        check("Py_tss_t._is_initialized", i32(tss), 1)   # first member of Py_tss_t
-        check("tstate via autoTSSkey", libc.pthread_getspecific(u32(tss + T["tss.key"])), tstate)
+        # The shim's route: gilstate TSS key in _PyRuntime -> pthread_getspecific
+        # (3.15+: no key, a C11 thread-local read by PyGILState_GetThisThreadState).
+        if T["runtime.autotsskey"] >= 0:
+            tss = RUNTIME + T["runtime.autotsskey"]
+            check("Py_tss_t._is_initialized", i32(tss), 1)   # first member of Py_tss_t
+            check("tstate via autoTSSkey", libc.pthread_getspecific(u32(tss + T["tss.key"])), tstate)
+        api.PyGILState_GetThisThreadState.restype = ctypes.c_void_p
+        check("tstate via PyGILState_GetThisThreadState", api.PyGILState_GetThisThreadState(), tstate)
         # (interpreters.main follows head and is equal here: --check is what pins head.)
         check("runtime.interpreters.head", ptr(RUNTIME + T["runtime.interpreters_head"]), interp)
         check("tstate.interp", ptr(tstate + T["tstate.interp"]), interp)
@@ -224,6 +226,7 @@ def check_objects():
     co = sample.__code__
     a = id(co)
     check("ob_type", ptr(a + T["object.ob_type"]), id(type(co)))
+    check("tp_name", ctypes.string_at(ptr(id(type(co)) + T["type.tp_name"])), b"code")
     check("co_name", ptr(a + T["code.co_name"]), id(co.co_name))
     check("co_filename", ptr(a + T["code.co_filename"]), id(co.co_filename))
     check("co_firstlineno", i32(a + T["code.co_firstlineno"]), co.co_firstlineno)
@@ -278,13 +281,8 @@ def test_live_interpreter_readable_with_table(info):
 
 # --------------------------------------------------------------------------- _Py_DebugOffsets
 
-# our field -> "section.member" in _Py_DebugOffsets: the agent's own mapping (one source), plus
-# fields only this test compares.
-DEBUG_NAMES = {
-    **FROM_DEBUG_OFFSETS,
-    "code.sizeof": "code_object.size",
-    "varobject.ob_size": "bytes_object.ob_size",
-}
+# our field -> "section.member" in _Py_DebugOffsets: the generator's mapping (one source).
+DEBUG_NAMES = {field: member for field, (member, _since) in gen.DEBUG_MEMBERS.items()}
 # These must exist in every _Py_DebugOffsets we accept; the rest are compared when present.
 DEBUG_REQUIRED = [
     "tstate.current_frame",
@@ -321,10 +319,10 @@ def debug_offsets_layout(include):
     body = re.sub(r"/\*.*?\*/|//[^\n]*", "", m.group(1), flags=re.S)
     stack = [[]]  # member names of each struct being read, outermost first
     for line in (raw.strip() for raw in body.splitlines()):
-        opened = re.fullmatch(r"struct \w+\s*\{", line)
+        opened = re.fullmatch(r"struct (?:\w+)?\s*\{", line)
         closed = re.fullmatch(r"\} (\w+);", line)
         member = re.fullmatch(r"uint64_t (\w+);", line)
-        if not line or line == "char cookie[8];":
+        if not line or re.fullmatch(r"char cookie\[8\][\w ]*;", line):
             continue
         if opened:
             stack.append([])
@@ -352,7 +350,8 @@ print(ctypes.string_at(addr, int(sys.argv[1])).hex())
 
 @pytest.mark.parametrize("info", WITH_DEBUG_OFFSETS)
 def test_debug_offsets_agree_with_table(info):
-    # GIVEN the _Py_DebugOffsets layout from this interpreter's headers
+    # GIVEN the _Py_DebugOffsets layout from this interpreter's headers (parsed from the text,
+    # independently of the generator's offsetof)
     names = debug_offsets_layout(info["include"])
     # WHEN the running interpreter's copy (start of _PyRuntime) is read
     r = run([info["python"], "-c", READ_DEBUG_OFFSETS, str(8 + 8 * len(names))])
@@ -361,12 +360,21 @@ def test_debug_offsets_agree_with_table(info):
     assert raw[:8] == b"xdebugpy", raw[:8]
     debug = dict(zip(names, struct.unpack(f"={len(names)}Q", raw[8:])))
     assert debug["version"] >> 16 == (info["version_info"][0] << 8 | info["version_info"][1])
-    # THEN every field both know has the same value
+    assert debug["free_threaded"] == int(info["gil_disabled"])
     table = TABLE[info["minor"]]
     missing = [f for f in DEBUG_REQUIRED if DEBUG_NAMES[f] not in debug]
     assert not missing, f"not in _Py_DebugOffsets: {missing}"
-    pairs = {f: (table[f], debug[d]) for f, d in DEBUG_NAMES.items() if d in debug}
+    # THEN the table's debug.X positions are where the header puts each member
+    assert table["debug.version"] == 8 + 8 * names.index("version")
+    assert table["debug.free_threaded"] == 8 + 8 * names.index("free_threaded")
+    positions = {f: 8 + 8 * names.index(d) for f, d in DEBUG_NAMES.items() if d in names}
+    assert {f: table["debug." + f] for f in positions} == positions
+    # AND every field both know has the same value (a field the build lacks, -1 in the table,
+    # is 0 there: tlbc without free threading)
+    pairs = {f: (table[f], debug[d]) for f, d in DEBUG_NAMES.items() if d in debug and table[f] >= 0}
     assert {f: t for f, (t, _) in pairs.items()} == {f: d for f, (_, d) in pairs.items()}
+    # AND what is not described has a place in the table (or is absent from this minor)
+    assert all(table["debug." + f] == -1 for f in DEBUG_NAMES if DEBUG_NAMES[f] not in debug)
 
 
 # --------------------------------------------------------------------------- C header
@@ -384,16 +392,18 @@ def test_generated_header_compiles_and_matches_json(tmp_path):
     minors = [k for k in TABLE if not k.startswith("_")]
     fields = list(TABLE[minors[0]])
     prints = "\n".join(
-        '        printf("%d.%d {} %d\\n", o->major, o->minor, o->{});'.format(f, f.replace(".", "_"))
+        '        printf("%d.%d%s {} %d\\n", o->major, o->minor, o->free_threaded ? "t" : "", o->{});'.format(
+            f, f.replace(".", "_")
+        )
         for f in fields
     )
     (tmp_path / "main.c").write_text(
         '#include <stdio.h>\n#include "tl_pyoffsets.h"\n'
         "int main(void)\n{\n"
-        "    if (tl_pyoffsets_find(3, 99) != 0) return 2;\n"
+        "    if (tl_pyoffsets_find(3, 99, 0) != 0) return 2;\n"
         "    for (int i = 0; i < TL_PYOFFSETS_COUNT; i++) {\n"
         "        const struct tl_pyoffsets *o = &tl_pyoffsets_table[i];\n"
-        "        if (tl_pyoffsets_find(o->major, o->minor) != o) return 3;\n"
+        "        if (tl_pyoffsets_find(o->major, o->minor, o->free_threaded) != o) return 3;\n"
         + prints
         + "\n    }\n    return 0;\n}\n"
     )
