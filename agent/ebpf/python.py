@@ -211,8 +211,8 @@ def resolve_offsets(py: PythonInfo, mem: ProcessMemory) -> PythonInfo:
         known = ", ".join(supported_versions()) or "none: bpf/offsets/cpython.json is missing"
         if py.free_threaded:
             raise UnsupportedPython(
-                f"CPython {py.full_version}t is a free-threaded build, which this TrackLeak has no "
-                f"layout for (known: {known})"
+                f"CPython {py.full_version}t (free-threaded) is not supported: this TrackLeak has "
+                f"no layout for it (known: {known})"
             )
         if py.version_tuple >= (3, 13) and debug is None:
             raise UnsupportedPython(

@@ -157,7 +157,7 @@ static void find_layout(int major, int minor)
     if (!e) {
         supported(known, sizeof known);
         if (ft)
-            tl_say("Python %st is a free-threaded build, which this TrackLeak has no layout for "
+            tl_say("Python %st (free-threaded) is not supported: this TrackLeak has no layout for it "
                    "(supported: %s); allocations are attributed to native code, not to Python lines",
                    rt.version, known);
         else if (rt.version_hex >= 0x030D0000 && !have_debug)

@@ -133,7 +133,10 @@ def test_both_routes_give_the_same_sites_and_estimates(cpython, tmp_path):
     assert interval == session.tunables.interval == sampling.interval_bytes(sampling.DEFAULT_SAMPLE_RATE)
 
     problems = []
-    for marker in MARKERS:
+    # A free-threaded build serves Python objects from mimalloc, never through libc: the eBPF
+    # route sees only what C code takes from libc there (the agent says so); the shim sees all.
+    markers = ("ctypes_leak", "ext_leak") if cpython.free_threaded else MARKERS
+    for marker in markers:
         line = line_of(script, marker)
         a, b = shim_rows.get(line), bpf_rows.get(line)
         if a is None or b is None:
@@ -162,6 +165,8 @@ def test_both_routes_give_the_same_sites_and_estimates(cpython, tmp_path):
                 f"{marker}: RET% {a.retention_pct} (shim) vs {b.retention_pct} (eBPF), 1 sigma {ret_err:.1f}"
             )
     assert not problems, "\n".join(problems)
+    if cpython.free_threaded:
+        return
     # AND the healthy twin is clean by both, the leaks hold what they keep
     twin = line_of(script, "objects_twin")
     assert shim_rows[twin].live_bytes < 256 * 1024 and bpf_rows[twin].live_bytes < 256 * 1024

@@ -73,8 +73,9 @@ def test_python_lines_flagged_per_interpreter(cpython, tmp_path):
     finally:
         session.stop()
         target.finish()
-    # THEN every leaking line is flagged and every twin line is clean
-    for leak_fn, leak_marker, twin_fn, twin_marker in SITES:
+    # THEN every leaking line is flagged and every twin line is clean (a free-threaded build
+    # serves Python objects from mimalloc, which the libc probes cannot see: its C sites only)
+    for leak_fn, leak_marker, twin_fn, twin_marker in SITES[1:] if cpython.free_threaded else SITES:
         leak = find(rows, cpython.func(leak_fn), file_endswith=script.name, line=line_of(script, leak_marker))
         twin = find(rows, cpython.func(twin_fn), file_endswith=script.name, line=line_of(script, twin_marker))
         assert not leak.native and leak.source == "ebpf"
