@@ -116,9 +116,14 @@ build_ft() {
     src="$ROOTS/${pkg}_${version}.orig.tar.xz"
     if [[ ! -s $src ]]; then
         say "downloading $url"
-        if ! curl -fsSL --retry 2 -m 600 -o "$src.part" "$url"; then
+        local rc=0
+        curl -fsSL --retry 2 -m 600 -o "$src.part" "$url" || rc=$?
+        if ((rc == 22)); then  # an HTTP error: the mirror answered without the file
             rm -f "$src.part"
-            die "$name: cannot download the CPython $version source ($url): is $MIRROR reachable and does it still carry that version? (a copy of the tarball placed at $src is used as it is)"
+            die "$name: the mirror does not carry the CPython $version source ($url answered an HTTP error; Debian's pool keeps only current versions' sources); a copy of that tarball placed at $src is used as it is"
+        elif ((rc)); then
+            rm -f "$src.part"
+            die "$name: cannot download the CPython $version source ($url): is $MIRROR reachable? (curl exit $rc)"
         fi
         mv "$src.part" "$src"
     fi

@@ -176,6 +176,9 @@ def check_pyelftools() -> Check:
     return Check("pyelftools", OK, f"pyelftools {elftools.__version__}")
 
 
+ROOTS_ENV = "TRACKLEAK_ROOTS"  # scripts/roots.sh's cache of Debian roots and free-threaded builds
+
+
 def candidate_interpreters() -> list[str]:
     root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
     paths = sorted(glob.glob(os.path.join(root, "versions", "*", "bin", "python3.*")))
@@ -184,10 +187,14 @@ def candidate_interpreters() -> list[str]:
         for p in glob.glob("/usr/bin/python3.*") + glob.glob("/usr/local/bin/python3.*")
         if not p.endswith("-config")
     )
+    # scripts/roots.sh: the Debian roots' interpreters and the free-threaded builds
+    roots = os.environ.get(ROOTS_ENV, "/var/cache/trackleak/roots")
+    paths += sorted(glob.glob(os.path.join(roots, "*", "usr", "bin", "python3.*")))
+    paths += sorted(glob.glob(os.path.join(roots, "ft3.*", "bin", "python3.*t")))
     seen, out = set(), []
     for p in paths:
         real = os.path.realpath(p)
-        if not re.search(r"python3\.\d+$", p):
+        if not re.search(r"python3\.\d+t?$", p):
             continue  # python3.X-config, -gdb.py, 3.Xm aliases
         if real not in seen and os.access(real, os.X_OK):
             seen.add(real)
@@ -195,9 +202,62 @@ def candidate_interpreters() -> list[str]:
     return out
 
 
+def _file_debug_header(info) -> tuple[int, bool] | None:
+    """(PY_VERSION_HEX, free_threaded) of the _Py_DebugOffsets initializer in the file, or None."""
+    import struct
+
+    sym = info.symbol("_PyRuntime")
+    try:
+        head = info.read(sym[0], 24) if sym is not None else b""
+    except Exception:
+        return None
+    if head[:8] != b"xdebugpy":
+        return None
+    version, free_threaded = struct.unpack_from("<QQ", head, 8)
+    return int(version), bool(free_threaded)
+
+
+def interpreter_support(path: str, elf_path: str, info, version: tuple[str, str]) -> tuple[str, str]:
+    """(status, detail): what each route does for this interpreter, and where its layout comes from."""
+    from trackleak.ebpf.python import _FS_LOAD, offsets_table, supported_versions, table_key
+
+    minor, full = version
+    header = _file_debug_header(info) if tuple(int(x) for x in minor.split(".")) >= (3, 13) else None
+    free_threaded = bool(header and header[1])
+    key = table_key(minor, free_threaded)
+    name = f"CPython {full}{'t' if free_threaded else ''}"
+    table = offsets_table()
+    if key not in table:
+        why = "not in bpf/offsets/cpython.json" + ("" if header else " and no _Py_DebugOffsets")
+        return WARN, (
+            f"{name}: {why} (known: {', '.join(supported_versions())}): shim and eBPF: native rows "
+            "only (fix: python3 bpf/offsets/generate.py --write with that interpreter)"
+        )
+    how = f"_Py_DebugOffsets + table {key}" if header else f"table {key}"
+    shim = f"shim: Python lines ({how})"
+    entry = table[key]
+    if entry.get("frame.tlbc_index", -1) >= 0:
+        ebpf = "eBPF: native rows (thread-local bytecode not walked)"
+    elif entry["runtime.autotsskey"] < 0:
+        sym = info.symbol("PyGILState_GetThisThreadState")
+        code = info.read(sym[0], 16) if sym is not None else b""
+        if _FS_LOAD.match(code):
+            ebpf = f"eBPF: Python lines ({how}; thread state from a static thread-local)"
+        else:
+            ebpf = "eBPF: native rows (thread state in a shared library's thread-local)"
+    else:
+        ebpf = f"eBPF: Python lines ({how})"
+    if free_threaded:
+        ebpf += "; libc allocations only (Python objects come from mimalloc)"
+    kind = "static" if elf_path == os.path.realpath(path) else f"shared, {os.path.basename(elf_path)}"
+    status = OK if "native rows" not in ebpf else WARN
+    return status, f"{name} ({kind}): {shim}; {ebpf}"
+
+
 def check_interpreter(path: str) -> Check:
-    """Recognise an interpreter from its files (no run): _PyRuntime, version, table entry."""
-    from trackleak.ebpf.python import _version_from_elf, supported_versions
+    """Recognise an interpreter from its files (no run): _PyRuntime, version, table entry, and
+    _Py_DebugOffsets (its initializer is in the file): what each route does with it."""
+    from trackleak.ebpf.python import _version_from_elf
     from trackleak.symbolize.elf import elf_info
 
     real = os.path.realpath(path)
@@ -215,18 +275,12 @@ def check_interpreter(path: str) -> Check:
         kind = "shared" if cand != real else "static"
         if version is None:
             return Check(path, WARN, f"{kind}: version unknown", "native attribution only")
-        if version[0] in supported_versions():
-            return Check(path, OK, f"CPython {version[1]} ({kind}, {os.path.basename(cand)}): Python frames")
         if tuple(int(x) for x in version[0].split(".")[:2]) < (3, 9):
             return Check(
                 path, WARN, f"CPython {version[1]} ({kind}): older than 3.9, native attribution only"
             )
-        return Check(
-            path,
-            WARN,
-            f"CPython {version[1]} ({kind}): not in bpf/offsets/cpython.json, native only",
-            "python3 bpf/offsets/generate.py --write with that interpreter",
-        )
+        status, detail = interpreter_support(path, cand, info, version)
+        return Check(path, status, detail)
     return Check(path, WARN, "no _PyRuntime symbol found (stripped, or not CPython): native attribution only")
 
 

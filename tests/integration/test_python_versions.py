@@ -188,3 +188,23 @@ def test_shim_in_a_chroot_on_314(shim, tmp_path):
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
+
+
+def test_doctor_says_what_each_route_does(tmp_path):
+    from trackleak.ebpf.doctor import OK, WARN, check_interpreter
+
+    # GIVEN the roots' interpreters and a 3.99 without debug offsets
+    _need(SID / "usr/bin/python3.15")
+    unknown = _patch(SID / "usr/bin/python3.15", tmp_path / "python3.99", 0x036300F0, cookie=False)
+    # WHEN the doctor reads their files
+    c314 = check_interpreter(str(SID / "usr/bin/python3.14"))
+    c315 = check_interpreter(str(SID / "usr/bin/python3.15"))
+    c399 = check_interpreter(str(unknown))
+    # THEN each line says, per route, Python lines or native rows and where the layout comes from
+    assert c314.status == OK and "shim: Python lines (_Py_DebugOffsets + table 3.14)" in c314.detail, c314
+    assert "eBPF: Python lines (_Py_DebugOffsets + table 3.14)" in c314.detail, c314
+    assert c315.status == OK and "static thread-local" in c315.detail, c315
+    assert c399.status == WARN and "no _Py_DebugOffsets" in c399.detail and "native rows" in c399.detail, c399
+    if FT313.exists():
+        cft = check_interpreter(str(FT313))
+        assert "table 3.13t" in cft.detail and "mimalloc" in cft.detail, cft
