@@ -232,7 +232,7 @@ def test_doctor_says_ready_and_lists_interpreters(interpreters):
     assert "ready to attach" in res.output
     for interp in interpreters:
         minor = "{}.{}".format(*interp.version_info[:2])
-        assert any(minor in line and "Python frames" in line for line in res.output.splitlines()), (
+        assert any(minor in line and "eBPF: Python lines" in line for line in res.output.splitlines()), (
             minor,
             res.output,
         )
