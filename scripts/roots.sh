@@ -75,11 +75,15 @@ case "$cmd" in
         names=("$@")
         ((${#names[@]})) || names=("${ALL[@]}")
         mkdir -p "$ROOTS"
-        exec 9>"$ROOTS/.lock"
-        flock 9  # concurrent runs (two checkouts) build each root once
         for name in "${names[@]}"; do
             known "$name"
-            ready "$name" || build "$name"
+            if ! ready "$name"; then
+                # concurrent runs (two checkouts) build each root once; one lock per root
+                exec 9>"$ROOTS/.$name.lock"
+                flock 9
+                ready "$name" || build "$name"
+                exec 9>&-
+            fi
             printf '%s %s\n' "$name" "$ROOTS/$name"
         done
         ;;

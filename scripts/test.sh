@@ -43,21 +43,24 @@ for arg in "$@"; do
         break
     fi
 done
-# Elasticsearch, when the run may include its integration tests.
-needs_es() {
-    local arg path
+# Does the run include a test file that mentions WORD? (the whole of tests/ always does)
+run_needs() {
+    local word=$1 arg path
+    shift
     ((${#targets[@]})) && return 0  # the whole of tests/
     for arg in "$@"; do
         path="${arg%%::*}"
         [[ $arg == -* || ! -e $path ]] && continue
         if [[ -d $path ]]; then
-            grep -rlq --include='test_*.py' -e 'es_support' "$path" && return 0
-        elif [[ $path == *test_*.py ]] && grep -q -e 'es_support' "$path"; then
+            grep -rlq --include='test_*.py' -e "$word" "$path" && return 0
+        elif [[ $path == *test_*.py ]] && grep -q -e "$word" "$path"; then
             return 0
         fi
     done
     return 1
 }
+# Elasticsearch, when the run may include its integration tests.
+needs_es() { run_needs es_support "$@"; }
 ES_STOP=0
 # shellcheck disable=SC2317  # called by the EXIT trap
 stop_es() {
@@ -83,6 +86,17 @@ if [[ -z "${TRACKLEAK_TEST_ES_URL:-}" ]] && needs_es "$@"; then
     fi
     if [[ -n $url ]]; then
         export TRACKLEAK_TEST_ES_URL="$url"
+    fi
+fi
+
+# Debian roots with newer CPythons (scripts/roots.sh, cached outside the checkout), for the tests
+# that use them: built when missing; when that fails, those tests fail and say why.
+if [[ $EUID -eq 0 ]] && run_needs roots.sh "$@"; then
+    t0=$SECONDS
+    if bash scripts/roots.sh ensure >/dev/null; then
+        echo "[test] Debian roots ready ($(bash scripts/roots.sh list | cut -d' ' -f1 | tr '\n' ' ')) in $((SECONDS - t0)) s"
+    else
+        echo "[test] WARNING: building the Debian roots failed (above); the tests that need them will fail" >&2
     fi
 fi
 
