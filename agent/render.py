@@ -106,7 +106,8 @@ PROCESS_COLUMNS = ("PID", "SOURCE", "COMMAND")
 
 
 def process_cells(row: Row) -> list[str]:
-    return [str(row.pid), row.source, row.command or "?"]
+    command = row.command or "?"
+    return [str(row.pid), row.source, f"[{row.container}] {command}" if row.container else command]
 
 
 def plain_table(rows: Sequence[Row], *, processes: bool = False) -> str:

@@ -33,6 +33,7 @@ FIELDS = (
     "growing",
     "host",
     "command",
+    "container",
 )
 
 SiteKey = tuple  # (function, file, line, native)
@@ -87,6 +88,9 @@ class Row:
     # Set by the host agent (trackleak.fleet): the host and the process's command line (redacted).
     host: str = ""
     command: str = ""
+    # The container the process runs in (trackleak.containers: "docker:0123456789ab",
+    # "root:/srv/jail", "mntns:4026532455"); "" on the host.
+    container: str = ""
 
     @property
     def key(self) -> SiteKey:

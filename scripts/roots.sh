@@ -109,7 +109,7 @@ build() {
 build_ft() {
     local name=$1 dir="$ROOTS/$1" tmp="$ROOTS/$1.tmp" log="$ROOTS/$1.log" pkg="${FT_PKG[$1]}"
     local version url src
-    ready "${FT_ROOT[$name]}" || build "${FT_ROOT[$name]}"
+    ready "${FT_ROOT[$name]}" || locked "${FT_ROOT[$name]}" ensure_one "${FT_ROOT[$name]}"
     version="$(ft_version "$name")"
     [[ -n $version ]] || die "$name: cannot read the version of $pkg in the ${FT_ROOT[$name]} root"
     url="$MIRROR/pool/main/p/$pkg/${pkg}_${version}.orig.tar.xz"
@@ -220,6 +220,25 @@ pythons() {
     true
 }
 
+# Run "$@" holding NAME's lock: concurrent runs (two checkouts) build each root once.
+locked() {
+    local name=$1 fd
+    shift
+    exec {fd}>"$ROOTS/.$name.lock"
+    flock "$fd"
+    "$@"
+    exec {fd}>&-
+}
+
+# Build NAME unless another run did while we waited for its lock.
+ensure_one() {
+    if is_ft "$1"; then
+        ready "$1" || build_ft "$1"
+    else
+        ready "$1" || build "$1"
+    fi
+}
+
 cmd="${1:-}"
 shift || true
 case "$cmd" in
@@ -227,16 +246,12 @@ case "$cmd" in
         names=("$@")
         ((${#names[@]})) || names=("${ALL[@]}")
         mkdir -p "$ROOTS"
-        exec 9>"$ROOTS/.lock"
-        flock 9  # concurrent runs (two checkouts) build each root once
         for name in "${names[@]}"; do
             known "$name"
-            if is_ft "$name"; then
-                ready "$name" || build_ft "$name"
-            else
-                ready "$name" || build "$name"
-                headers "$name"
-                launchers "$name"
+            ready "$name" || locked "$name" ensure_one "$name"
+            if ! is_ft "$name"; then
+                locked "$name" headers "$name"
+                locked "$name" launchers "$name"
             fi
             printf '%s %s\n' "$name" "$ROOTS/$name"
         done

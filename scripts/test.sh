@@ -73,21 +73,24 @@ for arg in "$@"; do
         break
     fi
 done
-# Elasticsearch, when the run may include its integration tests.
-needs_es() {
-    local arg path
+# Does the run include a test file that mentions WORD? (the whole of tests/ always does)
+run_needs() {
+    local word=$1 arg path
+    shift
     ((${#targets[@]})) && return 0  # the whole of tests/
     for arg in "$@"; do
         path="${arg%%::*}"
         [[ $arg == -* || ! -e $path ]] && continue
         if [[ -d $path ]]; then
-            grep -rlq --include='test_*.py' -e 'es_support' "$path" && return 0
-        elif [[ $path == *test_*.py ]] && grep -q -e 'es_support' "$path"; then
+            grep -rlq --include='test_*.py' -e "$word" "$path" && return 0
+        elif [[ $path == *test_*.py ]] && grep -q -e "$word" "$path"; then
             return 0
         fi
     done
     return 1
 }
+# Elasticsearch, when the run may include its integration tests.
+needs_es() { run_needs es_support "$@"; }
 ES_STOP=0
 # shellcheck disable=SC2317  # called by the EXIT trap
 stop_es() {
@@ -115,6 +118,8 @@ if [[ -z "${TRACKLEAK_TEST_ES_URL:-}" ]] && needs_es "$@"; then
         export TRACKLEAK_TEST_ES_URL="$url"
     fi
 fi
+
+# (The Debian roots and the free-threaded builds were made above, before Elasticsearch.)
 
 echo "[test] .venv/bin/python -m pytest ${targets[*]} -ra $*"
 rc=0

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable
 
-from trackleak import config, render
+from trackleak import config, containers, render
 from trackleak.ebpf.loader import Tunables
 from trackleak.ebpf.session import DROPPED, EbpfSession
 from trackleak.fleet import procfs
@@ -83,8 +83,11 @@ class PidSource(Source):
         self.ebpf.start()
         for pid in self.ebpf.pids:
             argv = read_argv(pid)
+            where = containers.describe(pid)
             self.procs[pid] = {
                 "pid": pid,
+                "container": where.name or None,
+                "ns_pid": where.ns_pid,
                 "source": "ebpf",
                 "watched": True,
                 "command": procfs.command_text(argv),
@@ -98,6 +101,9 @@ class PidSource(Source):
         parts = []
         for t in self.ebpf.targets.values():
             what = f"CPython {t.python.full_version}" if t.python else "native"
+            proc = self.procs.get(t.pid) or {}
+            if proc.get("container"):
+                what += f", in {proc['container']} as pid {proc.get('ns_pid') or '?'}"
             parts.append(f"{t.pid} ({what})")
         n = len(self.ebpf.loader.probes)
         return (
@@ -112,7 +118,9 @@ class PidSource(Source):
     def _stamp(self, rows: list[Row]) -> list[Row]:
         for row in rows:
             row.host = self.host
-            row.command = (self.procs.get(row.pid) or {}).get("command", "")
+            proc = self.procs.get(row.pid) or {}
+            row.command = proc.get("command", "")
+            row.container = proc.get("container") or ""
         return rows
 
     def rows(self) -> list[Row]:
@@ -175,6 +183,9 @@ class PidSource(Source):
         assert self.ebpf is not None
         meta = {"format": AGENT_FORMAT, "version": AGENT_VERSION}
         meta.update(self.ebpf.meta())
+        for target in meta.get("targets", []):
+            proc = self.procs.get(target.get("pid")) or {}
+            target.update(container=proc.get("container"), ns_pid=proc.get("ns_pid"))
         meta.update(
             started=round(session.started, 3),
             ended=round(session.ended, 3),

@@ -237,6 +237,9 @@ class EbpfSession:
         """(Re)attach the allocator probes of a known target (the host agent's duty cycle detaches
         and reattaches them; the target's configuration and symbol caches stay)."""
         target = self.targets[pid]
+        # point.path is the libc as the target sees it: libbcc resolves a uprobe's path in the
+        # mount namespace of the pid it is given, so a container's own libc gets the probes, not
+        # the host's file at the same path (tests/integration/test_containers.py).
         try:
             for point in procinfo.probe_points(pid, target.libc, move_free=self.move_free_probe).values():
                 if point.func not in ENTRY_PROGRAMS:

@@ -144,6 +144,14 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("python", "keyword", lambda r, m: m.python, "the CPython version (3.11.7)", nullable=True),
     Field(
+        "container",
+        "keyword",
+        lambda r, m: r.container or None,
+        "the container of the process (docker:0123456789ab, root:/srv/jail, mntns:4026532455); "
+        "null on the host",
+        nullable=True,
+    ),
+    Field(
         "live_bytes",
         "long",
         lambda r, m: r.live_bytes,

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from .. import config
+from .. import config, containers
 from ..ebpf.loader import Tunables
 from ..history import History, pid_site_key
 from ..session import Final, Session, Sink, Source, ViewOptions
@@ -240,6 +240,8 @@ class HostSource(Source):
 
     def _watch(self, info: ProcInfo) -> None:
         info.es = procfs.es_environment(info.pid)
+        where = containers.describe(info.pid)
+        info.container, info.ns_pid = where.name, where.ns_pid
         self.procs[info.pid] = info
         self.exited.discard(info.pid)
         self._unwatched.discard(info.pid)
@@ -299,6 +301,7 @@ class HostSource(Source):
             info = self.procs.get(row.pid)
             row.host = self.opts.host
             row.command = info.command if info is not None else ""
+            row.container = info.container if info is not None else ""
         return rows
 
     def meta(self, *, final: bool = False) -> dict:
@@ -319,6 +322,8 @@ class HostSource(Source):
                 "user": info.user,
                 "python": python,
                 "cgroups": info.cgroups[:4],
+                "container": info.container or None,
+                "ns_pid": info.ns_pid,
                 "exited": pid in self.exited,
                 "started": round(info.create_time, 3),
                 "elasticsearch": dict(info.es),

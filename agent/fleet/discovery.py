@@ -59,6 +59,8 @@ class ProcInfo:
     shim: bool
     command: str = ""
     es: dict[str, str] = field(default_factory=dict)
+    container: str = ""  # trackleak.containers (set when the agent starts watching it)
+    ns_pid: int | None = None  # its pid in its own pid namespace
 
     @property
     def route(self) -> str:

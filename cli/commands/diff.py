@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from trackleak import config
 from trackleak.cli._common import stdout_is_terminal, user_errors
 from trackleak.errors import UserError
 from trackleak.views import diff as diff_view
@@ -16,7 +17,7 @@ from trackleak.views import snapshot as snapshot_view
 def diff(
     before: Annotated[Path, typer.Argument(help="The earlier table (any file `trackleak report` reads).")],
     after: Annotated[Path, typer.Argument(help="The later table.")],
-    top: Annotated[int, typer.Option(min=0, help="Rows to show (0: all).")] = 20,
+    top: Annotated[int, typer.Option(min=0, help="Rows to show (0: all).")] = config.default("top"),
     json_out: Annotated[
         Optional[str],
         typer.Option(

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from trackleak import render
+from trackleak import config, render
 from trackleak.cli._common import SORT_HELP, SortBy, stdout_is_terminal, user_errors
 from trackleak.errors import UserError
 from trackleak.views import collapsed as collapsed_view
@@ -57,7 +57,9 @@ def report(
             help="A `trackleak run --json` or `trackleak-agent --json` file, or the shim's profiler.jsonl."
         ),
     ],
-    top: Annotated[int, typer.Option(min=0, help="Rows to show (0: all); the HTML table too.")] = 20,
+    top: Annotated[
+        int, typer.Option(min=0, help="Rows to show (0: all); the HTML table too.")
+    ] = config.default("top"),
     sort: Annotated[SortBy, typer.Option(help=SORT_HELP)] = SortBy.leak,
     per_pid: Annotated[
         bool, typer.Option("--per-pid", help="One row per process and site (default: merged).")

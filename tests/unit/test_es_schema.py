@@ -44,6 +44,7 @@ NEW = (
     "source",
     "command",
     "python",
+    "container",
     "live_bytes",
     "live_count",
     "growth_bytes_per_s",
