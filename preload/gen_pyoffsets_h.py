@@ -31,7 +31,7 @@ def c_name(field):
 def render(doc, source):
     minors = sorted(
         (k for k in doc if not k.startswith("_")),
-        key=lambda k: tuple(int(x) for x in k.rstrip("t").split(".")) + (int(k.endswith("t")),),
+        key=lambda k: (*(int(x) for x in k.rstrip("t").split(".")), int(k.endswith("t"))),
     )
     if not minors:
         raise ValueError(f"no versions in {source}")
@@ -42,7 +42,9 @@ def render(doc, source):
         if not all(isinstance(v, int) for v in doc[m].values()):
             raise ValueError(f"{m}: non-integer value")
     names = [c_name(f) for f in fields]
-    debug_pairs = [f[len("debug."):] for f in fields if f.startswith("debug.") and f[len("debug."):] in fields]
+    debug_pairs = [
+        f[len("debug.") :] for f in fields if f.startswith("debug.") and f[len("debug.") :] in fields
+    ]
     origin = doc.get("_generated_from", {})
     width = max(len(n) for n in names)
 
@@ -57,7 +59,7 @@ def render(doc, source):
         "#define TL_PYOFFSETS_H",
         "",
         "struct tl_pyoffsets {",
-        "    int major, minor; /* key \"3.13t\": free_threaded below is 1 */",
+        '    int major, minor; /* key "3.13t": free_threaded below is 1 */',
     ]
     out += [f"    int {n};" for n in names]
     out += ["};", "", "static const struct tl_pyoffsets tl_pyoffsets_table[] = {"]
@@ -70,7 +72,7 @@ def render(doc, source):
         "};",
         f"#define TL_PYOFFSETS_COUNT {len(minors)}",
         "",
-        "/* The table for major.minor (free_threaded: the \"t\" build), or NULL: an unknown version",
+        '/* The table for major.minor (free_threaded: the "t" build), or NULL: an unknown version',
         " * must be refused, not guessed. */",
         "static inline const struct tl_pyoffsets *tl_pyoffsets_find(int major, int minor, int free_threaded)",
         "{",
@@ -81,7 +83,7 @@ def render(doc, source):
         "    return 0;",
         "}",
         "",
-        "/* Field <- the position of its value inside _Py_DebugOffsets (field \"debug.X\" of X): applied",
+        '/* Field <- the position of its value inside _Py_DebugOffsets (field "debug.X" of X): applied',
         " * by the reader to a copy of the table entry, with the running interpreter's own values. */",
         "struct tl_pyoffsets_debug { unsigned field, position; };",
         "#define TL_PYOFFSETS_DEBUG_COUNT " + str(len(debug_pairs)),

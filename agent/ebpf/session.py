@@ -37,7 +37,8 @@ from trackleak.symbolize.pycode import CodeReader, ProcessMemory
 from trackleak.table import RetentionTable, Row
 
 TL_TARGET_PYTHON = 1  # bpf/trackleak.h
-_ZERO_DEFAULT = {"flags", "code_tag_mask", "tstate_tls", "wrap_lo", "wrap_hi"}  # tl_target fields whose "none" is 0
+# tl_target fields whose "none" is 0
+_ZERO_DEFAULT = {"flags", "code_tag_mask", "tstate_tls", "wrap_lo", "wrap_hi"}
 TL_SITE_PYTHON = 1
 COUNTER_NAMES = ("sites_full", "live_full", "pending_full", "python_no_frame", "frees_matched")
 # What could not be tracked (bpf/trackleak.h TL_CNT_*): counter -> what it counts, for people.

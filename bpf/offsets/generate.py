@@ -69,63 +69,67 @@ DEBUG_FIELDS = list(DEBUG_MEMBERS)
 
 # Field order here is the order in the JSON and in the generated C header.
 # -1 means "no such field in this version".
-FIELDS = [
-    # Finding the innermost frame from a PyThreadState.
-    "tstate.frame",  # 3.9/3.10: PyFrameObject *frame
-    "tstate.cframe",  # 3.11/3.12: _PyCFrame *cframe (3.10 has one too, but no frame in it)
-    "cframe.current_frame",  # 3.11/3.12
-    "tstate.current_frame",  # 3.13+
-    "tstate.interp",
-    "tstate.thread_id",
-    "tstate.native_thread_id",  # 3.11+
-    "tstate.next",
-    # Walking frames.
-    "frame.previous",  # f_back (3.9/3.10) or _PyInterpreterFrame.previous
-    "frame.code",  # f_code; f_executable in 3.13
-    "frame.lasti",  # 3.9/3.10 PyFrameObject.f_lasti
-    "frame.instr",  # prev_instr (3.11/3.12), instr_ptr (3.13+)
-    "frame.owner",  # 3.11+
-    "frame.owner_cstack",  # 3.12+: frames with owner >= this have no code (C stack / interpreter)
-    "frame.lasti_is_index",  # 3.9: f_lasti in bytes (0); 3.10: in code units (1); 3.11+: -1
-    "frame.tlbc_index",  # 3.14t: index of the thread-local bytecode copy instr points into
-    "frame.code_tag_bits",  # bits to clear from frame.code: 3.14+ f_executable is a _PyStackRef
-    # Code objects (symbolization).
-    "code.co_name",
-    "code.co_filename",
-    "code.co_qualname",  # 3.11+
-    "code.co_firstlineno",
-    "code.co_code_adaptive",  # 3.11+: bytecode inline in the code object
-    "code.co_code",  # 3.9/3.10: bytes object holding the bytecode
-    "code.co_linetable",  # 3.10+
-    "code.co_lnotab",  # 3.9 only
-    "code.sizeof",
-    "code.co_tlbc",  # 3.14t: _PyCodeArray *co_tlbc (entries[0] is co_code_adaptive)
-    # Strings (names and file names are str objects).
-    "unicode.asciiobject_size",
-    "unicode.compact_size",
-    "unicode.length",
-    "unicode.state",
-    "unicode.state_compact_bit",
-    "unicode.state_ascii_bit",
-    "unicode.state_kind_shift",
-    "unicode.state_kind_bits",
-    "bytes.ob_sval",
-    "varobject.ob_size",
-    "object.ob_type",
-    "type.tp_name",
-    # From the process to its threads without the GIL (gilstate TSS key).
-    "runtime.autotsskey",  # _PyRuntime.gilstate.autoTSSkey (<=3.11), _PyRuntime.autoTSSkey (3.12+)
-    "tss.key",  # Py_tss_t._key (the pthread_key_t)
-    "runtime.interpreters_head",
-    "interp.tstate_head",  # tstate_head (<=3.10), threads.head (3.11+)
-    # Build.
-    "free_threaded",  # 1 for a --disable-gil build (key "3.13t"), else 0
-    # 3.13+: where the interpreter's own _Py_DebugOffsets (at the start of _PyRuntime, cookie
-    # "xdebugpy") holds each field above that it describes: byte offset of that uint64 inside the
-    # struct, -1 = not described (then the value above is the one used). The struct's layout
-    # changes between minors (fields are inserted), so its positions are per minor like the rest;
-    # the values read there are the running build's own (a free-threaded build's too).
-] + ["debug." + name for name in DEBUG_FIELDS] + ["debug.version", "debug.free_threaded"]
+FIELDS = (
+    [
+        # Finding the innermost frame from a PyThreadState.
+        "tstate.frame",  # 3.9/3.10: PyFrameObject *frame
+        "tstate.cframe",  # 3.11/3.12: _PyCFrame *cframe (3.10 has one too, but no frame in it)
+        "cframe.current_frame",  # 3.11/3.12
+        "tstate.current_frame",  # 3.13+
+        "tstate.interp",
+        "tstate.thread_id",
+        "tstate.native_thread_id",  # 3.11+
+        "tstate.next",
+        # Walking frames.
+        "frame.previous",  # f_back (3.9/3.10) or _PyInterpreterFrame.previous
+        "frame.code",  # f_code; f_executable in 3.13
+        "frame.lasti",  # 3.9/3.10 PyFrameObject.f_lasti
+        "frame.instr",  # prev_instr (3.11/3.12), instr_ptr (3.13+)
+        "frame.owner",  # 3.11+
+        "frame.owner_cstack",  # 3.12+: frames with owner >= this have no code (C stack / interpreter)
+        "frame.lasti_is_index",  # 3.9: f_lasti in bytes (0); 3.10: in code units (1); 3.11+: -1
+        "frame.tlbc_index",  # 3.14t: index of the thread-local bytecode copy instr points into
+        "frame.code_tag_bits",  # bits to clear from frame.code: 3.14+ f_executable is a _PyStackRef
+        # Code objects (symbolization).
+        "code.co_name",
+        "code.co_filename",
+        "code.co_qualname",  # 3.11+
+        "code.co_firstlineno",
+        "code.co_code_adaptive",  # 3.11+: bytecode inline in the code object
+        "code.co_code",  # 3.9/3.10: bytes object holding the bytecode
+        "code.co_linetable",  # 3.10+
+        "code.co_lnotab",  # 3.9 only
+        "code.sizeof",
+        "code.co_tlbc",  # 3.14t: _PyCodeArray *co_tlbc (entries[0] is co_code_adaptive)
+        # Strings (names and file names are str objects).
+        "unicode.asciiobject_size",
+        "unicode.compact_size",
+        "unicode.length",
+        "unicode.state",
+        "unicode.state_compact_bit",
+        "unicode.state_ascii_bit",
+        "unicode.state_kind_shift",
+        "unicode.state_kind_bits",
+        "bytes.ob_sval",
+        "varobject.ob_size",
+        "object.ob_type",
+        "type.tp_name",
+        # From the process to its threads without the GIL (gilstate TSS key).
+        "runtime.autotsskey",  # _PyRuntime.gilstate.autoTSSkey (<=3.11), _PyRuntime.autoTSSkey (3.12+)
+        "tss.key",  # Py_tss_t._key (the pthread_key_t)
+        "runtime.interpreters_head",
+        "interp.tstate_head",  # tstate_head (<=3.10), threads.head (3.11+)
+        # Build.
+        "free_threaded",  # 1 for a --disable-gil build (key "3.13t"), else 0
+        # 3.13+: where the interpreter's own _Py_DebugOffsets (at the start of _PyRuntime, cookie
+        # "xdebugpy") holds each field above that it describes: byte offset of that uint64 inside the
+        # struct, -1 = not described (then the value above is the one used). The struct's layout
+        # changes between minors (fields are inserted), so its positions are per minor like the rest;
+        # the values read there are the running build's own (a free-threaded build's too).
+    ]
+    + ["debug." + name for name in DEBUG_FIELDS]
+    + ["debug.version", "debug.free_threaded"]
+)
 
 # The probe. Version branches use PY_VERSION_HEX from the headers being probed,
 # so one source serves every minor. Enum constants (FRAME_OWNED_BY_CSTACK) can't
@@ -348,6 +352,7 @@ int main(void)
 }
 """
 
+
 def _debug_probe():
     lines = []
     for field, (member, since) in DEBUG_MEMBERS.items():
@@ -478,7 +483,7 @@ def probe(info, cc=None):
 def version_key(version):
     """Sort key: "3.10" -> (3, 10, 0), so 3.9 comes before 3.10; "3.13t" right after "3.13"."""
     ft = version.endswith("t")
-    return tuple(int(x) for x in version.rstrip("t").split(".")) + (int(ft),)
+    return (*(int(x) for x in version.rstrip("t").split(".")), int(ft))
 
 
 def generate(infos):

@@ -13,9 +13,12 @@ and the container form: the shim inside ``chroot ROOT /usr/bin/python3.14``.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import struct
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -49,7 +52,9 @@ if len(sys.argv) > 1:
 
 def _need(path: Path) -> None:
     if not path.exists():
-        pytest.fail(f"{path} is missing: run `bash scripts/roots.sh ensure` (scripts/test.sh does)", pytrace=False)
+        pytest.fail(
+            f"{path} is missing: run `bash scripts/roots.sh ensure` (scripts/test.sh does)", pytrace=False
+        )
 
 
 def _patch(src: Path, dst: Path, version_hex: int | None, cookie: bool) -> Path:
@@ -152,7 +157,9 @@ def test_agent_unknown_version_native_rows_and_one_note(tmp_path):
     binary = _patch(SID / "usr/bin/python3.15", tmp_path / "python3.99", 0x036300F0, cookie=False)
     script = tmp_path / "agent_target.py"
     body = LEAK.replace('print("versions-ok", flush=True)', 'print("done", flush=True)')
-    script.write_text("import sys\nprint('ready', flush=True)\nsys.stdin.readline()\n" + body.replace("sys.argv", "[0, 0]"))
+    script.write_text(
+        "import sys\nprint('ready', flush=True)\nsys.stdin.readline()\n" + body.replace("sys.argv", "[0, 0]")
+    )
     target = Target([*_sid_argv(binary), str(script)], env={"PYTHONHOME": f"{SID}/usr"})
     notes: list = []
     # WHEN the agent attaches
@@ -182,12 +189,18 @@ def test_shim_in_a_chroot_on_314(shim, tmp_path):
         # THEN the leak is at its line and the twin is clean
         assert result.returncode == 0 and "versions-ok" in result.stdout, result.describe()
         rows = result.rows()
-        leak = find_row(rows, function="leaky", file_endswith=f"{inside}/leak.py", line=line_of(work / "leak.py", "leak"))
-        twin = find_row(rows, function="healthy", file_endswith=f"{inside}/leak.py", line=line_of(work / "leak.py", "twin"))
+        leak = find_row(
+            rows, function="leaky", file_endswith=f"{inside}/leak.py", line=line_of(work / "leak.py", "leak")
+        )
+        twin = find_row(
+            rows,
+            function="healthy",
+            file_endswith=f"{inside}/leak.py",
+            line=line_of(work / "leak.py", "twin"),
+        )
         assert leak.retention_pct >= 80 and twin.retention_pct <= 20, (leak, twin)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
 
 
 def test_doctor_says_what_each_route_does(tmp_path):
@@ -208,3 +221,65 @@ def test_doctor_says_what_each_route_does(tmp_path):
     if FT313.exists():
         cft = check_interpreter(str(FT313))
         assert "table 3.13t" in cft.detail and "mimalloc" in cft.detail, cft
+
+
+CONTAINER_WORK = r"""
+import sys, time
+keep = []
+def leaky():
+    keep.append(bytearray(20000))  # ALLOC: leak
+def healthy():
+    buf = bytearray(20000)  # ALLOC: twin
+print("ready", flush=True)
+end = time.time() + float(sys.argv[1])
+while time.time() < end:
+    leaky()
+    healthy()
+    time.sleep(0.002)
+"""
+
+
+@BPF_SKIP
+@pytest.mark.parametrize("python", ["/usr/bin/python3.14", "/usr/bin/python3.15"])
+def test_agent_in_sid_root_and_namespaces(tmp_path, python):
+    from ebpf_support import AGENT_CMD
+
+    # GIVEN sid's CPython in its own root, pid and mount namespaces (`unshare ... chroot`)
+    _need(SID / python.lstrip("/"))
+    work = Path(tempfile.mkdtemp(prefix="trackleak-test-", dir=SID / "tmp"))
+    (work / "work.py").write_text(CONTAINER_WORK)
+    inside = "/" + str(work.relative_to(SID))
+    cmd = ["unshare", "--pid", "--mount", "--fork", "chroot", str(SID), python, f"{inside}/work.py", "30"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out = tmp_path / "agent.json"
+    try:
+        assert proc.stdout.readline().startswith("ready"), (
+            proc.stderr.read() if proc.poll() is not None else ""
+        )
+        (pid,) = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        # WHEN the agent attaches by host pid
+        r = subprocess.run(
+            [*AGENT_CMD, "--pid", pid, "--duration", "4", "--interval", "1", "--quiet", "--json", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)  # the namespace's init: ends the namespace
+        proc.wait(timeout=30)
+        shutil.rmtree(work, ignore_errors=True)
+    # THEN the leak is at its line, growing, and its healthy twin is clean
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())["sites"]
+    lines = {
+        name: i + 1
+        for i, t in enumerate(CONTAINER_WORK.splitlines())
+        for name in ("leak", "twin")
+        if f"ALLOC: {name}" in t
+    }
+    leak = [x for x in rows if x["function"] == "leaky" and x["line"] == lines["leak"]]
+    twin = [x for x in rows if x["function"] == "healthy" and x["line"] == lines["twin"]]
+    assert len(leak) == 1 and len(twin) == 1, [(x["function"], x["line"]) for x in rows][:10]
+    assert leak[0]["retention_pct"] >= 80 and twin[0]["retention_pct"] <= 20, (leak, twin)
+    assert leak[0]["file"] == f"{inside}/work.py"
