@@ -2,6 +2,7 @@
 """Overhead of the preload shim against plain Python and the tools people use instead.
 
     python bench/run.py [--python PY] [--rounds N] [--repeat K] [--long] [--baseline-shim SO] [--no-others]
+                        [--pymalloc]
 
 Every configuration runs the same allocation-heavy workload (bench/workload.py: JSON,
 dicts, strings, bytearrays); runs are interleaved (plain, shim, tracemalloc, memray, ...
@@ -39,7 +40,12 @@ def shim_path() -> str:
 
 
 def configs(
-    py: str, shim: str, logdir: str, baseline: str | None = None, others: bool = True
+    py: str,
+    shim: str,
+    logdir: str,
+    baseline: str | None = None,
+    others: bool = True,
+    pymalloc: bool = False,
 ) -> dict[str, tuple[list[str], dict[str, str]]]:
     base = {"TRACKLEAK_QUIET": "1", "TRACKLEAK_LOG_DIR": logdir, "TRACKLEAK_STARTUP_DELAY": "0"}
     pre = {"LD_PRELOAD": shim, **base}
@@ -49,6 +55,10 @@ def configs(
         "trackleak (defaults)": ([py], pre),
         "trackleak exhaustive": ([py], {**pre, **exhaustive}),
     }
+    if pymalloc:
+        # the mem/object domains wrapped too: what a free-threaded build always gets (mimalloc
+        # serves them at every size), so its cost can be set against a GIL build's
+        out["trackleak pymalloc wrapped"] = ([py], {**pre, "TRACKLEAK_PYMALLOC": "1"})
     if baseline:
         old = {"LD_PRELOAD": baseline, **base}
         out["baseline shim (defaults)"] = ([py], old)
@@ -105,11 +115,14 @@ def main() -> None:
     ap.add_argument("--long", action="store_true", help="also run exhaustive mode at 4x the rounds")
     ap.add_argument("--baseline-shim", help="another trackleak.so to compare against, interleaved")
     ap.add_argument("--no-others", action="store_true", help="skip tracemalloc and memray")
+    ap.add_argument(
+        "--pymalloc", action="store_true", help="also with TRACKLEAK_PYMALLOC=1 (mem/object domains wrapped)"
+    )
     args = ap.parse_args()
     shim = shim_path()
     logdir = tempfile.mkdtemp(prefix="trackleak-bench-")
     try:
-        cfgs = configs(args.python, shim, logdir, args.baseline_shim, not args.no_others)
+        cfgs = configs(args.python, shim, logdir, args.baseline_shim, not args.no_others, args.pymalloc)
         med = measure(cfgs, args.rounds, args.repeat)
         plain = med["plain"]
         print(f"python: {args.python}  rounds: {args.rounds}  repeat: {args.repeat} (interleaved, median)")

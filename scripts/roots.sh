@@ -23,9 +23,9 @@
 # Each Debian root also gets, on ensure (stamped in NAME/.trackleak-headers):
 #   - its interpreters' headers (libpython3.X-dev of the same version, unpacked into the root with
 #     dpkg-deb -x: bpf/offsets/generate.py and the extension tests compile against them);
-#   - a launcher per interpreter, ROOTS/bin/NAME-python3.X: runs ROOT/usr/bin/python3.X through the
-#     root's own dynamic loader and libraries (glibc included) with PYTHONHOME=ROOT/usr, from the
-#     host's file system: the root's interpreter without a chroot, so every test can pass it host
+#   - a launcher per interpreter, ROOT/usr/bin/trackleak-python3.X: runs ROOT/usr/bin/python3.X
+#     through the root's own dynamic loader and libraries (glibc included), from the host's file
+#     system: the root's interpreter without a chroot, so every test can pass it host
 #     paths (scripts, log directories, the shim). `chroot ROOT /usr/bin/python3.X` is the container
 #     form of the same interpreter.
 #
@@ -184,18 +184,18 @@ headers() {
     say "headers of $name in $((SECONDS - t0)) s"
 }
 
-# ROOTS/bin/NAME-python3.X for each python3.X of the root (see the top of this file).
+# ROOT/usr/bin/trackleak-python3.X for each python3.X of the root (see the top of this file). It
+# lives beside the real executable so that Python finds its prefix (ROOT/usr) from its own path,
+# even when run isolated (-I ignores PYTHONHOME).
 launchers() {
     local name=$1 dir="$ROOTS/$1" pkgs=() pkg
     IFS=, read -r -a pkgs <<<"${PACKAGES[$name]}"
-    mkdir -p "$ROOTS/bin"
+    rm -rf "$ROOTS/bin"  # (the launchers' first place)
     for pkg in "${pkgs[@]}"; do
-        local launcher="$ROOTS/bin/$name-$pkg"
+        local launcher="$dir/usr/bin/trackleak-$pkg"
         cat >"$launcher.tmp" <<LAUNCHER
 #!/bin/sh
-# $name's /usr/bin/$pkg with the root's loader and libraries (made by scripts/roots.sh)
-PYTHONHOME="$dir/usr"
-export PYTHONHOME
+# $name's /usr/bin/$pkg with the root's loader and libraries, from the host (scripts/roots.sh)
 exec "$dir/lib64/ld-linux-x86-64.so.2" --library-path "$dir/lib/x86_64-linux-gnu:$dir/usr/lib/x86_64-linux-gnu" --argv0 "\$0" "$dir/usr/bin/$pkg" "\$@"
 LAUNCHER
         chmod 755 "$launcher.tmp"
@@ -213,7 +213,8 @@ pythons() {
         else
             IFS=, read -r -a pkgs <<<"${PACKAGES[$name]}"
             for pkg in "${pkgs[@]}"; do
-                [[ -x "$ROOTS/bin/$name-$pkg" ]] && printf '%s %s\n' "$name-$pkg" "$ROOTS/bin/$name-$pkg"
+                [[ -x "$ROOTS/$name/usr/bin/trackleak-$pkg" ]] &&
+                    printf '%s %s\n' "$name-$pkg" "$ROOTS/$name/usr/bin/trackleak-$pkg"
             done
         fi
     done
