@@ -100,14 +100,23 @@ class ProbePoint:
     insn_offset: int  # bytes past the function start (0 = entry)
 
 
-# Leading instructions of `free` that only read registers and set flags: a probe may be moved
-# past them to the first instruction the kernel emulates (a branch), which avoids the
-# single-step out of line that non-emulated instructions need (~4.3 us vs ~0.9 us a hit here).
-_FLAG_ONLY = (
-    bytes.fromhex("4885ff"),  # test %rdi,%rdi
-    bytes.fromhex("4885f6"),  # test %rsi,%rsi
-    bytes.fromhex("f30f1efa"),  # endbr64
-)
+# Leading instructions that leave the stack, memory and the arguments the probe reads untouched
+# (they write flags, or a scratch register): a probe may be moved past them to the first
+# instruction the kernel emulates (a branch), which avoids the single-step out of line that
+# non-emulated instructions need (~4.3 us vs ~0.9 us a hit here). glibc 2.42 (Debian sid) starts
+# malloc, free, realloc and calloc so; 2.36/2.41 start most with push, which is emulated.
+# instruction -> the registers it writes besides flags
+_SKIPPABLE = {
+    bytes.fromhex("4885ff"): frozenset(),  # test %rdi,%rdi
+    bytes.fromhex("4885f6"): frozenset(),  # test %rsi,%rsi
+    bytes.fromhex("f30f1efa"): frozenset(),  # endbr64
+    bytes.fromhex("4989f1"): frozenset({"r9"}),  # mov %rsi,%r9 (2.42 realloc)
+    bytes.fromhex("4889f8"): frozenset({"rax"}),  # mov %rdi,%rax (2.42 calloc)
+    bytes.fromhex("48f7e6"): frozenset({"rax", "rdx"}),  # mul %rsi (2.42 calloc: n * size)
+}
+# The argument registers each entry probe reads (bpf/alloc_probes.bpf.c entry points).
+PROBE_READS = {"posix_memalign": frozenset({"rdi", "rsi", "rdx"})}
+DEFAULT_READS = frozenset({"rdi", "rsi"})
 
 
 def _emulated_branch(code: bytes) -> bool:
@@ -118,23 +127,28 @@ def _emulated_branch(code: bytes) -> bool:
     )
 
 
-def free_probe_skip(code: bytes) -> int:
-    """Bytes to skip at the start of free() so the probe lands on an emulated branch (0 = none).
+def probe_skip(code: bytes, reads: frozenset = DEFAULT_READS) -> int:
+    """Bytes to skip at the start of a function so its probe lands on an emulated branch (0 = none).
 
-    Only flag-setting instructions may be skipped: the registers (rdi = the pointer) and the
-    stack are then exactly as at entry, and the branch runs on every call, so no free is missed.
+    Only instructions that write flags or registers the probe does not read may be skipped: the
+    arguments, the stack (so [sp] is the return address, for the return probe too) are then as at
+    entry, and the branch runs on every call, so no call is missed.
     """
     pos = 0
-    for _ in range(3):
+    for _ in range(4):
         if _emulated_branch(code[pos:]):
             return pos
-        for insn in _FLAG_ONLY:
-            if code[pos : pos + len(insn)] == insn:
+        for insn, writes in _SKIPPABLE.items():
+            if code[pos : pos + len(insn)] == insn and not writes & reads:
                 pos += len(insn)
                 break
         else:
             return 0
     return 0
+
+
+def free_probe_skip(code: bytes) -> int:
+    return probe_skip(code, frozenset({"rdi"}))
 
 
 def probe_points(pid: int, libc_path: str, move_free: bool = True) -> dict[str, ProbePoint]:
@@ -147,8 +161,11 @@ def probe_points(pid: int, libc_path: str, move_free: bool = True) -> dict[str, 
             continue  # absent, or an alias of one already probed (glibc: memalign = aligned_alloc)
         seen.add(sym[0])
         skip = 0
-        if func == "free" and move_free:
-            skip = free_probe_skip(info.read(sym[0], 16))
+        if move_free:
+            # Every probed function, not only free: glibc 2.42's malloc, realloc and calloc start
+            # with non-emulated instructions too (Debian sid; measured with bench/bench_ebpf.py:
+            # a Python workload ran at 2.2-3.0x attached on sid against 1.4-1.5x on trixie).
+            skip = probe_skip(info.read(sym[0], 24), PROBE_READS.get(func, DEFAULT_READS))
         offset = info.vaddr_to_offset(sym[0] + skip)
         if offset is None:
             continue

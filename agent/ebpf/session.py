@@ -247,9 +247,9 @@ class EbpfSession:
                     continue
                 self.loader.attach(point.func, point.path, point.offset, pid)
                 if point.func != "free":
-                    self.loader.attach(
-                        point.func, point.path, point.offset - point.insn_offset, pid, retprobe=True
-                    )
+                    # at the same (possibly moved) address: one breakpoint, and the skipped
+                    # instructions only set flags, so [sp] is still the return address
+                    self.loader.attach(point.func, point.path, point.offset, pid, retprobe=True)
         except BaseException:
             self.loader.detach_pid(pid)
             raise
