@@ -577,7 +577,12 @@ def build_extension(
             f"{python}: no Python.h in {python.include}{hint}; cannot build the test extension"
         )
     out = Path(out_dir) / f"{module}{python.ext_suffix}"
-    return compile_c([source], out, "-shared", "-fPIC", "-O0", "-g", f"-I{python.include}")
+    # the include root too: Debian's pyconfig.h includes <x86_64-linux-gnu/python3.X/pyconfig.h>,
+    # which for a root's interpreter (scripts/roots.sh) is not under the host's /usr/include
+    include_root = os.path.dirname(python.include)
+    return compile_c(
+        [source], out, "-shared", "-fPIC", "-O0", "-g", f"-I{python.include}", f"-I{include_root}"
+    )
 
 
 # --------------------------------------------------------------------------- trackleak run

@@ -60,6 +60,9 @@ def build_leaker(out_dir: Path) -> Path:
     return exe
 
 
+CC_SHARED = ("cc", "-shared", "-fPIC", "-O1")
+
+
 def build_extension(out_dir: Path, include: str, ext_suffix: str) -> Path:
     """gilfree_ext for one interpreter, in its own directory (added to the target's sys.path)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -68,7 +71,18 @@ def build_extension(out_dir: Path, include: str, ext_suffix: str) -> Path:
         if not os.path.exists(os.path.join(include, "Python.h")):
             raise FileNotFoundError(f"no Python.h in {include}")
         subprocess.run(
-            ["cc", "-shared", "-fPIC", "-O1", "-I", include, "-o", str(so), str(NATIVE / "gilfree_ext.c")],
+            # the include root too: Debian's pyconfig.h includes <x86_64-linux-gnu/python3.X/...>,
+            # which for a root's interpreter (scripts/roots.sh) is not under the host's /usr/include
+            [
+                *CC_SHARED,
+                "-I",
+                include,
+                "-I",
+                os.path.dirname(include),
+                "-o",
+                str(so),
+                str(NATIVE / "gilfree_ext.c"),
+            ],
             check=True,
         )
     return out_dir
