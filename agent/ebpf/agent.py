@@ -100,7 +100,11 @@ class PidSource(Source):
         assert self.ebpf is not None
         parts = []
         for t in self.ebpf.targets.values():
-            what = f"CPython {t.python.full_version}" if t.python else "native"
+            what = (
+                f"CPython {t.python.full_version}{'t' if t.python.free_threaded else ''}"
+                if t.python
+                else "native"
+            )
             proc = self.procs.get(t.pid) or {}
             if proc.get("container"):
                 what += f", in {proc['container']} as pid {proc.get('ns_pid') or '?'}"
