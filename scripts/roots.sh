@@ -23,9 +23,9 @@
 # Each Debian root also gets, on ensure (stamped in NAME/.trackleak-headers):
 #   - its interpreters' headers (libpython3.X-dev of the same version, unpacked into the root with
 #     dpkg-deb -x: bpf/offsets/generate.py and the extension tests compile against them);
-#   - a launcher per interpreter, ROOT/usr/bin/trackleak-python3.X: runs ROOT/usr/bin/python3.X
-#     through the root's own dynamic loader and libraries (glibc included), from the host's file
-#     system: the root's interpreter without a chroot, so every test can pass it host
+#   - a host-runnable copy of each interpreter, ROOT/usr/lib/trackleak/python3.X: the root's
+#     executable patched (patchelf) to use the root's own dynamic loader and libraries (glibc
+#     included), run from the host's file system: the root's interpreter without a chroot, so every test can pass it host
 #     paths (scripts, log directories, the shim). `chroot ROOT /usr/bin/python3.X` is the container
 #     form of the same interpreter.
 #
@@ -184,22 +184,30 @@ headers() {
     say "headers of $name in $((SECONDS - t0)) s"
 }
 
-# ROOT/usr/bin/trackleak-python3.X for each python3.X of the root (see the top of this file). It
-# lives beside the real executable so that Python finds its prefix (ROOT/usr) from its own path,
-# even when run isolated (-I ignores PYTHONHOME).
+# ROOT/usr/lib/trackleak/python3.X for each python3.X of the root (see the top of this file): a copy
+# of ROOT/usr/bin/python3.X whose ELF interpreter is the root's ld.so and whose DT_RPATH (searched
+# for every object, dlopen'ed extension modules too) the root's library directories (patchelf). A
+# real executable named python3.X, no wrapper process (LD_PRELOAD goes to Python alone); Python
+# finds its prefix (ROOT/usr) by walking up from its own place, even when run isolated (-I).
 launchers() {
     local name=$1 dir="$ROOTS/$1" pkgs=() pkg
     IFS=, read -r -a pkgs <<<"${PACKAGES[$name]}"
-    rm -rf "$ROOTS/bin"  # (the launchers' first place)
+    if ! command -v patchelf >/dev/null; then
+        say "installing patchelf"
+        apt-get install -y -q patchelf >"$ROOTS/apt.log" 2>&1 ||
+            die "apt-get install patchelf failed (see $ROOTS/apt.log)"
+    fi
+    rm -rf "$ROOTS/bin"
+    mkdir -p "$dir/usr/lib/trackleak"
     for pkg in "${pkgs[@]}"; do
-        local launcher="$dir/usr/bin/trackleak-$pkg"
-        cat >"$launcher.tmp" <<LAUNCHER
-#!/bin/sh
-# $name's /usr/bin/$pkg with the root's loader and libraries, from the host (scripts/roots.sh)
-exec "$dir/lib64/ld-linux-x86-64.so.2" --library-path "$dir/lib/x86_64-linux-gnu:$dir/usr/lib/x86_64-linux-gnu" --argv0 "\$0" "$dir/usr/bin/$pkg" "\$@"
-LAUNCHER
-        chmod 755 "$launcher.tmp"
-        mv "$launcher.tmp" "$launcher"
+        local out="$dir/usr/lib/trackleak/$pkg"
+        rm -f "$dir/usr/bin/trackleak-$pkg"  # (the first launchers: a shell script there)
+        [[ -x $out && $out -nt "$dir/usr/bin/$pkg" ]] && continue
+        cp "$dir/usr/bin/$pkg" "$out.tmp"
+        patchelf --set-interpreter "$dir/lib64/ld-linux-x86-64.so.2" --force-rpath \
+            --set-rpath "$dir/lib/x86_64-linux-gnu:$dir/usr/lib/x86_64-linux-gnu" "$out.tmp" ||
+            die "patchelf of $out failed"
+        mv "$out.tmp" "$out"
     done
 }
 
@@ -213,8 +221,8 @@ pythons() {
         else
             IFS=, read -r -a pkgs <<<"${PACKAGES[$name]}"
             for pkg in "${pkgs[@]}"; do
-                [[ -x "$ROOTS/$name/usr/bin/trackleak-$pkg" ]] &&
-                    printf '%s %s\n' "$name-$pkg" "$ROOTS/$name/usr/bin/trackleak-$pkg"
+                [[ -x "$ROOTS/$name/usr/lib/trackleak/$pkg" ]] &&
+                    printf '%s %s\n' "$name-$pkg" "$ROOTS/$name/usr/lib/trackleak/$pkg"
             done
         fi
     done

@@ -404,7 +404,7 @@ def interpreter_info(python):
 def root_interpreters():
     """The interpreters of scripts/roots.sh (Debian roots' launchers, free-threaded builds)."""
     roots = os.environ.get("TRACKLEAK_ROOTS", "/var/cache/trackleak/roots")
-    found = sorted(glob.glob(os.path.join(roots, "*", "usr", "bin", "trackleak-python3.*")))
+    found = sorted(glob.glob(os.path.join(roots, "*", "usr", "lib", "trackleak", "python3.*")))
     found += sorted(glob.glob(os.path.join(roots, "ft3.*", "bin", "python3.*t")))
     return [p for p in found if os.access(p, os.X_OK)]
 

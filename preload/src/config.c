@@ -273,6 +273,8 @@ void tl_banner(void)
     if (tl_handoff_path[0])
         tl_say("handoff=%s", tl_handoff_path);
     const char *py = tl_py_version_str();
-    tl_say("pid=%d python=%s pymalloc=%s jsonl_log=%s/%s", (int)getpid(), py ? py : "none",
-           !py ? "n/a" : tl_cfg.pymalloc ? "tracked" : "not tracked (min_size above its range)", dir, tl_cfg.jsonl_log);
+    tl_say("pid=%d python=%s%s layout=%s pymalloc=%s jsonl_log=%s/%s", (int)getpid(), py ? py : "none",
+           tl_py_free_threaded() ? "t" : "", tl_py_layout_source(),
+           !py ? "n/a" : tl_cfg.pymalloc || tl_py_free_threaded() ? "tracked" : "not tracked (min_size above its range)",
+           dir, tl_cfg.jsonl_log);
 }

@@ -41,6 +41,11 @@ print("ok")
     ids=["debug-dev", "malloc", "pymalloc_debug", "tracemalloc"],
 )
 def test_allocator_modes(cpython, shim, tmp_path, flags, env):
+    if cpython.free_threaded and env.get("PYTHONMALLOC") in ("malloc", "pymalloc_debug"):
+        # a free-threaded build has mimalloc only ("PYTHONMALLOC: unknown allocator")
+        env = {
+            "PYTHONMALLOC": {"malloc": "mimalloc", "pymalloc_debug": "mimalloc_debug"}[env["PYTHONMALLOC"]]
+        }
     script = tmp_path / "modes.py"
     script.write_text(SCRIPT)
     result = run_command([os.fspath(cpython), *flags, str(script)], shim=shim, env=env)

@@ -127,7 +127,7 @@ def _cffi_path(cpython, cache_root: Path) -> str | None:
     if probe.returncode == 0:
         return ""
     major, minor = cpython.version_info[:2]
-    tag = f"cp{major}{minor}"
+    tag = f"cp{major}{minor}" + ("t" if cpython.free_threaded else "")  # 3.13t: its own ABI
     target = cache_root / tag
     if not (target / "cffi").is_dir():
         cmd = [

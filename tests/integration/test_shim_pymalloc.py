@@ -35,9 +35,10 @@ def test_pymalloc_setting(cpython, shim, tmp_path, setting):
     # THEN the 4 KB leak is flagged whatever the setting (raw domain)
     big = find_row(rows, function="big_leak", file_endswith="pym.py", line=line_of(script, "big"))
     assert big.count >= 300 and big.retention_pct >= 80
-    # AND the 505-byte leak is seen exactly when pymalloc is wrapped
+    # AND the 505-byte leak is seen exactly when pymalloc is wrapped (always in a free-threaded
+    # build: mimalloc serves its mem/object domains at every size, nothing reaches the raw one)
     small = [r for r in rows if r.function == "small_class_leak" and r.line == line_of(script, "top_class")]
-    if setting == "1":
+    if setting == "1" or cpython.free_threaded:
         assert small and small[0].count >= 3000 and small[0].retention_pct >= 80, small
     else:
         assert not small or small[0].count < 100, small
