@@ -318,5 +318,7 @@ def test_every_cpython_is_discovered_by_both_routes(tmp_path, tag, shim, cpython
     assert meta["processes"][str(pre.pid)]["source"] == "preload"
     assert meta["processes"][str(plain.pid)]["source"] == "ebpf"
     for pid, source in ((pre.pid, "preload"), (plain.pid, "ebpf")):
+        if source == "ebpf" and cpython.free_threaded:
+            continue  # its Python objects come from mimalloc: the libc probes cannot see the leak
         rows = _leak_rows(sites, pid)
         assert rows and rows[0]["source"] == source, (pid, source, r.stderr)
