@@ -305,7 +305,8 @@ def test_big_buffers_kept_are_found_exactly(cpython, tmp_path):
     # GIVEN 61 bytearrays of 4 MiB kept by a leaking function, 61 allocated and dropped by its twin
     n, size = 61, 4 * MIB
     res = trackleak_run(cpython, SIGNAL, "big", n, size, tmp_path=tmp_path)
-    block = size + 1  # a bytearray's buffer holds a trailing NUL
+    # a bytearray's buffer holds a trailing NUL; 3.15 keeps it in a bytes object (33-byte header)
+    block = size + (33 if cpython.version_info[:2] >= (3, 15) else 1)
     assert res.truth == {"kept_bytes": n * block, "kept_count": n, "sizes": [block]}, res.truth
     leak = res.row("big_leak", function="big_leak")
     twin = res.row("big_healthy", function="big_healthy")
