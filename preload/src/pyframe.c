@@ -72,17 +72,10 @@ const char *tl_py_layout_source(void)
 /* A subinterpreter exists (3.12+: it may have its own GIL): is the calling thread's
  * current interpreter the main one? Its thread state is read through the unchecked
  * accessor (a thread-local read in CPython). */
+static void *(*current_tstate)(void); /* found in tl_py_mark_up, before the hooks are installed */
 int tl_py_current_interp_is_main(void)
 {
-    static void *(*unchecked)(void);
-    static int looked;
-    if (!looked) {
-        unchecked = (void *(*)(void))dlsym(RTLD_DEFAULT, "PyThreadState_GetUnchecked");
-        if (!unchecked)
-            unchecked = (void *(*)(void))dlsym(RTLD_DEFAULT, "_PyThreadState_UncheckedGet");
-        __atomic_store_n(&looked, 1, __ATOMIC_RELEASE);
-    }
-    const char *ts = unchecked ? unchecked() : NULL;
+    const char *ts = current_tstate ? current_tstate() : NULL;
     return ts && rt.o && AT(ts, rt.o->tstate_interp, void *) == tl_py_main_interp;
 }
 const char *tl_py_version_str(void) { return rt.present ? rt.version : NULL; }
@@ -94,6 +87,9 @@ int tl_py_initialized(void) { return rt.present && rt.is_initialized(); }
 void tl_py_mark_up(void)
 {
     const char *runtime = rt.runtime;
+    current_tstate = (void *(*)(void))dlsym(RTLD_DEFAULT, "PyThreadState_GetUnchecked"); /* 3.13+ */
+    if (!current_tstate)
+        current_tstate = (void *(*)(void))dlsym(RTLD_DEFAULT, "_PyThreadState_UncheckedGet");
     if (rt.o && runtime && rt.o->runtime_interpreters_head >= 0) {
         /* New interpreters are pushed at the head: while it is the main one, there is no
          * subinterpreter, and mem/object domain callers exclude each other (one GIL). */
