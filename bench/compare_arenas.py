@@ -84,7 +84,9 @@ def main() -> int:
         script = tmp / "arena_workload.py"
         script.write_text(WORKLOAD)
         for python in args.python or [sys.executable]:
-            print(f"\n{python}: live MiB at the line (rank among Python rows), shim --min-size 0 | eBPF arenas")
+            print(
+                f"\n{python}: live MiB at the line (rank among Python rows), shim --min-size 0 | eBPF arenas"
+            )
             print(f"  {'pattern':11s} {'line':16s} {'shim':>14s} {'arenas':>14s}")
             for pattern in args.patterns.split(","):
                 n, pairs = PATTERNS[pattern]
@@ -97,7 +99,8 @@ def main() -> int:
                         line = line_of(script, marker)
                         s_mib, s_rank = at(shim, script, line)
                         e_mib, e_rank = at(ebpf, script, line)
-                        print(f"  {pattern:11s} {marker:16s} {s_mib:8.1f} {s_rank:>5s} {e_mib:8.1f} {e_rank:>5s}")
+                        shim_col, ebpf_col = f"{s_mib:8.1f} {s_rank:>5s}", f"{e_mib:8.1f} {e_rank:>5s}"
+                        print(f"  {pattern:11s} {marker:16s} {shim_col} {ebpf_col}")
     return 0
 
 

@@ -279,10 +279,17 @@ class EbpfSession:
                     target.arena_size = 0
                     self.on_note(f"pid {pid}: no mmap/munmap symbols in {target.libc}; arenas not watched.")
                 for point in points.values():
-                    self.loader.attach(point.func, point.path, point.offset, pid, program=ARENA_PROGRAMS[point.func])
+                    self.loader.attach(
+                        point.func, point.path, point.offset, pid, program=ARENA_PROGRAMS[point.func]
+                    )
                     if point.func == "mmap":
                         self.loader.attach(
-                            point.func, point.path, point.offset, pid, retprobe=True, program=ARENA_RETURN_PROGRAM
+                            point.func,
+                            point.path,
+                            point.offset,
+                            pid,
+                            retprobe=True,
+                            program=ARENA_RETURN_PROGRAM,
                         )
         except BaseException:
             self.loader.detach_pid(pid)

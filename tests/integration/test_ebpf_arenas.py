@@ -174,8 +174,12 @@ class Run:
 
         self.script = tmp / "arena_workload.py"
         self.script.write_text(WORKLOAD)
-        self.targets = {p: Target([cpython.path, str(self.script), p, str(n)]) for p, (n, _) in PATTERNS.items()}
-        self.session = EbpfSession(list(t.pid for t in self.targets.values()), Tunables(sample_rate=50, min_size=500))
+        self.targets = {
+            p: Target([cpython.path, str(self.script), p, str(n)]) for p, (n, _) in PATTERNS.items()
+        }
+        self.session = EbpfSession(
+            list(t.pid for t in self.targets.values()), Tunables(sample_rate=50, min_size=500)
+        )
         self.session.start()
         try:
             self.arena_size = {pid: t.arena_size for pid, t in self.session.targets.items()}
@@ -221,7 +225,9 @@ def _check(run: Run, pattern: str) -> None:
         # THEN the leaking line keeps growing and holds most of the arenas it filled
         assert leak, f"{pattern}: no row at line {line} ({leak_marker}); rows:\n  {shown}"
         assert leak[0].growing, f"{pattern}: {leak_marker} not growing; rows:\n  {shown}"
-        assert leak[0].live_bytes >= 40 << 20, f"{pattern}: {leak_marker} live {leak[0].live_bytes}\n  {shown}"
+        assert leak[0].live_bytes >= 40 << 20, (
+            f"{pattern}: {leak_marker} live {leak[0].live_bytes}\n  {shown}"
+        )
         # AND the pattern's leaks are its first Python rows (ints: the ints' and the floats' lines)
         top = {r.line for r in ranked[: len(PATTERNS[pattern][1])]}
         assert line in top, f"{pattern}: {leak_marker} is not among the first Python rows:\n  {shown}"
@@ -230,12 +236,16 @@ def _check(run: Run, pattern: str) -> None:
             tline = line_of(run.script, twin_marker)
             for twin in [r for r in rows if r.file == str(run.script) and r.line == tline]:
                 assert not twin.growing, f"{pattern}: twin {twin_marker} growing; rows:\n  {shown}"
-                assert twin.live_bytes <= arena, f"{pattern}: twin {twin_marker} holds {twin.live_bytes}\n  {shown}"
+                assert twin.live_bytes <= arena, (
+                    f"{pattern}: twin {twin_marker} holds {twin.live_bytes}\n  {shown}"
+                )
 
 
 def _case(pattern):
     if pattern in KNOWN_WRONG:
-        return pytest.param(pattern, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=KNOWN_WRONG[pattern]))
+        return pytest.param(
+            pattern, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=KNOWN_WRONG[pattern])
+        )
     return pattern
 
 
