@@ -456,6 +456,10 @@ class EbpfSession:
             for k in [k for k in table if k.pid == pid]:
                 with contextlib.suppress(KeyError):
                     del table[k]
+        pending = self.loader.table("tl_arena_pending")  # keyed by pid << 32 | tid
+        for k in [k for k in pending if (int(k.value) >> 32) == pid]:
+            with contextlib.suppress(KeyError):
+                del pending[k]
         self._last_count = {k: v for k, v in self._last_count.items() if k[0] != pid}
         self.carry = {k: v for k, v in self.carry.items() if k[0] != pid}
 
