@@ -13,10 +13,13 @@ Every pattern runs in its own process, all attached to one session per interpret
 chunks with a poll after each (so GROWTH is measured). Each leak keeps >= 50 MiB of small objects.
 
 Exact (deterministic) passes: the leaks in separate loops, appends of ints and floats, a growing
-set, a leak in a thread: the leaking line is the first Python row and keeps growing. Twins: no
-growth; statistically right only in that a twin triggers an arena when, at its first allocation
-after the leak's loop, the leak has exactly filled the last pool of the twin's size class and no
-arena has a free pool (then the twin holds one arena: allowed below, not growing).
+set, a leak in a thread: the leaking line is the first Python row (ints: the ints' and the floats'
+lines are the first two) and keeps growing, holding >= 40 MiB. Twins: statistically right, with a
+computable chance. A twin triggers an arena only when, at its first allocation after the leak's
+loop, the leak has exactly filled the last pool of one of the twin's size classes (1 in 64-255)
+and no arena has a free pool (about 1 in 63): ~1e-4 per chunk. Its row then appears holding one
+arena and stays flat (a row's history starts with its first point, so it shows no growth): allowed
+below (live <= one arena, not growing). Two such events in one run (~1e-7) would fail the test.
 Known failures (strict xfail, they fail deterministically; the shim's object-level route is the
 answer there): a leak alternating with its healthy twin in one loop, and ``for i in range(n):
 kept.append(i * 3)`` whose arenas land on the ``for`` line (the loop's int is the transient).
