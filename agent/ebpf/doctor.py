@@ -195,6 +195,19 @@ def candidate_interpreters() -> list[str]:
     return out
 
 
+def _arenas(minor: str) -> str:
+    """What the agent does with this minor's small objects (pymalloc arenas, issue 10)."""
+    from trackleak.ebpf.loader import ARENAS_ENV, arenas_default
+    from trackleak.ebpf.python import offsets_table
+
+    size = int(offsets_table().get(minor, {}).get("obmalloc.arena_size", -1))
+    if size <= 0:
+        return "; small objects not seen (no arena size in bpf/offsets/cpython.json)"
+    if not arenas_default():
+        return f"; small objects not seen ({ARENAS_ENV}=0)"
+    return f", small objects through {size >> 10} KiB arenas"
+
+
 def check_interpreter(path: str) -> Check:
     """Recognise an interpreter from its files (no run): _PyRuntime, version, table entry."""
     from trackleak.ebpf.python import _version_from_elf, supported_versions
@@ -216,7 +229,12 @@ def check_interpreter(path: str) -> Check:
         if version is None:
             return Check(path, WARN, f"{kind}: version unknown", "native attribution only")
         if version[0] in supported_versions():
-            return Check(path, OK, f"CPython {version[1]} ({kind}, {os.path.basename(cand)}): Python frames")
+            return Check(
+                path,
+                OK,
+                f"CPython {version[1]} ({kind}, {os.path.basename(cand)}): "
+                f"Python frames{_arenas(version[0])}",
+            )
         if tuple(int(x) for x in version[0].split(".")[:2]) < (3, 9):
             return Check(
                 path, WARN, f"CPython {version[1]} ({kind}): older than 3.9, native attribution only"
