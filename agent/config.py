@@ -95,6 +95,7 @@ KEYS: dict[str, dict[str, str]] = {
         **_COMMON,
         "duration": "float",
         "python": "bool",  # --python/--native-only
+        "arenas": "bool",
         "once": "bool",
         "name": "list",
         "cmdline": "list",

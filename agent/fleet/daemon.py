@@ -63,6 +63,7 @@ class FleetOptions:
     sample_bytes: int | None = None
     min_size: int = config.default("min_size")
     python_frames: bool = True
+    arenas: bool | None = None  # pymalloc arena probes (None: TRACKLEAK_EBPF_ARENAS, default on)
     top: int = config.default("top")
     sort: str = config.default("sort")
     live: bool | None = None
@@ -90,7 +91,12 @@ class HostSource(Source):
         self.ebpf: EbpfRoute | None = None
         if opts.ebpf:
             self.ebpf = EbpfRoute(
-                Tunables(opts.sample_rate, opts.min_size, sample_bytes=opts.sample_bytes),
+                Tunables(
+                    opts.sample_rate,
+                    opts.min_size,
+                    sample_bytes=opts.sample_bytes,
+                    **({} if opts.arenas is None else {"arenas": opts.arenas}),
+                ),
                 duty,
                 python_frames=opts.python_frames,
                 on_note=self._say,
