@@ -44,7 +44,10 @@ static struct {
     int (*add_pending_call)(int (*)(void *), void *);
     void *code_type;
     void *unicode_type;
+    void *long_type;
 } rt;
+
+void *tl_py_sym(const char *name) { return dlsym(RTLD_DEFAULT, name); }
 
 int tl_py_present(void) { return rt.present; }
 const char *tl_py_version_str(void) { return rt.present ? rt.version : NULL; }
@@ -83,6 +86,7 @@ void tl_py_discover(void)
     rt.add_pending_call = (int (*)(int (*)(void *), void *))dlsym(RTLD_DEFAULT, "Py_AddPendingCall");
     rt.code_type = dlsym(RTLD_DEFAULT, "PyCode_Type");
     rt.unicode_type = dlsym(RTLD_DEFAULT, "PyUnicode_Type");
+    rt.long_type = dlsym(RTLD_DEFAULT, "PyLong_Type");
     if (!rt.is_initialized || !rt.this_thread_state || !rt.addr2line || !rt.code_type || !rt.unicode_type)
         return; /* not a Python process (or an embedding we cannot see) */
     rt.present = 1;
@@ -234,4 +238,57 @@ void tl_py_describe(const struct tl_pyloc *loc, struct tl_site *site)
     /* PyCode_Addr2Line only reads the code object's immutable line table. */
     int line = rt.addr2line((void *)code, (int)loc->offset);
     site->line = line > 0 ? (uint32_t)line : (uint32_t)AT(code, o->code_co_firstlineno, int);
+}
+
+/* ---- object sizes (objects.c, CPython 3.13+) -----------------------------
+ * PyTypeObject's first fields have had the same offsets since 3.8 on 64-bit
+ * builds (tests/integration/test_shim_objects.py reads them back through ctypes
+ * on every local interpreter). */
+#define TP_BASICSIZE 32
+#define TP_ITEMSIZE 40
+#define TP_FLAGS 168
+#define TPF_HAVE_GC (1UL << 14)
+#define TPF_PREHEADER ((1UL << 3) | (1UL << 4)) /* MANAGED_WEAKREF | MANAGED_DICT (3.12+) */
+#define OB_SIZE 16                              /* PyVarObject.ob_size; PyLongObject's lv_tag (3.12+) */
+
+size_t tl_py_object_size(const void *op, size_t *pre_out)
+{
+    const struct tl_pyoffsets *o = rt.o;
+    if (!o)
+        return 0;
+    const char *tp = AT(op, o->object_ob_type, const char *);
+    if (!tp)
+        return 0;
+    unsigned long flags = AT(tp, TP_FLAGS, unsigned long);
+    long pre = ((flags & TPF_HAVE_GC) ? 16 : 0) + ((flags & TPF_PREHEADER) ? 16 : 0);
+    long size;
+    if (tp == rt.unicode_type) {
+        /* PyUnicode_New reports the new object before it writes its length and
+         * kind: what is there is the previous block's garbage. */
+        size = TL_STR_NOMINAL;
+    } else if (tp == rt.long_type) {
+        /* _PyLong_New sets the digit count before it initialises the object. */
+        uintptr_t ndigits = AT(op, OB_SIZE, uintptr_t) >> 3;
+        if (ndigits > 128)
+            return 0;
+        size = 24 + 4 * (long)(ndigits ? ndigits : 1);
+    } else {
+        long basic = AT(tp, TP_BASICSIZE, long), item = AT(tp, TP_ITEMSIZE, long);
+        if (basic <= 0 || basic > TL_SMALL_MAX || item < 0 || item > TL_SMALL_MAX)
+            return 0;
+        size = basic;
+        if (item) {
+            long n = AT(op, OB_SIZE, long);
+            if (n < 0)
+                n = -n;
+            if (n > TL_SMALL_MAX)
+                return 0;
+            size += item * n;
+        }
+    }
+    size = ((size + 7) & ~7L) + pre;
+    if (size > TL_SMALL_MAX)
+        return 0;
+    *pre_out = (size_t)pre;
+    return (size_t)size;
 }

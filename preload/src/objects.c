@@ -1,0 +1,160 @@
+/* SPDX-License-Identifier: MIT
+ * objects.c - small objects at the line that made them (issue 10).
+ *
+ * CPython keeps freelists (dict, tuple, list, float, ...): an object freed at
+ * one line goes back to its type's freelist and is handed to the next line
+ * that needs one, without any allocator call. Watching only the allocator, a
+ * healthy line that builds and drops a dict each time allocates every block
+ * that a leaking line next to it ends up keeping.
+ *
+ * CPython 3.13+: the reference tracer (PyRefTracer_SetTracer) is told of every
+ * object's creation (freelist reuse included: _Py_NewReference) and
+ * destruction (_Py_Dealloc). Each creation of an object of at most
+ * TL_SMALL_MAX bytes goes on the thread's sampling byte stream (the gap of
+ * recorder.c: one rule with the allocator hooks); a sample is charged to the
+ * creating Python line and credited at its destruction. Larger objects are raw
+ * domain blocks (pymalloc passes them on), which the allocator hooks count:
+ * nothing is counted twice because the object domain is not wrapped while
+ * the tracer is on (hooks_pymem.c).
+ *
+ * The tracer runs with the GIL held (CPython's contract), so its samples go to
+ * the GIL live set with plain stores. It allocates nothing, calls no Python
+ * API (tl_py_current reads the frame; a new site's name is copied from the
+ * code object, as for any allocation), and takes the reentrancy guard.
+ *
+ * DESTROY is not always reported: CPython 3.13.0 frees objects from the
+ * interpreter loop without telling the tracer (gh-130382; the specialised
+ * decrefs too). Such an object's memory is soon reused, by the freelist or by
+ * pymalloc, for a new object, whose creation is reported: any live sample
+ * inside the new object's block is stale and credited then. What is reused
+ * for non-objects (container storage) stays counted until an object takes it.
+ */
+#define _GNU_SOURCE
+#include <stddef.h>
+
+#include "tl_internal.h"
+
+typedef int (*tl_reftracer)(void *op, int event, void *data);
+enum { EV_CREATE = 0, EV_DESTROY = 1 };
+
+static tl_reftracer prev_tracer; /* the one we replaced (chained) */
+static void *prev_data;
+static int (*set_tracer)(tl_reftracer, void *);
+static tl_reftracer (*get_tracer)(void **);
+static int installed;
+
+static void credit_if_sampled(void *p)
+{
+    uint64_t entry;
+    if (TL_UNLIKELY(tl_maybe_sampled(p, 1)) && tl_take(p, &entry, 1))
+        tl_credit_free(p, entry, 1);
+}
+
+static void on_create(void *op)
+{
+    size_t pre = 0;
+    size_t size = tl_py_object_size(op, &pre);
+    if (!size)
+        return; /* bigger than pymalloc's blocks: a raw block, counted by the hooks */
+    tl_guard = 1;
+    /* A live sample inside this block was freed without a DESTROY event. */
+    char *block = (char *)op - pre;
+    for (size_t off = 0; off < size && off <= 32; off += 16)
+        credit_if_sampled(block + off);
+    if (tl_small_sampled(size)) {
+        struct tl_pyloc loc;
+        int py = tl_py_current(&loc);
+        if (py > 0)
+            tl_record_sampled(op, size, &loc, NULL, 1);
+        else if (py < 0)
+            tl_freeze();
+        /* py == 0: made outside any Python frame (start-up, C threads); not charged */
+    }
+    tl_guard = 0;
+}
+
+static int tracer(void *op, int event, void *data)
+{
+    (void)data;
+    if (TL_LIKELY(tl_active) && !tl_guard) {
+        if (event == EV_CREATE) {
+            on_create(op);
+        } else if (event == EV_DESTROY && TL_UNLIKELY(tl_maybe_sampled(op, 1))) {
+            tl_guard = 1;
+            credit_if_sampled(op);
+            tl_guard = 0;
+        }
+    }
+    return prev_tracer ? prev_tracer(op, event, prev_data) : 0;
+}
+
+int tl_objects_install(void)
+{
+    if (tl_cfg.small_objects == 0 || tl_py_version_hex() < 0x030d0000)
+        return 0;
+    set_tracer = (int (*)(tl_reftracer, void *))tl_py_sym("PyRefTracer_SetTracer");
+    get_tracer = (tl_reftracer(*)(void **))tl_py_sym("PyRefTracer_GetTracer");
+    if (!set_tracer || !get_tracer)
+        return 0;
+    prev_tracer = get_tracer(&prev_data);
+    if (prev_tracer == tracer)
+        prev_tracer = NULL;
+    if (set_tracer(tracer, NULL) != 0)
+        return 0;
+    installed = 1;
+    __atomic_or_fetch(&tl_hdr->flags, TL_FLAG_OBJECTS, __ATOMIC_RELAXED);
+    return 1;
+}
+
+/* At the exit table: the interpreter tears everything down next; give the
+ * tracer back (only if nobody replaced ours since). */
+void tl_objects_uninstall(void)
+{
+    if (!installed)
+        return;
+    installed = 0;
+    void *d;
+    if (get_tracer(&d) == tracer)
+        set_tracer(prev_tracer, prev_data);
+}
+
+/* ---- 3.9-3.12: the freelist flag -------------------------------------------
+ * In small-object mode pymalloc's domains are wrapped and small blocks
+ * sampled. A sampled block's type is read at the next call of a GIL-domain
+ * hook (the object is initialised right after its allocation returns; its
+ * free would clear the pending pointer first, so the block is alive when
+ * read). Only compared against the freelist types' addresses, never followed. */
+void *volatile tl_small_pend;
+static size_t pend_size;
+static struct tl_site *pend_site;
+static void *fl_float, *fl_gc[3]; /* float (no GC header); dict, tuple, list (GC header: type at +24) */
+static int fl_init;
+
+void tl_small_pend_set(void *p, size_t size, struct tl_site *s)
+{
+    if (!s)
+        return;
+    if (!fl_init) {
+        fl_float = tl_py_sym("PyFloat_Type");
+        fl_gc[0] = tl_py_sym("PyDict_Type");
+        fl_gc[1] = tl_py_sym("PyTuple_Type");
+        fl_gc[2] = tl_py_sym("PyList_Type");
+        fl_init = 1;
+    }
+    pend_size = size;
+    pend_site = s;
+    tl_small_pend = p;
+}
+
+void tl_small_pend_check(void)
+{
+    const char *p = tl_small_pend;
+    tl_small_pend = NULL;
+    if (!p || !pend_site)
+        return;
+    void *t0 = pend_size >= 16 ? *(void *const *)(p + 8) : NULL;
+    void *t1 = pend_size >= 32 ? *(void *const *)(p + 24) : NULL;
+    int fl = (t0 && t0 == fl_float) || (t1 && (t1 == fl_gc[0] || t1 == fl_gc[1] || t1 == fl_gc[2]));
+    if (fl)
+        __atomic_or_fetch(&pend_site->flags, TL_SITE_F_FREELIST, __ATOMIC_RELAXED);
+}
