@@ -153,6 +153,7 @@ struct row {
     const struct tl_site *s; /* names and line */
     uint64_t count, total, scount, sbytes, sfree, sfcount, peak;
     uint64_t est_c, est_b, est_fc, est_fb; /* weights (trackleak_shm.h): live = est - est_free */
+    uint32_t flags;                        /* TL_SITE_F_* of the merged records */
 };
 
 static int cmp_site_key(const void *a, const void *b)
@@ -242,6 +243,7 @@ static size_t collect_rows(struct row **out, size_t *bytes)
             w->est_fc += __atomic_load_n(&s->c[c].est_free_count, __ATOMIC_RELAXED);
             w->est_fb += __atomic_load_n(&s->c[c].est_free_bytes, __ATOMIC_RELAXED);
         }
+        w->flags |= __atomic_load_n(&s->flags, __ATOMIC_RELAXED);
         uint64_t pk = __atomic_load_n(&s->peak_single, __ATOMIC_RELAXED);
         if (pk > w->peak)
             w->peak = pk;
@@ -356,10 +358,11 @@ static void format_json(struct obuf *b, const struct row *rows, size_t n, long n
             ob_printf(b, "null");
         else
             ob_printf(b, "%.1f", ret);
-        ob_printf(b, ",\"peak_single\":%llu,\"avg_size\":%llu,\"native\":%s,\"live_bytes\":%llu,\"live_count\":%llu}",
+        ob_printf(b, ",\"peak_single\":%llu,\"avg_size\":%llu,\"native\":%s,\"live_bytes\":%llu,\"live_count\":%llu,"
+                     "\"misattributed\":%s}",
                   (unsigned long long)w->peak, (unsigned long long)(w->count ? w->total / w->count : 0),
                   w->s->kind == TL_KIND_NATIVE ? "true" : "false", (unsigned long long)live_bytes(w),
-                  (unsigned long long)live_count(w));
+                  (unsigned long long)live_count(w), (w->flags & TL_SITE_F_FREELIST) ? "true" : "false");
     }
     ob_printf(b, "]}\n");
 }
