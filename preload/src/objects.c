@@ -154,7 +154,12 @@ void tl_small_pend_check(void)
         return;
     void *t0 = pend_size >= 16 ? *(void *const *)(p + 8) : NULL;
     void *t1 = pend_size >= 32 ? *(void *const *)(p + 24) : NULL;
-    int fl = (t0 && t0 == fl_float) || (t1 && (t1 == fl_gc[0] || t1 == fl_gc[1] || t1 == fl_gc[2]));
+    /* A float freed before this check is in the float freelist, whose link is
+     * kept in ob_type: a request of exactly sizeof(PyFloatObject) (24 bytes, no
+     * GC header) from the object domain is a float in practice (an int is 28,
+     * every GC object has 16 bytes of header on top). */
+    int fl = (t0 && t0 == fl_float) || pend_size == 24 ||
+             (t1 && (t1 == fl_gc[0] || t1 == fl_gc[1] || t1 == fl_gc[2]));
     if (fl)
         __atomic_or_fetch(&pend_site->flags, TL_SITE_F_FREELIST, __ATOMIC_RELAXED);
 }
