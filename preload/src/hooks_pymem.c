@@ -159,6 +159,21 @@ DEFINE_DOMAIN_HOOKS(0)
 DEFINE_DOMAIN_HOOKS(1)
 DEFINE_DOMAIN_HOOKS(2)
 
+/* The raw domain remembers its last block per thread (tl_last_raw). */
+TL_TLS void *tl_last_raw;
+static void *raw_malloc(void *ctx, size_t size)
+{
+    return tl_last_raw = hook_malloc_0(ctx, size);
+}
+static void *raw_calloc(void *ctx, size_t n, size_t size)
+{
+    return tl_last_raw = hook_calloc_0(ctx, n, size);
+}
+static void *raw_realloc(void *ctx, void *ptr, size_t size)
+{
+    return tl_last_raw = hook_realloc_0(ctx, ptr, size);
+}
+
 /* ---- exit dump from Python's atexit ----------------------------------------
  * A dump after Py_FinalizeEx is too late twice over: module teardown has freed
  * every global (a leak looks healthy), and daemon threads still polling the GIL
@@ -228,7 +243,7 @@ static int install(void *arg)
     if (!get || !set || tl_disabled)
         return 0;
     tl_pymem_allocator ours[DOM_N] = {
-        {NULL, hook_malloc_0, hook_calloc_0, hook_realloc_0, hook_free_0},
+        {NULL, raw_malloc, raw_calloc, raw_realloc, hook_free_0},
         {NULL, hook_malloc_1, hook_calloc_1, hook_realloc_1, hook_free_1},
         {NULL, hook_malloc_2, hook_calloc_2, hook_realloc_2, hook_free_2},
     };

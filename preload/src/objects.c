@@ -50,40 +50,94 @@ static void credit_if_sampled(void *p)
         tl_credit_free(p, entry, 1);
 }
 
-static void on_create(void *op)
+/* One object's size known: on the thread's byte stream; a sample is charged to
+ * LOC (read at its creation). Caller holds the guard. */
+static void count_object(void *op, size_t size, size_t pre, const struct tl_pyloc *loc, int have_loc)
 {
-    size_t pre = 0;
-    size_t size = tl_py_object_size(op, &pre);
-    if (!size)
-        return; /* bigger than pymalloc's blocks: a raw block, counted by the hooks */
-    tl_guard = 1;
     /* A live sample inside this block was freed without a DESTROY event. */
     char *block = (char *)op - pre;
     for (size_t off = 0; off < size && off <= 32; off += 16)
         credit_if_sampled(block + off);
-    if (tl_small_sampled(size)) {
-        struct tl_pyloc loc;
-        int py = tl_py_current(&loc);
-        if (py > 0)
-            tl_record_sampled(op, size, &loc, NULL, 1);
-        else if (py < 0)
-            tl_freeze();
-        /* py == 0: made outside any Python frame (start-up, C threads); not charged */
+    if (!tl_small_sampled(size))
+        return;
+    struct tl_pyloc here;
+    int py = 1;
+    if (!have_loc) {
+        py = tl_py_current(&here);
+        loc = &here;
     }
-    tl_guard = 0;
+    if (py > 0)
+        tl_record_sampled(op, size, loc, NULL, 1);
+    else if (py < 0)
+        tl_freeze();
+    /* py == 0: made outside any Python frame (start-up, C threads): not charged */
+}
+
+/* The object whose size CPython writes after its creation event (VAR, STR):
+ * sized at the next event, whichever thread has it (the GIL orders events:
+ * nothing can have happened to the object in between but a silent free, see
+ * the top of the file). One slot for the process, protected by the GIL. */
+static struct {
+    void *op;
+    const void *owner;      /* &tl_gap of the creating thread */
+    uint64_t epoch;         /* tl_unmap_epoch at creation */
+    int shape, have_loc;
+    struct tl_objshape sh;
+    struct tl_pyloc loc;    /* read at creation when a sample could fall on it */
+} pend;
+
+static void settle_pending(void)
+{
+    void *op = pend.op;
+    pend.op = NULL;
+    /* Dropped (not counted): created by another thread (its byte stream is its
+     * own), or an munmap since (pymalloc may have given its arena back after a
+     * silent free: not readable). Both rare. */
+    if (pend.owner != (const void *)&tl_gap || pend.epoch != __atomic_load_n(&tl_unmap_epoch, __ATOMIC_RELAXED))
+        return;
+    size_t size = tl_py_object_late_size(op, pend.shape, &pend.sh);
+    if (size)
+        count_object(op, size, pend.sh.pre, &pend.loc, pend.have_loc);
+}
+
+static void on_create(void *op)
+{
+    struct tl_objshape sh;
+    int shape = tl_py_object_shape(op, &sh);
+    if (shape == TL_OBJ_NONE)
+        return; /* bigger than pymalloc's blocks: a raw block, counted by the hooks */
+    if (shape == TL_OBJ_FIXED) {
+        count_object(op, sh.size, sh.pre, NULL, 0);
+        return;
+    }
+    /* VAR, STR: made in a block the raw domain just handed out (over 512
+     * bytes)? Then it is the hooks', and may be unmapped by free() at once. */
+    if ((char *)op - sh.pre == (char *)tl_last_raw)
+        return;
+    pend.op = op;
+    pend.owner = &tl_gap;
+    pend.epoch = __atomic_load_n(&tl_unmap_epoch, __ATOMIC_RELAXED);
+    pend.shape = shape;
+    pend.sh = sh;
+    /* Its size is at most TL_SMALL_MAX: unless the gap is that short, no sample
+     * point can fall on it and its line is not needed. */
+    pend.have_loc = tl_gap <= TL_SMALL_MAX && tl_py_current(&pend.loc) > 0;
 }
 
 static int tracer(void *op, int event, void *data)
 {
     (void)data;
     if (TL_LIKELY(tl_active) && !tl_guard) {
-        if (event == EV_CREATE) {
+        tl_guard = 1;
+        if (pend.op)
+            settle_pending(); /* first: a DESTROY of it finds it counted (and maybe sampled) */
+        if (event == EV_CREATE)
             on_create(op);
-        } else if (event == EV_DESTROY && TL_UNLIKELY(tl_maybe_sampled(op, 1))) {
-            tl_guard = 1;
+        else if (event == EV_DESTROY)
             credit_if_sampled(op);
-            tl_guard = 0;
-        }
+        tl_guard = 0;
+    } else if (pend.op == op) {
+        pend.op = NULL; /* going away while we do not look: never read it */
     }
     return prev_tracer ? prev_tracer(op, event, prev_data) : 0;
 }
@@ -113,6 +167,7 @@ void tl_objects_uninstall(void)
     if (!installed)
         return;
     installed = 0;
+    pend.op = NULL;
     void *d;
     if (get_tracer(&d) == tracer)
         set_tracer(prev_tracer, prev_data);

@@ -242,8 +242,8 @@ void tl_py_describe(const struct tl_pyloc *loc, struct tl_site *site)
 
 /* ---- object sizes (objects.c, CPython 3.13+) -----------------------------
  * PyTypeObject's first fields have had the same offsets since 3.8 on 64-bit
- * builds (tests/integration/test_shim_objects.py reads them back through ctypes
- * on every local interpreter). */
+ * builds (tests/integration/test_shim_small_objects.py reads them back through
+ * ctypes on every local interpreter). */
 #define TP_BASICSIZE 32
 #define TP_ITEMSIZE 40
 #define TP_FLAGS 168
@@ -251,44 +251,57 @@ void tl_py_describe(const struct tl_pyloc *loc, struct tl_site *site)
 #define TPF_PREHEADER ((1UL << 3) | (1UL << 4)) /* MANAGED_WEAKREF | MANAGED_DICT (3.12+) */
 #define OB_SIZE 16                              /* PyVarObject.ob_size; PyLongObject's lv_tag (3.12+) */
 
-size_t tl_py_object_size(const void *op, size_t *pre_out)
+int tl_py_object_shape(const void *op, struct tl_objshape *sh)
 {
     const struct tl_pyoffsets *o = rt.o;
     if (!o)
-        return 0;
+        return TL_OBJ_NONE;
     const char *tp = AT(op, o->object_ob_type, const char *);
     if (!tp)
-        return 0;
+        return TL_OBJ_NONE;
     unsigned long flags = AT(tp, TP_FLAGS, unsigned long);
-    long pre = ((flags & TPF_HAVE_GC) ? 16 : 0) + ((flags & TPF_PREHEADER) ? 16 : 0);
-    long size;
-    if (tp == rt.unicode_type) {
-        /* PyUnicode_New reports the new object before it writes its length and
-         * kind: what is there is the previous block's garbage. */
-        size = TL_STR_NOMINAL;
-    } else if (tp == rt.long_type) {
+    sh->pre = ((flags & TPF_HAVE_GC) ? 16 : 0) + ((flags & TPF_PREHEADER) ? 16 : 0);
+    if (tp == rt.unicode_type)
+        return TL_OBJ_STR; /* PyUnicode_New writes length and kind after the creation event */
+    if (tp == rt.long_type) {
         /* _PyLong_New sets the digit count before it initialises the object. */
         uintptr_t ndigits = AT(op, OB_SIZE, uintptr_t) >> 3;
-        if (ndigits > 128)
-            return 0;
-        size = 24 + 4 * (long)(ndigits ? ndigits : 1);
-    } else {
-        long basic = AT(tp, TP_BASICSIZE, long), item = AT(tp, TP_ITEMSIZE, long);
-        if (basic <= 0 || basic > TL_SMALL_MAX || item < 0 || item > TL_SMALL_MAX)
-            return 0;
-        size = basic;
-        if (item) {
-            long n = AT(op, OB_SIZE, long);
-            if (n < 0)
-                n = -n;
-            if (n > TL_SMALL_MAX)
-                return 0;
-            size += item * n;
-        }
+        sh->size = sh->pre + 24 + 4 * (ndigits ? ndigits : 1);
+        sh->size = (sh->size + 7) & ~(size_t)7;
+        return sh->size <= TL_SMALL_MAX ? TL_OBJ_FIXED : TL_OBJ_NONE;
     }
-    size = ((size + 7) & ~7L) + pre;
-    if (size > TL_SMALL_MAX)
-        return 0;
-    *pre_out = (size_t)pre;
-    return (size_t)size;
+    long basic = AT(tp, TP_BASICSIZE, long), item = AT(tp, TP_ITEMSIZE, long);
+    if (basic <= 0 || basic > TL_SMALL_MAX || item < 0 || item > TL_SMALL_MAX)
+        return TL_OBJ_NONE;
+    sh->base = (size_t)basic;
+    sh->item = (size_t)item;
+    if (item) /* _PyObject_InitVar writes ob_size after the creation event */
+        return TL_OBJ_VAR;
+    sh->size = ((sh->base + 7) & ~(size_t)7) + sh->pre;
+    return sh->size <= TL_SMALL_MAX ? TL_OBJ_FIXED : TL_OBJ_NONE;
+}
+
+size_t tl_py_object_late_size(const void *op, int shape, const struct tl_objshape *sh)
+{
+    const struct tl_pyoffsets *o = rt.o;
+    size_t size;
+    if (shape == TL_OBJ_STR) {
+        uint32_t state = AT(op, o->unicode_state, uint32_t);
+        long len = AT(op, o->unicode_length, long);
+        unsigned kind = (state >> o->unicode_state_kind_shift) & ((1u << o->unicode_state_kind_bits) - 1);
+        if (!((state >> o->unicode_state_compact_bit) & 1) || len < 0 || len > TL_SMALL_MAX ||
+            (kind != 1 && kind != 2 && kind != 4))
+            return 0;
+        int ascii = (state >> o->unicode_state_ascii_bit) & 1;
+        size = (size_t)(ascii ? o->unicode_asciiobject_size : o->unicode_compact_size) + (size_t)(len + 1) * kind;
+    } else {
+        long n = AT(op, OB_SIZE, long);
+        if (n < 0)
+            n = -n;
+        if (n > TL_SMALL_MAX)
+            return 0;
+        size = sh->base + sh->item * (size_t)n;
+    }
+    size = ((size + 7) & ~(size_t)7) + sh->pre;
+    return size <= TL_SMALL_MAX ? size : 0;
 }

@@ -113,13 +113,19 @@ int tl_py_schedule(int (*fn)(void *), void *arg) TL_HIDDEN; /* Py_AddPendingCall
 int tl_py_initialized(void) TL_HIDDEN;
 void tl_py_mark_up(void) TL_HIDDEN;     /* the interpreter finished starting */
 int tl_py_finalizing(void) TL_HIDDEN;   /* it was up and is now shutting down */
-/* Bytes CPython asked the allocator for to make the object OP (GC and managed
- * pre-headers included, rounded to 8) when at most TL_SMALL_MAX, else 0 (a
- * block of the raw domain: the allocator hooks count it). *pre: pre-header
- * bytes before OP. Reads OP's header and its type: call with OP alive. */
+/* What CPython asked the allocator for to make an object (objects.c, 3.13+):
+ * tl_py_object_shape reads OP's type at its creation event (OP alive). FIXED:
+ * size known now; VAR and STR: CPython writes ob_size / a str's length after
+ * the event, tl_py_object_late_size reads them later (OP must still be
+ * readable). Sizes include the GC and managed pre-headers (pre), rounded to 8;
+ * 0 or NONE: over TL_SMALL_MAX (a raw domain block: the hooks count it). */
 #define TL_SMALL_MAX 512 /* pymalloc's SMALL_REQUEST_THRESHOLD (3.9-3.13) */
-#define TL_STR_NOMINAL 64 /* see objects.c: a str's length is set after its creation is reported */
-size_t tl_py_object_size(const void *op, size_t *pre) TL_HIDDEN;
+enum { TL_OBJ_NONE = 0, TL_OBJ_FIXED = 1, TL_OBJ_VAR = 2, TL_OBJ_STR = 3 };
+struct tl_objshape {
+    size_t pre, base, item, size;
+};
+int tl_py_object_shape(const void *op, struct tl_objshape *sh) TL_HIDDEN;
+size_t tl_py_object_late_size(const void *op, int shape, const struct tl_objshape *sh) TL_HIDDEN;
 void *tl_py_sym(const char *name) TL_HIDDEN; /* dlsym(RTLD_DEFAULT) */
 
 /* ---- hooks_libc.c / hooks_dl.c ------------------------------------------ */
@@ -129,9 +135,13 @@ void *tl_py_sym(const char *name) TL_HIDDEN; /* dlsym(RTLD_DEFAULT) */
 void *tl_libc_swap(const char *name, void *found) TL_HIDDEN;
 /* Find the C library's dlsym/dlvsym (hooks_dl.c); idempotent, never allocates. */
 void tl_dl_init(void) TL_HIDDEN;
+extern volatile uint64_t tl_unmap_epoch TL_HIDDEN; /* moved by every munmap through the PLT */
 
 /* ---- hooks_pymem.c ----------------------------------------------------- */
 extern volatile int tl_pymem_wanted TL_HIDDEN; /* set until the hooks are installed */
+/* The block the raw domain last handed to this thread: pymalloc passes requests
+ * over 512 bytes on to it, so an object created there is not pymalloc's (objects.c). */
+extern TL_TLS void *tl_last_raw;
 void tl_pymem_maybe_install(void) TL_HIDDEN;   /* cheap; from the libc hooks */
 
 /* ---- objects.c ---------------------------------------------------------- */

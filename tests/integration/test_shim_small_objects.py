@@ -93,15 +93,17 @@ def _site(rows, script, marker):
     return hits[0] if hits else None
 
 
-def _check_leak_and_twin(script, result, least):
+def _check_leak_and_twin(cpython, script, result, least):
     rows = result.rows()
     leak = _site(rows, script, "leak")
     healthy = _site(rows, script, "healthy")
     ordered = sorted_rows(rows)
     assert leak is not None, f"no row at the leaking line\n{result.describe()}"
     # THEN the leak is at its line, holds about what it keeps (its objects, the list's storage;
-    # not twice: RET% is no criterion, the list's storage grows by realloc), and is first
-    assert 0.6 * N * least <= leak.live_bytes <= 3 * N * (least + 16), (leak, N * least)
+    # not twice: RET% is no criterion, the list's storage grows by realloc), and is first.
+    # Before 3.13 the blocks of the object domain are counted, a dict's keys table too.
+    most = 3 if _has_tracer(cpython) else 6
+    assert 0.6 * N * least <= leak.live_bytes <= most * N * (least + 16), (leak, N * least)
     assert ordered[0].key == leak.key, [(r.function, r.line, r.live_bytes) for r in ordered[:5]]
     # AND the healthy twin is clean
     if healthy is not None:
@@ -129,7 +131,7 @@ def test_small_leak_and_its_healthy_twin(request, cpython, shim, tmp_path, kind,
     # WHEN it runs under the shim at default settings
     script, result, least = _run(cpython, shim, tmp_path, kind, alternating=alternating)
     # THEN the leak is first, at its line; the twin holds nothing
-    _check_leak_and_twin(script, result, least)
+    _check_leak_and_twin(cpython, script, result, least)
 
 
 @pytest.mark.parametrize("kind", ["str", "tuple"])
@@ -138,7 +140,7 @@ def test_small_leak_in_a_thread(request, cpython, shim, tmp_path, kind):
     _expect_freelist_limit(request, cpython, kind, True)
     script, result, least = _run(cpython, shim, tmp_path, kind, alternating=True, thread=True)
     # THEN the same: the leak at its line and first, the twin clean
-    _check_leak_and_twin(script, result, least)
+    _check_leak_and_twin(cpython, script, result, least)
 
 
 @pytest.mark.parametrize("kind", sorted(FREELIST_KINDS))
