@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Overhead of the preload shim against plain Python and the tools people use instead.
 
-    python bench/run.py [--python PY] [--rounds N] [--repeat K] [--long] [--baseline-shim SO] [--no-others]
+    python bench/run.py [--python PY] [--workload mixed|small] [--rounds N] [--repeat K] [--long]
+                        [--baseline-shim SO] [--no-others]
 
 Every configuration runs the same allocation-heavy workload (bench/workload.py: JSON,
-dicts, strings, bytearrays); runs are interleaved (plain, shim, tracemalloc, memray, ...
+dicts, strings, bytearrays; or, --workload small, bench/workload_small.py: small dicts, tuples,
+strs kept next to healthy twins, issue 10); runs are interleaved (plain, shim, tracemalloc, memray, ...
 then again) so a noisy neighbour slows all of them alike. The workload times itself, so
 interpreter start-up is not counted. Prints the median seconds and the ratio to plain.
 --long also runs 4x the rounds in exhaustive mode: its ratio must not grow with run length.
@@ -25,7 +27,8 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-WORKLOAD = HERE / "workload.py"
+WORKLOADS = {"mixed": HERE / "workload.py", "small": HERE / "workload_small.py"}
+WORKLOAD = WORKLOADS["mixed"]
 
 
 def shim_path() -> str:
@@ -47,6 +50,9 @@ def configs(
     out = {
         "plain": ([py], {}),
         "trackleak (defaults)": ([py], pre),
+        # 3.13+: what the defaults do already; 3.9-3.12: pymalloc wrapped and sampled (objects.c)
+        "trackleak TRACKLEAK_SMALL_OBJECTS=1": ([py], {**pre, "TRACKLEAK_SMALL_OBJECTS": "1"}),
+        "trackleak TRACKLEAK_SMALL_OBJECTS=0": ([py], {**pre, "TRACKLEAK_SMALL_OBJECTS": "0"}),
         "trackleak exhaustive": ([py], {**pre, **exhaustive}),
     }
     if baseline:
@@ -59,6 +65,10 @@ def configs(
     has_memray = subprocess.run([py, "-c", "import memray"], capture_output=True).returncode == 0
     if has_memray:
         out["memray run"] = ([py, "-m", "memray", "run", "-q", "-f", "-o", os.path.join(logdir, "m.bin")], {})
+        out["memray run --trace-python-allocators"] = (
+            [py, "-m", "memray", "run", "-q", "-f", "--trace-python-allocators", "-o", os.path.join(logdir, "m.bin")],
+            {},
+        )
         out["memray --native --trace-python-allocators"] = (
             [
                 py,
@@ -100,19 +110,25 @@ def measure(cfgs, rounds: int, repeat: int) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--python", default=sys.executable, help="interpreter to measure (default: this one)")
+    ap.add_argument("--workload", choices=sorted(WORKLOADS), default="mixed")
     ap.add_argument("--rounds", type=int, default=600)
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--long", action="store_true", help="also run exhaustive mode at 4x the rounds")
     ap.add_argument("--baseline-shim", help="another trackleak.so to compare against, interleaved")
     ap.add_argument("--no-others", action="store_true", help="skip tracemalloc and memray")
     args = ap.parse_args()
+    global WORKLOAD
+    WORKLOAD = WORKLOADS[args.workload]
     shim = shim_path()
     logdir = tempfile.mkdtemp(prefix="trackleak-bench-")
     try:
         cfgs = configs(args.python, shim, logdir, args.baseline_shim, not args.no_others)
         med = measure(cfgs, args.rounds, args.repeat)
         plain = med["plain"]
-        print(f"python: {args.python}  rounds: {args.rounds}  repeat: {args.repeat} (interleaved, median)")
+        print(
+            f"python: {args.python}  workload: {args.workload}  rounds: {args.rounds}  "
+            f"repeat: {args.repeat} (interleaved, median)"
+        )
         print(f"{'configuration':45s} {'seconds':>8s} {'x plain':>8s}")
         for name, t in med.items():
             print(f"{name:45s} {t:8.3f} {t / plain:8.2f}")
