@@ -306,10 +306,23 @@ static void format_text(struct obuf *b, const struct row *rows, size_t n, long n
             snprintf(freed, sizeof freed, "%.2f(n/a)", MB(w->sfree));
         else
             snprintf(freed, sizeof freed, "%.2f(%.1f%%)", MB(w->sfree), ret);
-        ob_printf(b, "%-30.30s %8llu %10.2f %8llu %12.2f %8u %-16s | %s\n", w->s->function,
+        char fn[TL_FUNC_MAX + 8];
+        snprintf(fn, sizeof fn, (w->flags & TL_SITE_F_FREELIST) ? "%.26s (?)" : "%s", w->s->function);
+        ob_printf(b, "%-30.30s %8llu %10.2f %8llu %12.2f %8u %-16s | %s\n", fn,
                   (unsigned long long)w->count, MB(w->total), (unsigned long long)w->scount, MB(w->sbytes),
                   w->s->line, freed, w->s->file);
     }
+    /* Small objects (objects.c): the marker's meaning, or that they were not tracked. */
+    int marked = 0;
+    for (size_t i = 0; i < n && i < TEXT_ROWS; i++)
+        marked |= (rows[i].flags & TL_SITE_F_FREELIST) != 0;
+    if (marked)
+        ob_printf(b, "--- (?) after a FUNCTION: objects CPython recycles through freelists were sampled there while only "
+                     "the allocator was watched (CPython < 3.13): the line that keeps them may be another ---\n");
+    uint32_t fl = __atomic_load_n(&tl_hdr->flags, __ATOMIC_RELAXED);
+    if ((fl & TL_FLAG_PYMEM_HOOKED) && !(fl & (TL_FLAG_OBJECTS | TL_FLAG_SMALL_BLOCKS)) && tl_cfg.min_size > 0)
+        ob_printf(b, "--- objects under %zu bytes are not tracked on this Python (before 3.13): "
+                     "TRACKLEAK_SMALL_OBJECTS=1 tracks them ---\n", tl_cfg.min_size);
     /* Losses are said here too (the original's footer, unchanged when there are none). */
     if (tl_hdr->dropped_sites || tl_hdr->dropped_samples || tl_hdr->recycled_sites)
         ob_printf(b,

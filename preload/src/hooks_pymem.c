@@ -49,16 +49,19 @@ enum { GIL_0 = 0, GIL_1 = 1, GIL_2 = 1 };
 volatile int tl_pymem_wanted;
 static tl_pymem_allocator prev[DOM_N];
 
-/* Small-object mode on 3.9-3.12 (tl_small_blocks): blocks of the mem and object
- * domains under the minimum size are counted only when sampled: their fast path
- * is one TLS subtract (tl_small_sampled); the sampled ones read the frame. */
+/* Small-object mode on 3.9-3.12 (tl_small_blocks): blocks of the object domain
+ * (objects; before 3.13 a dict's keys table too) under the minimum size are
+ * counted only when sampled: their fast path is one TLS subtract
+ * (tl_small_sampled); the sampled ones read the frame. The mem domain
+ * (container storage) stays as TRACKLEAK_PYMALLOC says: wrapping it too cost
+ * more than it told (bench/run.py). */
 static volatile int tl_small_blocks;
 static __attribute__((noinline)) void *small_after(void *p, size_t size, void *ra, int dom)
 {
     if (!p || tl_guard || !tl_active || tl_disabled)
         return p;
     tl_guard = 1;
-    struct tl_site *s = tl_record_sampled(p, size, NULL, ra, 1);
+    struct tl_site *s = tl_record_sampled(p, size, 0, NULL, ra, 1);
     if (dom == DOM_OBJ)
         tl_small_pend_set(p, size, s);
     tl_guard = 0;
@@ -69,7 +72,7 @@ static __attribute__((noinline)) void *small_after(void *p, size_t size, void *r
  * everything else is in the out-of-line slow functions. SMALL_D: the domain
  * takes part in small-object mode (pymalloc's two). */
 #define SMALL_0 0
-#define SMALL_1 1
+#define SMALL_1 0
 #define SMALL_2 1
 #define DEFINE_DOMAIN_HOOKS(D)                                                                  \
     static __attribute__((noinline)) void *slow_malloc_##D(size_t size, void *ra)               \
@@ -79,9 +82,9 @@ static __attribute__((noinline)) void *small_after(void *p, size_t size, void *r
         tl_guard = 0;                                                                           \
         return tl_after_alloc(p, size, ra, GIL_##D);                                            \
     }                                                                                           \
-    static __attribute__((noinline)) void *small_malloc_##D(size_t size, void *ra)              \
+    static inline void *small_malloc_##D(size_t size, void *ra)                                 \
     {                                                                                           \
-        if (tl_small_pend)                                                                      \
+        if (TL_UNLIKELY(tl_small_pend != NULL))                                                 \
             tl_small_pend_check();                                                              \
         void *p = prev[D].malloc(prev[D].ctx, size);                                            \
         if (tl_guard || !tl_small_sampled(size))                                                \
@@ -255,7 +258,7 @@ static int install(void *arg)
     /* The mem and object domains are pymalloc's (blocks <= 512 bytes; larger
      * ones go on to the raw domain, which we always wrap). With the tracer on,
      * objects are its: the object domain stays unwrapped (counted once). */
-    int want[DOM_N] = {1, tl_cfg.pymalloc || small, (tl_cfg.pymalloc && !tracer) || small};
+    int want[DOM_N] = {1, tl_cfg.pymalloc, (tl_cfg.pymalloc && !tracer) || small};
     for (int d = 0; d < DOM_N; d++) {
         if (!want[d])
             continue;

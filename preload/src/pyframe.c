@@ -241,67 +241,31 @@ void tl_py_describe(const struct tl_pyloc *loc, struct tl_site *site)
 }
 
 /* ---- object sizes (objects.c, CPython 3.13+) -----------------------------
- * PyTypeObject's first fields have had the same offsets since 3.8 on 64-bit
- * builds (tests/integration/test_shim_small_objects.py reads them back through
- * ctypes on every local interpreter). */
-#define TP_BASICSIZE 32
-#define TP_ITEMSIZE 40
-#define TP_FLAGS 168
-#define TPF_HAVE_GC (1UL << 14)
-#define TPF_PREHEADER ((1UL << 3) | (1UL << 4)) /* MANAGED_WEAKREF | MANAGED_DICT (3.12+) */
-#define OB_SIZE 16                              /* PyVarObject.ob_size; PyLongObject's lv_tag (3.12+) */
-
-int tl_py_object_shape(const void *op, struct tl_objshape *sh)
+ * What objects.c needs to size an object, read once. PyTypeObject's first
+ * fields have had the same offsets since 3.8 on 64-bit builds (the test
+ * test_type_object_offsets reads them back through ctypes on every local
+ * interpreter); the str fields come from the generated per-version table. */
+int tl_py_object_layout(struct tl_objlayout *l)
 {
     const struct tl_pyoffsets *o = rt.o;
-    if (!o)
-        return TL_OBJ_NONE;
-    const char *tp = AT(op, o->object_ob_type, const char *);
-    if (!tp)
-        return TL_OBJ_NONE;
-    unsigned long flags = AT(tp, TP_FLAGS, unsigned long);
-    sh->pre = ((flags & TPF_HAVE_GC) ? 16 : 0) + ((flags & TPF_PREHEADER) ? 16 : 0);
-    if (tp == rt.unicode_type)
-        return TL_OBJ_STR; /* PyUnicode_New writes length and kind after the creation event */
-    if (tp == rt.long_type) {
-        /* _PyLong_New sets the digit count before it initialises the object. */
-        uintptr_t ndigits = AT(op, OB_SIZE, uintptr_t) >> 3;
-        sh->size = sh->pre + 24 + 4 * (ndigits ? ndigits : 1);
-        sh->size = (sh->size + 7) & ~(size_t)7;
-        return sh->size <= TL_SMALL_MAX ? TL_OBJ_FIXED : TL_OBJ_NONE;
-    }
-    long basic = AT(tp, TP_BASICSIZE, long), item = AT(tp, TP_ITEMSIZE, long);
-    if (basic <= 0 || basic > TL_SMALL_MAX || item < 0 || item > TL_SMALL_MAX)
-        return TL_OBJ_NONE;
-    sh->base = (size_t)basic;
-    sh->item = (size_t)item;
-    if (item) /* _PyObject_InitVar writes ob_size after the creation event */
-        return TL_OBJ_VAR;
-    sh->size = ((sh->base + 7) & ~(size_t)7) + sh->pre;
-    return sh->size <= TL_SMALL_MAX ? TL_OBJ_FIXED : TL_OBJ_NONE;
-}
-
-size_t tl_py_object_late_size(const void *op, int shape, const struct tl_objshape *sh)
-{
-    const struct tl_pyoffsets *o = rt.o;
-    size_t size;
-    if (shape == TL_OBJ_STR) {
-        uint32_t state = AT(op, o->unicode_state, uint32_t);
-        long len = AT(op, o->unicode_length, long);
-        unsigned kind = (state >> o->unicode_state_kind_shift) & ((1u << o->unicode_state_kind_bits) - 1);
-        if (!((state >> o->unicode_state_compact_bit) & 1) || len < 0 || len > TL_SMALL_MAX ||
-            (kind != 1 && kind != 2 && kind != 4))
-            return 0;
-        int ascii = (state >> o->unicode_state_ascii_bit) & 1;
-        size = (size_t)(ascii ? o->unicode_asciiobject_size : o->unicode_compact_size) + (size_t)(len + 1) * kind;
-    } else {
-        long n = AT(op, OB_SIZE, long);
-        if (n < 0)
-            n = -n;
-        if (n > TL_SMALL_MAX)
-            return 0;
-        size = sh->base + sh->item * (size_t)n;
-    }
-    size = ((size + 7) & ~(size_t)7) + sh->pre;
-    return size <= TL_SMALL_MAX ? size : 0;
+    if (!o || !rt.unicode_type || !rt.long_type)
+        return 0;
+    l->ob_type = (size_t)o->object_ob_type;
+    l->ob_size = 16;      /* PyVarObject.ob_size; PyLongObject's lv_tag (3.12+) */
+    l->tp_basicsize = 32;
+    l->tp_itemsize = 40;
+    l->tp_flags = 168;
+    l->gc_flag = 1UL << 14;                 /* Py_TPFLAGS_HAVE_GC: a 16-byte GC header before */
+    l->preheader_flags = (1UL << 3) | (1UL << 4); /* MANAGED_WEAKREF | MANAGED_DICT: 16 more */
+    l->str_type = rt.unicode_type;
+    l->long_type = rt.long_type;
+    l->str_state = (size_t)o->unicode_state;
+    l->str_length = (size_t)o->unicode_length;
+    l->str_kind_shift = (unsigned)o->unicode_state_kind_shift;
+    l->str_kind_mask = (1u << o->unicode_state_kind_bits) - 1;
+    l->str_compact_bit = (unsigned)o->unicode_state_compact_bit;
+    l->str_ascii_bit = (unsigned)o->unicode_state_ascii_bit;
+    l->str_ascii_size = (size_t)o->unicode_asciiobject_size;
+    l->str_compact_size = (size_t)o->unicode_compact_size;
+    return 1;
 }

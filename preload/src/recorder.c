@@ -57,7 +57,16 @@ static unsigned index_bits; /* site index slots: 2^index_bits >= 4x the site rec
 #define TOMB ((uint64_t)1) /* freed; reusable */
 #define BUSY ((uint64_t)2) /* being filled */
 #define META_SITE_BITS 24
-#define META_MAX_SIZE (((uint64_t)1 << (64 - META_SITE_BITS)) - 1)
+#define META_MAX_SIZE (((uint64_t)1 << (64 - META_SITE_BITS - 1)) - 1)
+/* The size field of a sample (meta >> META_SITE_BITS): its bytes, or, with
+ * META_CHARGED set, an object sampled on fewer bytes than it has (objects.c:
+ * its size was not known yet): bits 0-31 its bytes, 32-38 the charged bytes / 8.
+ * Its weights come from the charged size (what its inclusion probability was). */
+#define META_CHARGED ((uint64_t)1 << (64 - META_SITE_BITS - 1))
+static inline uint64_t field_bytes(uint64_t f)
+{
+    return (f & META_CHARGED) ? (f & 0xffffffffu) : f;
+}
 
 static uint64_t *site_index; /* (hash32 << 32) | (record + 1), 0 = empty, IDX_TOMB = removed */
 #define IDX_TOMB UINT64_MAX
@@ -551,15 +560,16 @@ static int64_t next_gap(void)
 /* What one sample of SIZE bytes stands for: 1/p allocations (in TL_COUNT_ONE
  * units) and size/p bytes, p = 1 - exp(-size / R). Deterministic in size, so the
  * free of a sample takes back exactly what its allocation added. */
-static void weights(uint64_t size, uint64_t *count_w, uint64_t *bytes_w)
+static void weights(uint64_t field, uint64_t *count_w, uint64_t *bytes_w)
 {
     uint64_t r = tl_cfg.sample_interval;
+    uint64_t size = field_bytes(field), charged = (field & META_CHARGED) ? ((field >> 32) & 0x7f) * 8 : size;
     if (!r || !size) {
         *count_w = size ? TL_COUNT_ONE : 0;
         *bytes_w = size;
         return;
     }
-    double p = -expm1(-(double)size / (double)r);
+    double p = -expm1(-(double)charged / (double)r);
     if (p <= 0.0) { /* not reachable for size >= 1 and r < 2^62; stay finite anyway */
         *count_w = *bytes_w = 0;
         return;
@@ -571,7 +581,7 @@ static void weights(uint64_t size, uint64_t *count_w, uint64_t *bytes_w)
 void tl_credit_free(void *p, uint64_t entry, int gil)
 {
     uint32_t rec = (uint32_t)(entry & ((1u << META_SITE_BITS) - 1));
-    uint64_t size = entry >> META_SITE_BITS;
+    uint64_t field = entry >> META_SITE_BITS, size = field_bytes(field);
     if (rec >= tl_hdr->site_capacity)
         return;
     struct tl_site *s = &tl_sites[rec];
@@ -579,7 +589,7 @@ void tl_credit_free(void *p, uint64_t entry, int gil)
     BUMP(s, sample_free_bytes, size, gil);
     if (tl_cfg.sample_interval) {
         uint64_t wc, wb;
-        weights(size, &wc, &wb);
+        weights(field, &wc, &wb);
         BUMP(s, est_free_count, wc, gil);
         BUMP(s, est_free_bytes, wb, gil);
     }
@@ -652,11 +662,12 @@ static inline void bump_peak(struct tl_site *s, uint64_t size)
 }
 
 /* A sample taken: into the live set, its weights onto the site. */
-static void take_sample(struct tl_site *s, void *p, size_t size, int gil)
+static void take_sample(struct tl_site *s, void *p, uint64_t field, int gil)
 {
     uint64_t rec = (uint64_t)(s - tl_sites);
-    uint64_t sz = size > META_MAX_SIZE ? META_MAX_SIZE : size;
-    if (!live_insert(p, (sz << META_SITE_BITS) | rec, gil)) {
+    uint64_t sz = field_bytes(field);
+    size_t size = sz;
+    if (!live_insert(p, (field << META_SITE_BITS) | rec, gil)) {
         __atomic_add_fetch(&tl_hdr->dropped_samples, 1, __ATOMIC_RELAXED);
         return;
     }
@@ -664,7 +675,7 @@ static void take_sample(struct tl_site *s, void *p, size_t size, int gil)
     BUMP(s, sample_bytes, sz, gil);
     if (tl_cfg.sample_interval) { /* exhaustive: weights are 1 and size, readers use sample_* */
         uint64_t wc, wb;
-        weights(sz, &wc, &wb);
+        weights(field, &wc, &wb);
         BUMP(s, est_count, wc, gil);
         BUMP(s, est_bytes, wb, gil);
     }
@@ -707,7 +718,7 @@ void tl_record_alloc(void *p, size_t size, void *ra, int gil)
         if (!tl_sample_hit(size))
             return;
     }
-    take_sample(s, p, size, gil);
+    take_sample(s, p, size > META_MAX_SIZE ? META_MAX_SIZE : size, gil);
 }
 
 /* A small block or object counted only through its samples (objects of CPython
@@ -715,7 +726,8 @@ void tl_record_alloc(void *p, size_t size, void *ra, int gil)
  * the sample point fell on it. COUNT and TOTAL get the sample's weights (1/p
  * allocations, size/p bytes: the estimate of what the unsampled ones added),
  * exact in exhaustive mode. Caller holds the guard. */
-struct tl_site *tl_record_sampled(void *p, size_t size, const struct tl_pyloc *loc, void *ra, int gil)
+struct tl_site *tl_record_sampled(void *p, size_t size, size_t charged, const struct tl_pyloc *loc, void *ra,
+                                  int gil)
 {
     int frozen;
     struct tl_site *s = site_here(loc, ra, &frozen);
@@ -724,12 +736,15 @@ struct tl_site *tl_record_sampled(void *p, size_t size, const struct tl_pyloc *l
             tl_freeze();
         return NULL;
     }
+    uint64_t field = size > META_MAX_SIZE ? META_MAX_SIZE : size;
+    if (charged && charged != size && size <= 0xffffffffu && charged <= 127 * 8)
+        field = META_CHARGED | ((uint64_t)(charged / 8) << 32) | size;
     uint64_t wc = TL_COUNT_ONE, wb = size;
     if (tl_cfg.sample_interval)
-        weights(size, &wc, &wb);
+        weights(field, &wc, &wb);
     BUMP(s, count, (wc + TL_COUNT_ONE / 2) / TL_COUNT_ONE, gil);
     BUMP(s, total_bytes, wb, gil);
     bump_peak(s, size);
-    take_sample(s, p, size, gil);
+    take_sample(s, p, field, gil);
     return s;
 }

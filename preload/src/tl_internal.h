@@ -89,7 +89,10 @@ void tl_record_alloc(void *p, size_t size, void *ret_addr, int gil) TL_HIDDEN;
  * read the frame now, RA names a native site. Caller holds the guard. */
 extern TL_TLS int64_t tl_gap;
 int tl_sample_hit(size_t size) TL_HIDDEN;
-struct tl_site *tl_record_sampled(void *p, size_t size, const struct tl_pyloc *loc, void *ra, int gil) TL_HIDDEN;
+/* CHARGED: the bytes the sampling decision was made on when fewer than SIZE
+ * (0: SIZE); the weights follow it (objects.c: a size learnt later). */
+struct tl_site *tl_record_sampled(void *p, size_t size, size_t charged, const struct tl_pyloc *loc, void *ra,
+                                  int gil) TL_HIDDEN;
 /* Remove p from the sampled live set before the block is released.
  * Returns 1 and the entry (opaque) when p was sampled. */
 int tl_take(void *p, uint64_t *entry, int gil) TL_HIDDEN;
@@ -113,19 +116,17 @@ int tl_py_schedule(int (*fn)(void *), void *arg) TL_HIDDEN; /* Py_AddPendingCall
 int tl_py_initialized(void) TL_HIDDEN;
 void tl_py_mark_up(void) TL_HIDDEN;     /* the interpreter finished starting */
 int tl_py_finalizing(void) TL_HIDDEN;   /* it was up and is now shutting down */
-/* What CPython asked the allocator for to make an object (objects.c, 3.13+):
- * tl_py_object_shape reads OP's type at its creation event (OP alive). FIXED:
- * size known now; VAR and STR: CPython writes ob_size / a str's length after
- * the event, tl_py_object_late_size reads them later (OP must still be
- * readable). Sizes include the GC and managed pre-headers (pre), rounded to 8;
- * 0 or NONE: over TL_SMALL_MAX (a raw domain block: the hooks count it). */
+/* Where objects.c finds an object's size (CPython 3.13+): offsets into the
+ * object, its type and a str; filled once by tl_py_object_layout (0: unknown). */
 #define TL_SMALL_MAX 512 /* pymalloc's SMALL_REQUEST_THRESHOLD (3.9-3.13) */
-enum { TL_OBJ_NONE = 0, TL_OBJ_FIXED = 1, TL_OBJ_VAR = 2, TL_OBJ_STR = 3 };
-struct tl_objshape {
-    size_t pre, base, item, size;
+struct tl_objlayout {
+    size_t ob_type, ob_size, tp_basicsize, tp_itemsize, tp_flags;
+    unsigned long gc_flag, preheader_flags;
+    const void *str_type, *long_type;
+    size_t str_state, str_length, str_ascii_size, str_compact_size;
+    unsigned str_kind_shift, str_kind_mask, str_compact_bit, str_ascii_bit;
 };
-int tl_py_object_shape(const void *op, struct tl_objshape *sh) TL_HIDDEN;
-size_t tl_py_object_late_size(const void *op, int shape, const struct tl_objshape *sh) TL_HIDDEN;
+int tl_py_object_layout(struct tl_objlayout *l) TL_HIDDEN;
 void *tl_py_sym(const char *name) TL_HIDDEN; /* dlsym(RTLD_DEFAULT) */
 
 /* ---- hooks_libc.c / hooks_dl.c ------------------------------------------ */
