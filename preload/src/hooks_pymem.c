@@ -58,8 +58,10 @@ static tl_pymem_allocator prev[DOM_N];
 static volatile int tl_small_blocks;
 static __attribute__((noinline)) void *small_after(void *p, size_t size, void *ra, int dom)
 {
-    if (!p || tl_guard || !tl_active || tl_disabled)
+    if (!p || tl_guard || !tl_active || tl_disabled || !tl_sample_hit(size))
         return p;
+    if (tl_small_pend)
+        tl_small_pend_check(); /* the previous sampled block: initialised long since */
     tl_guard = 1;
     struct tl_site *s = tl_record_sampled(p, size, 0, NULL, ra, 1);
     if (dom == DOM_OBJ)
@@ -84,10 +86,9 @@ static __attribute__((noinline)) void *small_after(void *p, size_t size, void *r
     }                                                                                           \
     static inline void *small_malloc_##D(size_t size, void *ra)                                 \
     {                                                                                           \
-        if (TL_UNLIKELY(tl_small_pend != NULL))                                                 \
-            tl_small_pend_check();                                                              \
         void *p = prev[D].malloc(prev[D].ctx, size);                                            \
-        if (tl_guard || !tl_small_sampled(size))                                                \
+        tl_gap -= (int64_t)size; /* (inside the shim too: only moves the gap) */                \
+        if (TL_LIKELY(tl_gap > 0))                                                              \
             return p;                                                                           \
         return small_after(p, size, ra, D);                                                     \
     }                                                                                           \
@@ -105,9 +106,10 @@ static __attribute__((noinline)) void *small_after(void *p, size_t size, void *r
     {                                                                                           \
         (void)ctx;                                                                              \
         if (tl_guard || n * size < tl_cfg.min_size) {                                           \
-            if (SMALL_##D && tl_small_blocks && !tl_guard) {                                    \
+            if (SMALL_##D && tl_small_blocks) {                                                 \
                 void *p = prev[D].calloc(prev[D].ctx, n, size);                                 \
-                if (!tl_small_sampled(n * size))                                                \
+                tl_gap -= (int64_t)(n * size);                                                  \
+                if (TL_LIKELY(tl_gap > 0))                                                      \
                     return p;                                                                   \
                 return small_after(p, n * size, __builtin_return_address(0), D);                \
             }                                                                                   \

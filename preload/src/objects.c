@@ -341,6 +341,8 @@ int tl_objects_install(void)
  * tracer back (only if nobody replaced ours since). */
 void tl_objects_uninstall(void)
 {
+    if (tl_small_pend)
+        tl_small_pend_check();
     if (!installed)
         return;
     installed = 0;
@@ -351,11 +353,11 @@ void tl_objects_uninstall(void)
 }
 
 /* ---- 3.9-3.12: the freelist flag -------------------------------------------
- * In small-object mode pymalloc's domains are wrapped and small blocks
- * sampled. A sampled block's type is read at the next call of a GIL-domain
- * hook (the object is initialised right after its allocation returns; its
- * free would clear the pending pointer first, so the block is alive when
- * read). Only compared against the freelist types' addresses, never followed. */
+ * In small-object mode pymalloc's object domain is wrapped and small blocks
+ * sampled. A sampled block's type is read at the next sample (by then CPython
+ * has initialised it; its free would clear the pending pointer first, so the
+ * block is alive when read) or at the exit table. Only compared against the
+ * freelist types' addresses, never followed. */
 void *volatile tl_small_pend;
 static size_t pend_size;
 static struct tl_site *pend_site;
