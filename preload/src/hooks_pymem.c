@@ -256,7 +256,7 @@ static int install(void *arg)
     /* Small objects (objects.c): the reference tracer on 3.13+; else, when asked
      * (TRACKLEAK_SMALL_OBJECTS=1), pymalloc's small blocks by samples. */
     int tracer = tl_objects_install();
-    int small = !tracer && tl_cfg.small_objects == 1;
+    int small = !tracer && tl_cfg.small_objects == 1 && !tl_py_free_threaded();
     /* The mem and object domains are pymalloc's (blocks <= 512 bytes; larger
      * ones go on to the raw domain, which we always wrap). With the tracer on,
      * objects are its: the object domain stays unwrapped (counted once). */

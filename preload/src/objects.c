@@ -320,7 +320,8 @@ static int tracer(void *op, int event, void *data)
 
 int tl_objects_install(void)
 {
-    if (tl_cfg.small_objects == 0 || tl_py_version_hex() < 0x030d0000 || !tl_py_object_layout(&L))
+    if (tl_cfg.small_objects == 0 || tl_py_version_hex() < 0x030d0000 || tl_py_free_threaded() ||
+        !tl_py_object_layout(&L))
         return 0;
     set_tracer = (int (*)(tl_reftracer, void *))tl_py_sym("PyRefTracer_SetTracer");
     get_tracer = (tl_reftracer(*)(void **))tl_py_sym("PyRefTracer_GetTracer");

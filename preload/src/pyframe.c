@@ -48,6 +48,10 @@ static struct {
 } rt;
 
 void *tl_py_sym(const char *name) { return dlsym(RTLD_DEFAULT, name); }
+/* A free-threaded build (3.13t): no GIL orders the tracer's events or the
+ * object domain's calls. Py_DECREF of those builds calls this function, which
+ * the default build does not have. */
+int tl_py_free_threaded(void) { return dlsym(RTLD_DEFAULT, "_Py_MergeZeroLocalRefcount") != NULL; }
 
 int tl_py_present(void) { return rt.present; }
 const char *tl_py_version_str(void) { return rt.present ? rt.version : NULL; }

@@ -128,6 +128,7 @@ struct tl_objlayout {
 };
 int tl_py_object_layout(struct tl_objlayout *l) TL_HIDDEN;
 void *tl_py_sym(const char *name) TL_HIDDEN; /* dlsym(RTLD_DEFAULT) */
+int tl_py_free_threaded(void) TL_HIDDEN;     /* no GIL: small objects are not tracked */
 
 /* ---- hooks_libc.c / hooks_dl.c ------------------------------------------ */
 /* found: what the real dlsym returned for name. The shim's own function when
