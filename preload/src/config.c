@@ -285,6 +285,7 @@ void tl_banner(void)
     tl_say("pid=%d python=%s pymalloc=%s small_objects=%s jsonl_log=%s/%s", (int)getpid(), py ? py : "none",
            !py ? "n/a" : tl_cfg.pymalloc ? "tracked" : "not tracked (min_size above its range)",
            !py || tl_cfg.small_objects == 0 ? "off"
+           : tl_py_free_threaded()          ? "off (free-threaded build)"
            : newpy                          ? "reference tracer (sampled)"
            : tl_cfg.small_objects == 1      ? "pymalloc wrapped (sampled; freelist rows flagged)"
                                             : "off (TRACKLEAK_SMALL_OBJECTS=1 tracks them on this Python)",
