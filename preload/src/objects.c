@@ -17,10 +17,15 @@
  * nothing is counted twice because the object domain is not wrapped while
  * the tracer is on (hooks_pymem.c).
  *
- * The tracer runs with the GIL held (CPython's contract), so its samples go to
- * the GIL live set with plain stores. It allocates nothing, calls no Python
- * API (tl_py_current reads the frame; a new site's name is copied from the
- * code object, as for any allocation), and takes the reentrancy guard.
+ * The tracer runs with the GIL held (CPython's contract; not installed on a
+ * free-threaded build), so its samples go to the GIL live set with plain
+ * stores. It allocates nothing, calls no Python API (tl_py_current reads the
+ * frame; a new site's name is copied from the code object, as for any
+ * allocation). Its fast path (tracer/handle) is a leaf that moves the gap and
+ * reads one filter slot; every slow part takes the reentrancy guard and does
+ * nothing when the shim itself is running (the guard) or is frozen.
+ * Objects whose size CPython writes after reporting them (VAR: tuples, bytes,
+ * str) are charged their least size and sized one event later when sampled.
  *
  * DESTROY is not always reported: CPython 3.13.0 frees objects from the
  * interpreter loop without telling the tracer (gh-130382; the specialised
