@@ -93,7 +93,9 @@ SMALL_OBJECTS_NOTE = (
 )
 
 
-def footnotes(rows: Iterable[Row], *, small_objects_untracked: bool = False, min_size: int = 500) -> list[str]:
+def footnotes(
+    rows: Iterable[Row], *, small_objects_untracked: bool = False, min_size: int = 500
+) -> list[str]:
     """Lines to print once under a table: what the marker means (when a shown row has it), and
     that small objects were not tracked (SMALL_BLOCKS/OBJECTS both unset in a Python process's
     header: ``small_objects_untracked``)."""

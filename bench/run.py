@@ -70,8 +70,9 @@ def configs(
     has_memray = subprocess.run([py, "-c", "import memray"], capture_output=True).returncode == 0
     if has_memray:
         out["memray run"] = ([py, "-m", "memray", "run", "-q", "-f", "-o", os.path.join(logdir, "m.bin")], {})
+        mbin = os.path.join(logdir, "m.bin")
         out["memray run --trace-python-allocators"] = (
-            [py, "-m", "memray", "run", "-q", "-f", "--trace-python-allocators", "-o", os.path.join(logdir, "m.bin")],
+            [py, "-m", "memray", "run", "-q", "-f", "--trace-python-allocators", "-o", mbin],
             {},
         )
         out["memray --native --trace-python-allocators"] = (

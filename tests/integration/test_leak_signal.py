@@ -240,9 +240,9 @@ def interleaved_source(k: int, leak: int) -> str:
     for j in range(k):
         lines.append(f"def site_{j}(i):")
         if j == leak:
-            lines.append(f"    KEPT[i] = b\"x\" * SIZE  # ALLOC: site_{j}")
+            lines.append(f'    KEPT[i] = b"x" * SIZE  # ALLOC: site_{j}')
         else:
-            lines.append(f"    tmp = b\"x\" * SIZE  # ALLOC: site_{j}")
+            lines.append(f'    tmp = b"x" * SIZE  # ALLOC: site_{j}')
         lines.append("")
     lines.append("for i in range(TURNS):")
     lines += [f"    site_{j}(i)" for j in range(k)]

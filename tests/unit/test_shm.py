@@ -204,4 +204,6 @@ def test_site_flags_and_small_object_flags():
     for bit in (L.TL_FLAG_OBJECTS, L.TL_FLAG_SMALL_BLOCKS):
         tracked = segment([FakeSite()], flags=L.TL_FLAG_PYTHON | L.TL_FLAG_PYMEM_HOOKED | bit)
         assert not parse_segment(tracked, pid=5).header.small_objects_untracked
-        assert L.flag_names(bit) == [{L.TL_FLAG_OBJECTS: "objects", L.TL_FLAG_SMALL_BLOCKS: "small-blocks"}[bit]]
+        assert L.flag_names(bit) == [
+            {L.TL_FLAG_OBJECTS: "objects", L.TL_FLAG_SMALL_BLOCKS: "small-blocks"}[bit]
+        ]
