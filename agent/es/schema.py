@@ -167,6 +167,13 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("growing", "boolean", lambda r, m: bool(r.growing), "live bytes keep growing: the leak signal"),
     Field(
+        "misattributed",
+        "boolean",
+        lambda r, m: bool(r.misattributed),
+        "objects of a freelist type were sampled here while only the allocator was watched (CPython "
+        "3.9-3.12 small-object mode): the line that holds them may be another",
+    ),
+    Field(
         TIMESTAMP_FIELD,
         "date",
         lambda r, m: _iso_ms(m.timestamp),
