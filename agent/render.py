@@ -89,7 +89,7 @@ MISATTRIBUTED_NOTE = (
 )
 SMALL_OBJECTS_NOTE = (
     "objects under the minimum size ({min_size} B) are not tracked on this Python (before 3.13): "
-    "TRACKLEAK_SMALL_OBJECTS=1 tracks them (sampled; costs more)"
+    "TRACKLEAK_SMALL_OBJECTS=1 (trackleak run --small-objects 1) tracks them (sampled; costs more)"
 )
 
 

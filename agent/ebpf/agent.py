@@ -224,6 +224,10 @@ class PidSource(Source):
                 f"in {attached:.1f}s; {dropped}"
             ),
             history=self.ebpf.history,
+            # Python's small objects live in pymalloc arenas: seen through the arena probes only
+            small_objects_untracked=not self.ebpf.tunables.arenas
+            and any(t.python for t in self.ebpf.targets.values()),
+            min_size=self.opts.min_size,
         )
 
 

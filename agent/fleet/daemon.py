@@ -200,7 +200,19 @@ class HostSource(Source):
             f"{time.time() - self.started:.1f}s ({session.reason or 'stopped'}); "
             f"top {len(shown)} by {self.opts.sort}"
         ]
-        return Final(rows=rows, table=self._table(rows), meta=meta, head=head, sink_rows=rows, sink_meta=meta)
+        untracked = [w.min_size for w in self.shims.values() if w.small_untracked]
+        if self.ebpf is not None and self.ebpf.procs and not self.ebpf.session.tunables.arenas:
+            untracked.append(self.opts.min_size)
+        return Final(
+            rows=rows,
+            table=self._table(rows),
+            meta=meta,
+            head=head,
+            sink_rows=rows,
+            sink_meta=meta,
+            small_objects_untracked=bool(untracked),
+            min_size=max(untracked, default=0),
+        )
 
     @staticmethod
     def _table(rows: list[Row]) -> RetentionTable:
