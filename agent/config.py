@@ -87,6 +87,7 @@ KEYS: dict[str, dict[str, str]] = {
         **_COMMON,
         "python": "str",
         "dump_interval": "int",
+        "small_objects": "str",
         "startup_delay": "int",
         "log_dir": "str",
         "verbose": "bool",
@@ -95,6 +96,7 @@ KEYS: dict[str, dict[str, str]] = {
         **_COMMON,
         "duration": "float",
         "python": "bool",  # --python/--native-only
+        "arenas": "bool",
         "once": "bool",
         "name": "list",
         "cmdline": "list",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ctypes
 
 TL_SHM_MAGIC = b"TRKLEAK\x00"  # 8 bytes, NUL included
-TL_SHM_VERSION = 3
+TL_SHM_VERSION = 4
 TL_COUNT_ONE = 1024  # count weights' fixed point (== trackleak.sampling.COUNT_ONE, test-checked)
 TL_SHM_MEMFD_NAME = "trackleak"
 
@@ -25,6 +25,12 @@ TL_FLAG_PYMEM_HOOKED = 0x2
 TL_FLAG_ACTIVE = 0x4
 TL_FLAG_PY_UNSUPPORTED = 0x8
 TL_FLAG_FORKED = 0x10
+TL_FLAG_FROZEN = 0x20
+TL_FLAG_OBJECTS = 0x40  # objects <= 512 bytes counted through CPython's reference tracer (3.13+)
+TL_FLAG_SMALL_BLOCKS = 0x80  # pymalloc blocks under min_size counted by samples (3.9-3.12)
+
+# site.flags
+TL_SITE_F_FREELIST = 0x1  # a sample here was a freelist type's object, only the allocator watched
 
 FLAG_NAMES = {
     TL_FLAG_PYTHON: "python",
@@ -32,6 +38,9 @@ FLAG_NAMES = {
     TL_FLAG_ACTIVE: "active",
     TL_FLAG_PY_UNSUPPORTED: "python-unsupported",
     TL_FLAG_FORKED: "forked",
+    TL_FLAG_FROZEN: "frozen",
+    TL_FLAG_OBJECTS: "objects",
+    TL_FLAG_SMALL_BLOCKS: "small-blocks",
 }
 
 # site.state
@@ -100,7 +109,7 @@ class TlSite(ctypes.Structure):
         ("state", ctypes.c_uint32),
         ("kind", ctypes.c_uint32),
         ("line", ctypes.c_uint32),
-        ("reserved0", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
         ("key_addr", ctypes.c_uint64),
         ("key_aux", ctypes.c_uint64),
         ("reserved1", ctypes.c_uint64 * 4),

@@ -5,6 +5,8 @@ Columns: FUNCTION, FILE:LINE, LIVE, GROWTH, COUNT, TOTAL, SAMPLES, SAMPLED, FREE
 LIVE is the estimated bytes allocated at the site and still live; GROWTH their trend (per second,
 "-" until the site was watched long enough). A site whose live bytes keep growing is a likely leak:
 ranked first and shown in red. RET% is "n/a" when nothing was sampled (unknown is not healthy).
+A FUNCTION ending in MISATTRIBUTED_MARK may hold memory another line allocated (``Row.misattributed``;
+``footnotes`` says so once under the table).
 """
 
 from __future__ import annotations
@@ -79,9 +81,35 @@ def display_path(path: str) -> str:
     return path
 
 
+MISATTRIBUTED_MARK = " (?)"
+MISATTRIBUTED_NOTE = (
+    "(?) objects CPython recycles through freelists (dict, tuple, list, float) were sampled at this "
+    "line while only the allocator was watched (CPython before 3.13): the line that allocated them "
+    "may not be the line that keeps them"
+)
+SMALL_OBJECTS_NOTE = (
+    "objects under the minimum size ({min_size} B) are not tracked on this Python (before 3.13): "
+    "TRACKLEAK_SMALL_OBJECTS=1 (trackleak run --small-objects 1) tracks them (sampled; costs more)"
+)
+
+
+def footnotes(
+    rows: Iterable[Row], *, small_objects_untracked: bool = False, min_size: int = 500
+) -> list[str]:
+    """Lines to print once under a table: what the marker means (when a shown row has it), and
+    that small objects were not tracked (SMALL_BLOCKS/OBJECTS both unset in a Python process's
+    header: ``small_objects_untracked``)."""
+    out = []
+    if any(r.misattributed for r in rows):
+        out.append(MISATTRIBUTED_NOTE)
+    if small_objects_untracked and min_size > 0:
+        out.append(SMALL_OBJECTS_NOTE.format(min_size=min_size))
+    return out
+
+
 def cells(row: Row, *, short: bool = False) -> list[str]:
     return [
-        row.function or "?",
+        (row.function or "?") + (MISATTRIBUTED_MARK if row.misattributed else ""),
         location(row, short=short),
         human_bytes(row.live_bytes),
         fmt_growth(row.growth_bytes_per_s),

@@ -71,6 +71,7 @@ SHIM_DEFAULTS = {"sample_rate": config.default("sample_rate"), "min_size": confi
 ENV_SAMPLE_RATE = "TRACKLEAK_SAMPLE_RATE"
 ENV_SAMPLE_BYTES = "TRACKLEAK_SAMPLE_BYTES"
 ENV_MIN_SIZE = "TRACKLEAK_MIN_SIZE"
+ENV_SMALL_OBJECTS = "TRACKLEAK_SMALL_OBJECTS"
 ENV_DUMP_INTERVAL = "TRACKLEAK_DUMP_INTERVAL"
 ENV_STARTUP_DELAY = "TRACKLEAK_STARTUP_DELAY"
 ENV_LOG_DIR = "TRACKLEAK_LOG_DIR"
@@ -101,6 +102,7 @@ class RunOptions:
     sample_rate: int | None = None
     sample_bytes: int | None = None
     min_size: int | None = None
+    small_objects: str | None = None  # TRACKLEAK_SMALL_OBJECTS: auto, 1 or 0
     dump_interval: int | None = None
     startup_delay: int | None = None
     log_dir: Path | None = None
@@ -212,6 +214,7 @@ def build_env(opts: RunOptions, base: Mapping[str, str], *, shim: str, log_dir: 
         (opts.sample_rate, ENV_SAMPLE_RATE),
         (opts.sample_bytes, ENV_SAMPLE_BYTES),
         (opts.min_size, ENV_MIN_SIZE),
+        (opts.small_objects, ENV_SMALL_OBJECTS),
         (opts.dump_interval, ENV_DUMP_INTERVAL),
     ):
         if value is not None:
@@ -649,7 +652,13 @@ class LaunchSource(Source):
             history=self.history,
             status=status,
             sink_rows=list(table),
+            small_objects_untracked=any(h.small_objects_untracked for h in self._headers()),
+            min_size=info["min_size"] or 0,
         )
+
+    def _headers(self) -> list:
+        """Every table header we read (handed off or through /proc)."""
+        return self.tables.all_headers() + [seen.snapshot.header for seen in self.snapshots.values()]
 
     def _nothing_message(self) -> str:
         if not self.snapshots and not self.shm_errors and not self.tables.pids():

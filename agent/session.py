@@ -75,6 +75,8 @@ class Final:
     status: int = 0  # the session's exit status
     sink_rows: list[Row] | None = None  # per process, for the sinks (default: table's rows)
     sink_meta: dict | None = None  # for the sinks (default: source.meta(final=True))
+    small_objects_untracked: bool = False  # say once under the table that they were not tracked
+    min_size: int = 0  # the size limit that note names
 
 
 class Source:
@@ -280,7 +282,11 @@ class Session:
         for line in final.head:
             self.say(line)
         if final.rows:
-            self.print_table(final.rows)
+            shown = self.print_table(final.rows)
+            for note in render.footnotes(
+                shown, small_objects_untracked=final.small_objects_untracked, min_size=final.min_size
+            ):
+                self.say(f"{self.source.prefix}: {note}")
         elif final.empty:
             self.say(final.empty)
         if self.opts.json_path is not None:
@@ -294,7 +300,8 @@ class Session:
             self.say(f"{self.source.prefix}: table written to {self.opts.json_path}")
         return final.status
 
-    def print_table(self, rows: list[Row]) -> None:
+    def print_table(self, rows: list[Row]) -> list[Row]:
+        """The top rows on stdout (rich on a terminal, plain text otherwise); the rows shown."""
         shown = render.top_rows(rows, top=self.opts.top, sort=self.opts.sort)
         try:
             if _isatty(self.stdout):
@@ -306,6 +313,7 @@ class Session:
             self.stdout.flush()
         except OSError:  # the terminal went away (SIGHUP): nothing useful to do
             pass
+        return shown
 
     def _write_json(self, table: RetentionTable, meta: dict, history: History | None, merged) -> None:
         from .runner import write_json

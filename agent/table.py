@@ -31,6 +31,7 @@ FIELDS = (
     "live_count",
     "growth_bytes_per_s",
     "growing",
+    "misattributed",
     "host",
     "command",
     "container",
@@ -85,6 +86,10 @@ class Row:
     # keeps growing (the leak signal the default ranking leads with).
     growth_bytes_per_s: float | None = None
     growing: bool = False
+    # The shim on CPython 3.9-3.12 in small-object mode: some objects sampled here are of a type
+    # CPython recycles through a freelist (dict, tuple, list, float), and only the allocator was
+    # watched, so the line that allocated the memory may not be the line that holds it (issue 10).
+    misattributed: bool = False
     # Set by the host agent (trackleak.fleet): the host and the process's command line (redacted).
     host: str = ""
     command: str = ""
@@ -119,6 +124,7 @@ class Row:
         if other.growth_bytes_per_s is not None:
             self.growth_bytes_per_s = (self.growth_bytes_per_s or 0.0) + other.growth_bytes_per_s
         self.growing = self.growing or other.growing
+        self.misattributed = self.misattributed or other.misattributed
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in FIELDS}
@@ -162,6 +168,7 @@ class Row:
             live_count=_int("live_count"),
             growth_bytes_per_s=None if growth is None else float(growth),
             growing=bool(data.get("growing", False)),
+            misattributed=bool(data.get("misattributed", False)),
             host=_str("host"),
             command=_str("command"),
         )

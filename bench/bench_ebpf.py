@@ -8,9 +8,12 @@ Two measurements, runs interleaved (off, trackleak, memleak, off, ...) to share 
    cost per pair.
 2. ``python``: wall time of an allocation-heavy Python workload (the slowdown factor against the
    same run unattached), with trackleak (Python frames on) and with memleak.
+3. ``arenas`` (issue 10): the same workload, and one that allocates and frees pymalloc arenas
+   all the time (lists of small tuples built and dropped: the arena probes' worst case), unattached,
+   attached without arena probes and attached with them (off, no-arenas, arenas, off, ...).
 
     sudo .venv/bin/python bench/bench_ebpf.py [--rounds 3] [--pairs 300000] [--python PATH]
-        [--sample-rate 50] [--min-size 500] [--no-memleak] [--entry-free]
+        [--sample-rate 50] [--min-size 500] [--no-memleak] [--entry-free] [--only pair|python|arenas]
 
 ``--entry-free`` probes free at its first instruction instead of the emulated branch after it,
 to show what that choice saves.
@@ -45,6 +48,20 @@ print("seconds %.4f" % (time.perf_counter() - t0), flush=True)
 sys.stdin.readline()
 """.replace("BENCH_DIR", repr(str(HERE)))
 
+# Arena churn: each round builds ~25 MiB of small tuples and strs and drops them, so pymalloc
+# mmaps and munmaps arenas all the time (every one hits the arena probes).
+PY_ARENA_CHURN = r"""
+import sys, time
+print("ready", flush=True)
+sys.stdin.readline()
+t0 = time.perf_counter()
+for r in range(int(sys.argv[1])):
+    held = [(i, str(i)) for i in range(150000)]
+    del held
+print("seconds %.4f" % (time.perf_counter() - t0), flush=True)
+sys.stdin.readline()
+"""
+
 
 class Proc:
     def __init__(self, argv):
@@ -66,13 +83,15 @@ class Proc:
         self.p.wait(timeout=300)
 
 
-def with_trackleak(argv, args) -> float:
+def with_trackleak(argv, args, arenas: bool = True) -> float:
     from trackleak.ebpf.loader import Tunables
     from trackleak.ebpf.session import EbpfSession
 
     proc = Proc(argv)
     session = EbpfSession(
-        [proc.pid], Tunables(args.sample_rate, args.min_size), move_free_probe=not args.entry_free
+        [proc.pid],
+        Tunables(args.sample_rate, args.min_size, arenas=arenas),
+        move_free_probe=not args.entry_free,
     )
     session.start()
     try:
@@ -127,6 +146,27 @@ def unattached(argv, _args) -> float:
         proc.close()
 
 
+def measure_arenas(name, argv, args):
+    """off / attached without arena probes / attached with them, interleaved."""
+    results = {"off": [], "no-arenas": [], "arenas": []}
+    for _ in range(args.rounds):
+        results["off"].append(unattached(argv, args))
+        results["no-arenas"].append(with_trackleak(argv, args, arenas=False))
+        results["arenas"].append(with_trackleak(argv, args, arenas=True))
+    base = statistics.median(results["off"])
+    print(f"\n{name}: {' '.join(argv[-2:])} (median of {args.rounds}, interleaved)")
+    for k, vals in results.items():
+        med = statistics.median(vals)
+        extra = f"  x{med / base:.3f}" if k != "off" else ""
+        print(f"  {k:10s} {med:10.3f}{extra}   runs: {', '.join(f'{v:.3f}' for v in vals)}")
+    ratios = [a / n for a, n in zip(results["arenas"], results["no-arenas"])]
+    print(
+        f"  arenas / no-arenas: median x{statistics.median(ratios):.3f} "
+        f"(per round: {', '.join(f'{r:.3f}' for r in ratios)})"
+    )
+    return results
+
+
 def measure(name, argv, args):
     results = {"off": [], "trackleak": [], "memleak": []}
     for _ in range(args.rounds):
@@ -156,7 +196,8 @@ def main() -> int:
     ap.add_argument("--min-size", type=int, default=500)
     ap.add_argument("--no-memleak", action="store_true")
     ap.add_argument("--entry-free", action="store_true", help="probe free at offset 0 (for comparison)")
-    ap.add_argument("--only", choices=("pair", "python"))
+    ap.add_argument("--only", choices=("pair", "python", "arenas"))
+    ap.add_argument("--churn-rounds", type=int, default=40, help="rounds of the arena-churn workload")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench_ebpf: needs root", file=sys.stderr)
@@ -175,6 +216,17 @@ def main() -> int:
             script = Path(tmp) / "workload.py"
             script.write_text(PY_WORKLOAD)
             measure("python: seconds of the workload", [args.python, str(script), str(args.iterations)], args)
+        if args.only == "arenas":
+            script = Path(tmp) / "workload.py"
+            script.write_text(PY_WORKLOAD)
+            measure_arenas(
+                "arenas: seconds of bench/workload.py", [args.python, str(script), str(args.iterations)], args
+            )
+            churn = Path(tmp) / "arena_churn.py"
+            churn.write_text(PY_ARENA_CHURN)
+            measure_arenas(
+                "arenas: seconds of the arena churn", [args.python, str(churn), str(args.churn_rounds)], args
+            )
     return 0
 
 

@@ -1,13 +1,19 @@
 #!/usr/bin/env python3
 """Overhead of the preload shim against plain Python and the tools people use instead.
 
-    python bench/run.py [--python PY] [--rounds N] [--repeat K] [--long] [--baseline-shim SO] [--no-others]
-                        [--pymalloc]
+    python bench/run.py [--python PY] [--workload mixed|small] [--rounds N] [--repeat K] [--long]
+                        [--baseline-shim SO] [--no-others] [--pymalloc]
 
 Every configuration runs the same allocation-heavy workload (bench/workload.py: JSON,
-dicts, strings, bytearrays); runs are interleaved (plain, shim, tracemalloc, memray, ...
+dicts, strings, bytearrays; or, --workload small, bench/workload_small.py: small dicts, tuples,
+strs kept next to healthy twins, issue 10); runs are interleaved (plain, shim, tracemalloc, memray, ...
 then again) so a noisy neighbour slows all of them alike. The workload times itself, so
 interpreter start-up is not counted. Prints the median seconds and the ratio to plain.
+--measure cpu takes each run's CPU time (user + system, minus a 0-round run of the same
+configuration: start-up out) instead of the workload's own wall clock: steadier on a shared
+machine. --measure instructions counts instructions under valgrind (callgrind; deterministic,
+but blind to cache misses and to what a PGO build loses when an allocator is wrapped; use few
+--rounds, --repeat 1). memray under valgrind is skipped.
 --long also runs 4x the rounds in exhaustive mode: its ratio must not grow with run length.
 --baseline-shim SO adds the same two shim configurations with another build (say, the last
 release's: `git worktree add /tmp/old v1 && cc ...`) to compare before/after in one interleaved run.
@@ -26,7 +32,8 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-WORKLOAD = HERE / "workload.py"
+WORKLOADS = {"mixed": HERE / "workload.py", "small": HERE / "workload_small.py"}
+WORKLOAD = WORKLOADS["mixed"]
 
 
 def shim_path() -> str:
@@ -53,6 +60,9 @@ def configs(
     out = {
         "plain": ([py], {}),
         "trackleak (defaults)": ([py], pre),
+        # 3.13+: what the defaults do already; 3.9-3.12: pymalloc wrapped and sampled (objects.c)
+        "trackleak TRACKLEAK_SMALL_OBJECTS=1": ([py], {**pre, "TRACKLEAK_SMALL_OBJECTS": "1"}),
+        "trackleak TRACKLEAK_SMALL_OBJECTS=0": ([py], {**pre, "TRACKLEAK_SMALL_OBJECTS": "0"}),
         "trackleak exhaustive": ([py], {**pre, **exhaustive}),
     }
     if pymalloc:
@@ -69,6 +79,11 @@ def configs(
     has_memray = subprocess.run([py, "-c", "import memray"], capture_output=True).returncode == 0
     if has_memray:
         out["memray run"] = ([py, "-m", "memray", "run", "-q", "-f", "-o", os.path.join(logdir, "m.bin")], {})
+        mbin = os.path.join(logdir, "m.bin")
+        out["memray run --trace-python-allocators"] = (
+            [py, "-m", "memray", "run", "-q", "-f", "--trace-python-allocators", "-o", mbin],
+            {},
+        )
         out["memray --native --trace-python-allocators"] = (
             [
                 py,
@@ -89,27 +104,56 @@ def configs(
     return out
 
 
-def run_once(argv: list[str], env: dict[str, str], rounds: int) -> float:
+MEASURE = "wall"
+
+
+def _run(argv: list[str], env: dict[str, str], rounds: int) -> float:
     full_env = {**os.environ, **env}
     if "LD_PRELOAD" not in env:
         full_env.pop("LD_PRELOAD", None)
-    res = subprocess.run([*argv, str(WORKLOAD), str(rounds)], env=full_env, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed:\n{res.stderr[-2000:]}")
-    return float(res.stdout.strip().splitlines()[-1])
+    cmd = [*argv, str(WORKLOAD), str(rounds)]
+    if MEASURE == "instructions":
+        cmd = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *cmd]
+    proc = subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate()
+    # (the child is reaped by communicate; its CPU time is in RUSAGE_CHILDREN: take the delta)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{err[-2000:]}")
+    if MEASURE == "instructions":
+        return float(err.split("Collected : ")[1].split()[0])
+    return float(out.strip().splitlines()[-1])
+
+
+def run_once(argv: list[str], env: dict[str, str], rounds: int) -> float:
+    if MEASURE != "cpu":
+        if MEASURE == "instructions":
+            return _run(argv, env, rounds) - _run(argv, env, 0)
+        return _run(argv, env, rounds)
+
+    def cpu(n: int) -> float:
+        before = os.times()
+        _run(argv, env, n)
+        after = os.times()
+        return (after.children_user - before.children_user) + (after.children_system - before.children_system)
+
+    return cpu(rounds) - cpu(0)
 
 
 def measure(cfgs, rounds: int, repeat: int) -> dict[str, float]:
     times: dict[str, list[float]] = {name: [] for name in cfgs}
     for _ in range(repeat):
         for name, (argv, env) in cfgs.items():
+            if MEASURE == "instructions" and "memray" in name:
+                continue
             times[name].append(run_once(argv, env, rounds))
-    return {name: statistics.median(v) for name, v in times.items()}
+    return {name: statistics.median(v) for name, v in times.items() if v}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--python", default=sys.executable, help="interpreter to measure (default: this one)")
+    ap.add_argument("--workload", choices=sorted(WORKLOADS), default="mixed")
+    ap.add_argument("--measure", choices=("wall", "cpu", "instructions"), default="wall")
     ap.add_argument("--rounds", type=int, default=600)
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--long", action="store_true", help="also run exhaustive mode at 4x the rounds")
@@ -119,16 +163,24 @@ def main() -> None:
         "--pymalloc", action="store_true", help="also with TRACKLEAK_PYMALLOC=1 (mem/object domains wrapped)"
     )
     args = ap.parse_args()
+    global WORKLOAD, MEASURE
+    WORKLOAD = WORKLOADS[args.workload]
+    MEASURE = args.measure
     shim = shim_path()
     logdir = tempfile.mkdtemp(prefix="trackleak-bench-")
     try:
         cfgs = configs(args.python, shim, logdir, args.baseline_shim, not args.no_others, args.pymalloc)
         med = measure(cfgs, args.rounds, args.repeat)
         plain = med["plain"]
-        print(f"python: {args.python}  rounds: {args.rounds}  repeat: {args.repeat} (interleaved, median)")
-        print(f"{'configuration':45s} {'seconds':>8s} {'x plain':>8s}")
+        print(
+            f"python: {args.python}  workload: {args.workload}  rounds: {args.rounds}  "
+            f"repeat: {args.repeat} (interleaved, median; {args.measure})"
+        )
+        unit = "instr." if args.measure == "instructions" else "seconds"
+        print(f"{'configuration':45s} {unit:>8s} {'x plain':>8s}")
         for name, t in med.items():
-            print(f"{name:45s} {t:8.3f} {t / plain:8.2f}")
+            value = f"{t / 1e6:7.0f}M" if args.measure == "instructions" else f"{t:8.3f}"
+            print(f"{name:45s} {value} {t / plain:8.3f}")
         if args.long:
             long_cfgs = {k: cfgs[k] for k in ("plain", "trackleak exhaustive")}
             lmed = measure(long_cfgs, args.rounds * 4, max(3, args.repeat // 2))

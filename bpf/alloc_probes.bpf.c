@@ -56,6 +56,7 @@ BPF_HASH(tl_targets, u32, struct tl_target, TL_MAX_TARGETS);
 BPF_HASH(tl_sites, struct tl_site_key, struct tl_site_stats, TL_MAX_SITES);
 BPF_HASH(tl_live, struct tl_live_key, struct tl_live_val, TL_MAX_LIVE);
 BPF_HASH(tl_pending, u64, struct tl_pending, TL_MAX_PENDING);
+BPF_HASH(tl_arena_pending, u64, struct tl_arena_pending, TL_MAX_ARENA_PENDING);
 /* Site of an outer call that glibc relays to malloc itself (realloc(NULL, n), memalign with a
  * small alignment): the inner malloc probe uses it instead of walking again. */
 BPF_HASH(tl_nested, u64, struct tl_site_key, TL_MAX_PENDING);
@@ -231,6 +232,32 @@ static __always_inline void tl_credit_free(u32 pid, u64 addr)
     tl_count(TL_CNT_FREES_MATCHED);
 }
 
+/* Count an allocation of `size` bytes at `key` and decide whether it is sampled: 1 and *p
+ * filled when it is (the caller keeps *p until the allocator returns). */
+static __always_inline int tl_record(struct tl_site_key *key, u64 size, u64 memptr, struct tl_pending *p)
+{
+    struct tl_site_stats zero = {};
+    struct tl_site_stats *s = tl_sites.lookup_or_try_init(key, &zero);
+    if (!s) {
+        tl_count(TL_CNT_SITES_FULL);
+        return 0;
+    }
+    __sync_fetch_and_add(&s->count, 1);
+    __sync_fetch_and_add(&s->total_bytes, size);
+    if (size > s->peak_single)
+        s->peak_single = size;          /* racy max: a lost update only lowers a peak */
+
+    u64 w_count, w_bytes;
+    if (!tl_sample(size, &w_count, &w_bytes))
+        return 0;
+    p->site = *key;
+    p->size = size;
+    p->memptr = memptr;
+    p->w_count = w_count;
+    p->w_bytes = w_bytes;
+    return 1;
+}
+
 /* Entry of an allocation of `size` bytes. `nested`: glibc will call malloc for it (then only
  * the site is remembered, for the inner malloc probe). */
 static __always_inline int tl_alloc_enter(struct pt_regs *ctx, u64 size, u64 memptr, int nested)
@@ -255,43 +282,16 @@ static __always_inline int tl_alloc_enter(struct pt_regs *ctx, u64 size, u64 mem
         tl_nested.update(&id, &key);
         return 0;
     }
-
-    struct tl_site_stats zero = {};
-    struct tl_site_stats *s = tl_sites.lookup_or_try_init(&key, &zero);
-    if (!s) {
-        tl_count(TL_CNT_SITES_FULL);
-        return 0;
-    }
-    __sync_fetch_and_add(&s->count, 1);
-    __sync_fetch_and_add(&s->total_bytes, size);
-    if (size > s->peak_single)
-        s->peak_single = size;          /* racy max: a lost update only lowers a peak */
-
-    u64 w_count, w_bytes;
-    if (!tl_sample(size, &w_count, &w_bytes))
-        return 0;
     struct tl_pending p = {};
-    p.site = key;
-    p.size = size;
-    p.memptr = memptr;
-    p.w_count = w_count;
-    p.w_bytes = w_bytes;
-    if (tl_pending.update(&id, &p))
-        tl_count(TL_CNT_PENDING_FULL);
+    if (tl_record(&key, size, memptr, &p))
+        if (tl_pending.update(&id, &p))
+            tl_count(TL_CNT_PENDING_FULL);
     return 0;
 }
 
-/* Return of any allocator: a sampled call becomes a live block. */
-static __always_inline int tl_alloc_exit(struct pt_regs *ctx)
+/* The return of a sampled call (p) that gave `addr` (0: failed): a live block. */
+static __always_inline void tl_made_live(u64 id, struct tl_pending *p, u64 addr)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    struct tl_pending *p = tl_pending.lookup(&id);
-    if (!p)
-        return 0;
-    u64 addr = PT_REGS_RC(ctx);
-    if (p->memptr) {                    /* posix_memalign: 0 = success, result in *memptr */
-        addr = addr == 0 ? tl_read_ptr(p->memptr) : 0;
-    }
     struct tl_site_stats zero = {};
     struct tl_site_stats *s = addr ? tl_sites.lookup_or_try_init(&p->site, &zero) : 0;
     if (addr && !s) {
@@ -315,7 +315,82 @@ static __always_inline int tl_alloc_exit(struct pt_regs *ctx)
             __sync_fetch_and_add(&s->est_bytes, p->w_bytes);
         }
     }
+}
+
+/* Return of any allocator: a sampled call becomes a live block. */
+static __always_inline int tl_alloc_exit(struct pt_regs *ctx)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    struct tl_pending *p = tl_pending.lookup(&id);
+    if (!p)
+        return 0;
+    u64 addr = PT_REGS_RC(ctx);
+    if (p->memptr) {                    /* posix_memalign: 0 = success, result in *memptr */
+        addr = addr == 0 ? tl_read_ptr(p->memptr) : 0;
+    }
+    tl_made_live(id, p, addr);
     tl_pending.delete(&id);
+    return 0;
+}
+
+/* ---- pymalloc arenas (issue 10): rare, large, and a byte-weighted sample of where small
+ * objects accumulate. Filtered to exactly the call obmalloc.c's _PyObject_ArenaMmap makes, from
+ * the interpreter's own text, so glibc's malloc (which mmaps from inside libc) never matches. */
+
+#define TL_PROT_RW 0x3                  /* PROT_READ | PROT_WRITE */
+#define TL_MAP_PRIVATE_ANON 0x22        /* MAP_PRIVATE | MAP_ANONYMOUS */
+
+static __always_inline int tl_arena_enter(struct pt_regs *ctx, u64 addr, u64 len, u64 prot, u64 flags, s32 fd)
+{
+    if (addr || prot != TL_PROT_RW || flags != TL_MAP_PRIVATE_ANON || fd != -1 || len < TL_MIN_SIZE)
+        return 0;
+    u64 id = bpf_get_current_pid_tgid();
+    u32 pid = id >> 32;
+    struct tl_target *t = tl_targets.lookup(&pid);
+    if (!t || !t->arena_size || len != t->arena_size)
+        return 0;
+    u64 sp = PT_REGS_SP(ctx);
+    u64 caller = tl_read_ptr(sp);       /* at entry, [sp] is the return address */
+    if (caller < t->arena_lo || caller >= t->arena_hi)
+        return 0;
+    tl_count(TL_CNT_ARENAS);
+    struct tl_site_key key = {};
+    tl_site(ctx, t, pid, &key);
+    if (key.kind == TL_SITE_PYTHON)
+        key.kind = TL_SITE_ARENA;
+    struct tl_arena_pending ap = {};
+    if (tl_record(&key, len, 0, &ap.p)) {
+        ap.sp = sp;
+        if (tl_arena_pending.update(&id, &ap))
+            tl_count(TL_CNT_PENDING_FULL);
+    }
+    return 0;
+}
+
+static __always_inline int tl_arena_exit(struct pt_regs *ctx)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    struct tl_arena_pending *ap = tl_arena_pending.lookup(&id);
+    if (!ap)
+        return 0;                       /* nearly every mmap return: not an arena */
+    if (PT_REGS_SP(ctx) != ap->sp + 8)  /* another mmap (a stale entry): not this call's return */
+        return 0;
+    u64 addr = PT_REGS_RC(ctx);
+    if (addr == (u64)-1)                /* MAP_FAILED */
+        addr = 0;
+    tl_made_live(id, &ap->p, addr);
+    tl_arena_pending.delete(&id);
+    return 0;
+}
+
+static __always_inline int tl_arena_free(u64 addr, u64 len)
+{
+    u32 pid = bpf_get_current_pid_tgid() >> 32;
+    struct tl_target *t = tl_targets.lookup(&pid);
+    if (!t || !t->arena_size || len != t->arena_size || !addr)
+        return 0;
+    tl_count(TL_CNT_ARENA_FREES);
+    tl_credit_free(pid, addr);
     return 0;
 }
 
@@ -385,4 +460,21 @@ int tl_alloc_return(struct pt_regs *ctx)
 int tl_free(struct pt_regs *ctx)
 {
     return tl_free_enter(PT_REGS_PARM1(ctx));
+}
+
+/* mmap(addr, len, prot, flags, fd, off) and munmap(addr, len): pymalloc arenas only */
+int tl_mmap_enter(struct pt_regs *ctx)
+{
+    return tl_arena_enter(ctx, PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx),
+                          PT_REGS_PARM4(ctx), (s32)PT_REGS_PARM5(ctx));
+}
+
+int tl_mmap_return(struct pt_regs *ctx)
+{
+    return tl_arena_exit(ctx);
+}
+
+int tl_munmap(struct pt_regs *ctx)
+{
+    return tl_arena_free(PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx));
 }

@@ -21,6 +21,9 @@
 #ifndef TL_MAX_PENDING
 #define TL_MAX_PENDING 16384       /* threads between an allocator's entry and return */
 #endif
+#ifndef TL_MAX_ARENA_PENDING
+#define TL_MAX_ARENA_PENDING 1024  /* threads between an arena mmap's entry and return */
+#endif
 #ifndef TL_MAX_STACKS
 #define TL_MAX_STACKS 16384        /* distinct native user stacks */
 #endif
@@ -32,13 +35,18 @@
 /* struct tl_site_key.kind */
 #define TL_SITE_NATIVE 0           /* code = allocator's return address, stack_id = user stack */
 #define TL_SITE_PYTHON 1           /* code = PyCodeObject *, offset = bytecode byte offset */
+#define TL_SITE_ARENA 2            /* as TL_SITE_PYTHON, for a pymalloc arena the line's allocation
+                                      forced (the agent shows it in the same row as the line's
+                                      malloc samples; a separate key only to count arenas apart) */
 
 /* tl_counters indexes (the first three are what could not be tracked; the agent shows them) */
 #define TL_CNT_SITES_FULL 0        /* allocations not counted: tl_sites full */
 #define TL_CNT_LIVE_FULL 1         /* samples dropped: tl_live full */
 #define TL_CNT_PENDING_FULL 2      /* samples dropped: tl_pending full */
 #define TL_CNT_PY_NOFRAME 3        /* Python target, no Python frame on this thread */
-#define TL_CNT_FREES_MATCHED 4     /* frees of sampled blocks */
+#define TL_CNT_FREES_MATCHED 4     /* frees of sampled blocks (arenas' munmap included) */
+#define TL_CNT_ARENAS 5            /* pymalloc arenas seen allocated (counted at their site) */
+#define TL_CNT_ARENA_FREES 6       /* munmap of an arena-sized block (freed arenas, sampled or not) */
 #define TL_CNT_MAX 8
 
 /*
@@ -76,6 +84,13 @@ struct tl_target {
     /* native: callers in [wrap_lo, wrap_hi) (the libc text) are wrappers; walk the user stack */
     __u64 wrap_lo;
     __u64 wrap_hi;
+    /* pymalloc arenas (0 = not watched): mmap(NULL, arena_size, PROT_READ|PROT_WRITE,
+     * MAP_PRIVATE|MAP_ANONYMOUS, -1, 0) called from [arena_lo, arena_hi) (the interpreter's text:
+     * so never glibc's malloc, which mmaps large chunks from inside libc) is a new arena;
+     * munmap(addr, arena_size) releases one. arena_size: bpf/offsets/cpython.json */
+    __u64 arena_size;
+    __u64 arena_lo;
+    __u64 arena_hi;
 };
 
 struct tl_site_key {
@@ -129,6 +144,14 @@ struct tl_pending {
     __u64 memptr;                  /* posix_memalign: where the result is stored */
     __u64 w_count;
     __u64 w_bytes;
+};
+
+/* Between an arena mmap's entry and its return (its own map: glibc's malloc calls mmap inside a
+ * sampled malloc, whose tl_pending entry the mmap return must not take). */
+struct tl_arena_pending {
+    struct tl_pending p;
+    __u64 sp;                      /* stack pointer at entry: at the return it is sp + 8, which
+                                    * tells this call's return from any other mmap return */
 };
 
 #endif /* TRACKLEAK_BPF_H */

@@ -48,6 +48,7 @@ class AgentOptions:
     progress: bool = True
     python_frames: bool = True
     native_stacks: int = 1
+    arenas: bool | None = None  # pymalloc arena probes (None: TRACKLEAK_EBPF_ARENAS, default on)
 
 
 class PidSource(Source):
@@ -76,6 +77,7 @@ class PidSource(Source):
             self.opts.min_size,
             self.opts.native_stacks,
             sample_bytes=self.opts.sample_bytes,
+            **({} if self.opts.arenas is None else {"arenas": self.opts.arenas}),
         )
         self.ebpf = self.session_factory(
             self.opts.pids, tun, python_frames=self.opts.python_frames, on_note=session.say
@@ -226,6 +228,10 @@ class PidSource(Source):
                 f"in {attached:.1f}s; {dropped}"
             ),
             history=self.ebpf.history,
+            # Python's small objects live in pymalloc arenas: seen through the arena probes only
+            small_objects_untracked=not self.ebpf.tunables.arenas
+            and any(t.python for t in self.ebpf.targets.values()),
+            min_size=self.opts.min_size,
         )
 
 

@@ -242,16 +242,29 @@ def interpreter_support(path: str, elf_path: str, info, version: tuple[str, str]
         sym = info.symbol("PyGILState_GetThisThreadState")
         code = info.read(sym[0], 16) if sym is not None else b""
         if _FS_LOAD.match(code):
-            ebpf = f"eBPF: Python lines ({how}; thread state from a static thread-local)"
+            ebpf = f"eBPF: Python lines ({how}; thread state from a static thread-local{_arenas(key)})"
         else:
             ebpf = "eBPF: native rows (thread state in a shared library's thread-local)"
     else:
-        ebpf = f"eBPF: Python lines ({how})"
+        ebpf = f"eBPF: Python lines ({how}{_arenas(key)})"
     if free_threaded:
         ebpf += "; libc allocations only (Python objects come from mimalloc)"
     kind = "static" if elf_path == os.path.realpath(path) else f"shared, {os.path.basename(elf_path)}"
     status = OK if "native rows" not in ebpf else WARN
     return status, f"{name} ({kind}): {shim}; {ebpf}"
+
+
+def _arenas(minor: str) -> str:
+    """What the agent does with this minor's small objects (pymalloc arenas, issue 10)."""
+    from trackleak.ebpf.loader import ARENAS_ENV, arenas_default
+    from trackleak.ebpf.python import offsets_table
+
+    size = int(offsets_table().get(minor, {}).get("obmalloc.arena_size", -1))
+    if size <= 0:
+        return "; small objects not seen (no arena size in bpf/offsets/cpython.json)"
+    if not arenas_default():
+        return f"; small objects not seen ({ARENAS_ENV}=0)"
+    return f", small objects through {size >> 10} KiB arenas"
 
 
 def check_interpreter(path: str) -> Check:

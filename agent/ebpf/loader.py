@@ -34,6 +34,11 @@ ENTRY_PROGRAMS = {
     "free": "tl_free",
 }
 RETURN_PROGRAM = "tl_alloc_return"
+# pymalloc arenas (issue 10): libc's mmap (entry + return) and munmap, filtered in the program to
+# the interpreter's own arena calls (struct tl_target.arena_*).
+ARENA_PROGRAMS = {"mmap": "tl_mmap_enter", "munmap": "tl_munmap"}
+ARENA_RETURN_PROGRAM = "tl_mmap_return"
+ARENAS_ENV = "TRACKLEAK_EBPF_ARENAS"  # "0": no arena probes (default on: they cost next to nothing)
 BPF_PROBE_ENTRY, BPF_PROBE_RETURN = 0, 1
 
 TRACEFS_UPROBE_EVENTS = ("/sys/kernel/tracing/uprobe_events", "/sys/kernel/debug/tracing/uprobe_events")
@@ -124,7 +129,19 @@ class Probe:
 
 
 # Map sizes of bpf/trackleak.h that Tunables.limits may override (-D), e.g. small ones in tests.
-LIMITS = ("TL_MAX_TARGETS", "TL_MAX_SITES", "TL_MAX_LIVE", "TL_MAX_PENDING", "TL_MAX_STACKS")
+LIMITS = (
+    "TL_MAX_TARGETS",
+    "TL_MAX_SITES",
+    "TL_MAX_LIVE",
+    "TL_MAX_PENDING",
+    "TL_MAX_ARENA_PENDING",
+    "TL_MAX_STACKS",
+)
+
+
+def arenas_default() -> bool:
+    """Arena probes unless TRACKLEAK_EBPF_ARENAS says no (0, false, no, off)."""
+    return os.environ.get(ARENAS_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 @dataclass
@@ -134,6 +151,8 @@ class Tunables:
     native_stacks: int = 1  # 0 never, 1 when the direct caller is in libc, 2 always
     sample_bytes: int | None = None  # TRACKLEAK_SAMPLE_BYTES: the sampling interval R directly
     limits: dict[str, int] = field(default_factory=dict)  # {"TL_MAX_SITES": 64, ...}
+    # pymalloc arenas of Python targets charged to the line that forced them (TRACKLEAK_EBPF_ARENAS)
+    arenas: bool = field(default_factory=arenas_default)
 
     @property
     def interval(self) -> int:
@@ -227,9 +246,12 @@ class Loader:
     def table(self, name: str):
         return self.bpf[name.encode()]  # type: ignore[index]
 
-    def attach(self, func: str, path: str, offset: int, pid: int, retprobe: bool = False) -> Probe:
+    def attach(
+        self, func: str, path: str, offset: int, pid: int, retprobe: bool = False, program: str | None = None
+    ) -> Probe:
         bcc = import_bcc()
-        program = RETURN_PROGRAM if retprobe else ENTRY_PROGRAMS[func]
+        if program is None:
+            program = RETURN_PROGRAM if retprobe else ENTRY_PROGRAMS[func]
         fn = self.bpf.load_func(program.encode(), bcc.BPF.KPROBE)  # type: ignore[attr-defined]
         kind = "r" if retprobe else "p"
         ev_name = f"tl_{kind}_{os.getpid()}_{pid}_{offset:x}".encode()

@@ -20,6 +20,8 @@ from trackleak.symbolize.elf import ElfInfo, Mapping, elf_info, proc_path, read_
 ALLOC_FUNCS = ("malloc", "calloc", "realloc", "posix_memalign", "aligned_alloc", "memalign", "valloc")
 FREE_FUNCS = ("free",)
 # reallocarray is not probed: glibc implements it by calling realloc itself, whose probe fires.
+# pymalloc arenas come from these (issue 10; the program keeps only the interpreter's arena calls).
+ARENA_FUNCS = ("mmap", "munmap")
 
 _LIBC_RE = re.compile(r"/libc(?:-[\d.]+)?\.so(?:\.6)?$")
 
@@ -173,4 +175,17 @@ def probe_points(pid: int, libc_path: str, move_free: bool = True) -> dict[str, 
     missing = [f for f in ("malloc", "free", "realloc", "calloc") if f not in points]
     if missing:
         raise AttachError(f"{libc_path}: no {', '.join(missing)} symbol to probe")
+    return points
+
+
+def arena_probe_points(pid: int, libc_path: str) -> dict[str, ProbePoint]:
+    """Where to probe mmap and munmap in the target's libc (empty when either is missing)."""
+    info = elf_info(proc_path(pid, libc_path))
+    points = {}
+    for func in ARENA_FUNCS:
+        sym = info.symbol(func)
+        offset = info.vaddr_to_offset(sym[0]) if sym is not None else None
+        if offset is None:
+            return {}
+        points[func] = ProbePoint(func, libc_path, offset, 0)
     return points

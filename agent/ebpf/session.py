@@ -29,7 +29,14 @@ from typing import Callable
 
 from trackleak import sampling
 from trackleak.ebpf import AttachError, procinfo
-from trackleak.ebpf.loader import ENTRY_PROGRAMS, Loader, Tunables, check_privileges
+from trackleak.ebpf.loader import (
+    ARENA_PROGRAMS,
+    ARENA_RETURN_PROGRAM,
+    ENTRY_PROGRAMS,
+    Loader,
+    Tunables,
+    check_privileges,
+)
 from trackleak.ebpf.python import PythonInfo, UnsupportedPython, find_python, resolve_offsets, target_fields
 from trackleak.history import History, pid_site_key
 from trackleak.symbolize.elf import NativeSymbolizer, elf_info, proc_path
@@ -38,9 +45,27 @@ from trackleak.table import RetentionTable, Row
 
 TL_TARGET_PYTHON = 1  # bpf/trackleak.h
 # tl_target fields whose "none" is 0
-_ZERO_DEFAULT = {"flags", "code_tag_mask", "tstate_tls", "wrap_lo", "wrap_hi"}
+_ZERO_DEFAULT = {
+    "flags",
+    "code_tag_mask",
+    "tstate_tls",
+    "wrap_lo",
+    "wrap_hi",
+    "arena_size",
+    "arena_lo",
+    "arena_hi",
+}
 TL_SITE_PYTHON = 1
-COUNTER_NAMES = ("sites_full", "live_full", "pending_full", "python_no_frame", "frees_matched")
+TL_SITE_ARENA = 2  # a pymalloc arena at a Python line: shown in that line's row
+COUNTER_NAMES = (
+    "sites_full",
+    "live_full",
+    "pending_full",
+    "python_no_frame",
+    "frees_matched",
+    "arenas",
+    "arena_frees",
+)
 # What could not be tracked (bpf/trackleak.h TL_CNT_*): counter -> what it counts, for people.
 DROPPED = {
     "sites_full": "allocations not counted (sites map full)",
@@ -122,6 +147,7 @@ class Target:
     native: NativeSymbolizer | None = None
     sites: dict[tuple, tuple] = field(default_factory=dict)  # BPF site key -> row site key
     rows: list[Row] = field(default_factory=list)
+    arena_size: int = 0  # pymalloc arenas watched (bytes each); 0: not watched
 
 
 def _exe(pid: int) -> str:
@@ -226,6 +252,7 @@ class EbpfSession:
                             "from mimalloc, not from libc, so the probes see only libc allocations "
                             "(C extensions, ctypes...); `trackleak run` sees both"
                         )
+                    fields.update(self._arena_fields(target, py, maps))
             except UnsupportedPython as e:
                 target.note = f"{e}; attributing to native functions only."
                 self.on_note(f"pid {pid}: {target.note}")
@@ -233,6 +260,20 @@ class EbpfSession:
         self._set_target(pid, fields)
         self.targets[pid] = target
         self.attach_probes(pid)
+
+    def _arena_fields(self, target: Target, py: PythonInfo, maps) -> dict[str, int]:
+        """struct tl_target's arena fields: the arena size of this CPython (cpython.json) and the
+        interpreter's text, the only place an arena mmap comes from. {} = arenas not watched."""
+        size = int(py.offsets.get("obmalloc.arena_size", -1))
+        text = [m for m in maps if m.path == py.path and "x" in m.perms]
+        if not self.tunables.arenas or size <= 0 or not text:
+            return {}
+        target.arena_size = size
+        return {
+            "arena_size": size,
+            "arena_lo": min(m.start for m in text),
+            "arena_hi": max(m.end for m in text),
+        }
 
     def attach_probes(self, pid: int) -> None:
         """(Re)attach the allocator probes of a known target (the host agent's duty cycle detaches
@@ -250,6 +291,24 @@ class EbpfSession:
                     # at the same (possibly moved) address: one breakpoint, and the skipped
                     # instructions only set flags, so [sp] is still the return address
                     self.loader.attach(point.func, point.path, point.offset, pid, retprobe=True)
+            if target.arena_size:
+                points = procinfo.arena_probe_points(pid, target.libc)
+                if not points:
+                    target.arena_size = 0
+                    self.on_note(f"pid {pid}: no mmap/munmap symbols in {target.libc}; arenas not watched.")
+                for point in points.values():
+                    self.loader.attach(
+                        point.func, point.path, point.offset, pid, program=ARENA_PROGRAMS[point.func]
+                    )
+                    if point.func == "mmap":
+                        self.loader.attach(
+                            point.func,
+                            point.path,
+                            point.offset,
+                            pid,
+                            retprobe=True,
+                            program=ARENA_RETURN_PROGRAM,
+                        )
         except BaseException:
             self.loader.detach_pid(pid)
             raise
@@ -415,6 +474,10 @@ class EbpfSession:
             for k in [k for k in table if k.pid == pid]:
                 with contextlib.suppress(KeyError):
                     del table[k]
+        pending = self.loader.table("tl_arena_pending")  # keyed by pid << 32 | tid
+        for k in [k for k in pending if (int(k.value) >> 32) == pid]:
+            with contextlib.suppress(KeyError):
+                del pending[k]
         self._last_count = {k: v for k, v in self._last_count.items() if k[0] != pid}
         self.carry = {k: v for k, v in self.carry.items() if k[0] != pid}
 
@@ -457,7 +520,7 @@ class EbpfSession:
         if site is not None:
             return site
         _pid, kind, code, offset, stack_id = key
-        if kind == TL_SITE_PYTHON and target.code is not None:
+        if kind in (TL_SITE_PYTHON, TL_SITE_ARENA) and target.code is not None:
             info = target.code.code(code)
             if info is None:
                 return None  # unreadable now: retried at the next poll
@@ -505,6 +568,7 @@ class EbpfSession:
                     "python_offsets": t.python.source if t.python else None,
                     "note": t.note or None,
                     "exited": not t.alive,
+                    "arena_size": t.arena_size or None,
                 }
             )
         return {

@@ -167,6 +167,13 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field("growing", "boolean", lambda r, m: bool(r.growing), "live bytes keep growing: the leak signal"),
     Field(
+        "misattributed",
+        "boolean",
+        lambda r, m: bool(r.misattributed),
+        "objects of a freelist type were sampled here while only the allocator was watched (CPython "
+        "3.9-3.12 small-object mode): the line that holds them may be another",
+    ),
+    Field(
         TIMESTAMP_FIELD,
         "date",
         lambda r, m: _iso_ms(m.timestamp),
@@ -221,3 +228,21 @@ def validate(doc: Mapping[str, Any]) -> list[str]:
         if (f.es_type != "boolean" and isinstance(value, bool)) or not isinstance(value, ok):
             problems.append(f"{name}={value!r} is not a {f.es_type}")
     return problems
+
+
+def add_missing_fields(client, index: str) -> list[str]:
+    """Add to the mapping of INDEX (an index, alias or data stream: every backing index) the
+    fields of the schema it lacks: documents of a newer TrackLeak must not be refused by the
+    strict mapping an older one made. The names added; ApiError from the client as it is."""
+    current = client.indices.get_mapping(index=index)
+    have: set[str] | None = None
+    for value in dict(current).values():
+        props = set((value.get("mappings") or {}).get("properties") or {})
+        have = props if have is None else have & props  # every backing index must have them
+    if have is None:
+        return []
+    missing = [f.name for f in FIELDS if f.name not in have]
+    if missing:
+        props = index_mapping()["properties"]
+        client.indices.put_mapping(index=index, properties={n: props[n] for n in missing})
+    return missing

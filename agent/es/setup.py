@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 from ..errors import UserError
 from .config import EsConfig
-from .schema import FIELDS, TIMESTAMP_FIELD, index_mapping
+from .schema import FIELDS, TIMESTAMP_FIELD, add_missing_fields, index_mapping
 
 DEFAULT_RETENTION = "30d"
 TEMPLATE_PRIORITY = 200  # above the built-in templates (logs-*-* and the like are 100)
@@ -254,6 +254,12 @@ def install(
         )
         if ds_exists:
             what = f"data stream {index}: exists"
+            try:
+                added = call(f"PUT /{index}/_mapping", add_missing_fields, client, index)
+            except ApiError as exc:
+                raise fail(f"PUT /{index}/_mapping", exc) from None
+            if added:
+                what += f", mapping updated (added {', '.join(added)})"
             if result.retention:
                 try:
                     call(
@@ -303,19 +309,8 @@ def install(
     result.lines.append(f"why not a data stream: {why}")
     if plain_exists:
         try:
-            current = call(f"GET /{index}/_mapping", client.indices.get_mapping, index=index)
-            have = set()
-            for v in dict(current).values():
-                have |= set((v.get("mappings") or {}).get("properties") or {})
-            missing = [f.name for f in FIELDS if f.name not in have]
+            missing = call(f"PUT /{index}/_mapping", add_missing_fields, client, index)
             if missing:
-                props = index_mapping()["properties"]
-                call(
-                    f"PUT /{index}/_mapping",
-                    client.indices.put_mapping,
-                    index=index,
-                    properties={n: props[n] for n in missing},
-                )
                 result.lines.append(f"index {index}: exists; mapping updated (added {', '.join(missing)})")
             else:
                 result.lines.append(f"index {index}: exists, its mapping has every field")

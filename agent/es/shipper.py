@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from .config import EsConfig
-from .schema import DocMeta, documents, index_mapping
+from .schema import DocMeta, add_missing_fields, documents, index_mapping
 
 BATCH_DOCS = 500
 MAX_QUEUE_BYTES = 32 * 1024 * 1024
@@ -419,12 +419,26 @@ class Shipper:
             client.indices.create(index=self.config.index, mappings=index_mapping())
         except ApiError as exc:
             status = exc.meta.status if exc.meta is not None else 0
-            if status == 400 and "resource_already_exists" in str(exc):
-                pass
+            if status == 400 and ("resource_already_exists" in str(exc) or "data streams only" in str(exc)):
+                self._update_mapping(client)  # an index, or a data stream's template
             elif status in (401,) or status in RETRY_STATUS:
                 raise
             # 403 and others: maybe only allowed to write; the bulk request will tell
         self._index_ready = True
+
+    def _update_mapping(self, client) -> None:
+        """An existing index (or data stream) made by an older TrackLeak: add the new fields."""
+        from elasticsearch import ApiError
+
+        try:
+            added = add_missing_fields(client, self.config.index)
+        except ApiError as exc:
+            status = exc.meta.status if exc.meta is not None else 0
+            if status in (401,) or status in RETRY_STATUS:
+                raise
+            return  # 403: maybe only allowed to write; documents with new fields will say why
+        if added:
+            self._say(f"{self.config.index}: mapping updated for this TrackLeak (added {', '.join(added)})")
 
     def _send(self, batch: Batch) -> bool:
         """One attempt; True when the batch is done with (shipped, or dropped for good)."""

@@ -63,6 +63,7 @@ class FleetOptions:
     sample_bytes: int | None = None
     min_size: int = config.default("min_size")
     python_frames: bool = True
+    arenas: bool | None = None  # pymalloc arena probes (None: TRACKLEAK_EBPF_ARENAS, default on)
     top: int = config.default("top")
     sort: str = config.default("sort")
     live: bool | None = None
@@ -90,7 +91,12 @@ class HostSource(Source):
         self.ebpf: EbpfRoute | None = None
         if opts.ebpf:
             self.ebpf = EbpfRoute(
-                Tunables(opts.sample_rate, opts.min_size, sample_bytes=opts.sample_bytes),
+                Tunables(
+                    opts.sample_rate,
+                    opts.min_size,
+                    sample_bytes=opts.sample_bytes,
+                    **({} if opts.arenas is None else {"arenas": opts.arenas}),
+                ),
                 duty,
                 python_frames=opts.python_frames,
                 on_note=self._say,
@@ -194,7 +200,19 @@ class HostSource(Source):
             f"{time.time() - self.started:.1f}s ({session.reason or 'stopped'}); "
             f"top {len(shown)} by {self.opts.sort}"
         ]
-        return Final(rows=rows, table=self._table(rows), meta=meta, head=head, sink_rows=rows, sink_meta=meta)
+        untracked = [w.min_size for w in self.shims.values() if w.small_untracked]
+        if self.ebpf is not None and self.ebpf.procs and not self.ebpf.session.tunables.arenas:
+            untracked.append(self.opts.min_size)
+        return Final(
+            rows=rows,
+            table=self._table(rows),
+            meta=meta,
+            head=head,
+            sink_rows=rows,
+            sink_meta=meta,
+            small_objects_untracked=bool(untracked),
+            min_size=max(untracked, default=0),
+        )
 
     @staticmethod
     def _table(rows: list[Row]) -> RetentionTable:

@@ -531,6 +531,11 @@ class HandoffTables:
         with self._lock:
             return next(iter(self.headers.values()), None)
 
+    def all_headers(self) -> list[Header]:
+        """The header of every table handed off (one per process incarnation)."""
+        with self._lock:
+            return list(self.headers.values())
+
     def close(self) -> None:
         with self._lock:
             _close_all([h.fd for h in self._incoming])

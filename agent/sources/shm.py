@@ -81,6 +81,16 @@ class Header:
         return L.flag_names(self.flags)
 
     @property
+    def small_objects_untracked(self) -> bool:
+        """A Python process whose objects under min_size were not tracked (CPython before 3.13
+        without TRACKLEAK_SMALL_OBJECTS=1): a table of it says so once (render.footnotes)."""
+        return bool(
+            self.flags & L.TL_FLAG_PYMEM_HOOKED
+            and not self.flags & (L.TL_FLAG_OBJECTS | L.TL_FLAG_SMALL_BLOCKS)
+            and self.min_size > 0
+        )
+
+    @property
     def python(self) -> str | None:
         return L.py_version_str(self.py_version_hex)
 
@@ -108,6 +118,7 @@ class Record:
     est_free_count: int = 0
     est_free_bytes: int = 0
     exhaustive: bool = False  # sample_interval 0: weights are 1 and size, est_* are not kept
+    flags: int = 0  # TL_SITE_F_*
 
     @property
     def live_bytes(self) -> int:
@@ -148,6 +159,7 @@ class Record:
             native=self.native,
             live_bytes=self.live_bytes,
             live_count=self.live_count,
+            misattributed=bool(self.flags & L.TL_SITE_F_FREELIST),
         )
 
 
@@ -327,6 +339,7 @@ def parse_segment(data: bytes, *, pid: int = 0, mapping_size: int | None = None)
                 est_free_count=L.site_total(rec, "est_free_count"),
                 est_free_bytes=L.site_total(rec, "est_free_bytes"),
                 exhaustive=header.sample_interval == 0,
+                flags=rec.flags,
             )
         )
     return snap

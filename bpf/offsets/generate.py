@@ -129,7 +129,17 @@ FIELDS = (
     ]
     + ["debug." + name for name in DEBUG_FIELDS]
     + ["debug.version", "debug.free_threaded"]
+    # pymalloc (not in any header before 3.12, so asked of the running interpreter, see
+    # arena_size()): bytes per arena, 256 KiB (3.9) or 1 MiB (3.10+, radix tree); the eBPF agent
+    # watches arena mmap/munmap of exactly this size (issue 10). -1: no pymalloc (free-threaded).
+    + ["obmalloc.arena_size"]
 )
+
+# sys._debugmallocstats() ends its arena part with "N arenas * SIZE bytes/arena = TOTAL".
+ARENA_SCRIPT = r"""
+import sys
+sys._debugmallocstats()
+"""
 
 # The probe. Version branches use PY_VERSION_HEX from the headers being probed,
 # so one source serves every minor. Enum constants (FRAME_OWNED_BY_CSTACK) can't
@@ -433,6 +443,23 @@ def default_interpreters():
     return found
 
 
+def arena_size(python, free_threaded=False):
+    """Bytes per pymalloc arena, from the interpreter's own sys._debugmallocstats() (stderr);
+    -1 for a free-threaded build (mimalloc, no pymalloc arenas)."""
+    if free_threaded:
+        return -1
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}  # no PYTHONMALLOC
+    try:
+        r = subprocess.run([python, "-c", ARENA_SCRIPT], capture_output=True, text=True, env=env, timeout=60)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise OffsetsError(f"cannot run {python}: {e}") from None
+    for line in r.stderr.splitlines():
+        words = line.replace("*", " ").split()
+        if "bytes/arena" in words:
+            return int(words[words.index("bytes/arena") - 1].replace(",", ""))
+    raise OffsetsError(f"{python}: sys._debugmallocstats() names no arena size (pymalloc off?)")
+
+
 def probe(info, cc=None):
     """Compile and run the probe against one interpreter's headers -> {field: int}."""
     cc = cc or os.environ.get("CC", "cc")
@@ -475,6 +502,7 @@ def probe(info, cc=None):
         raise OffsetsError(
             "{} is {} but its headers say {}".format(info["python"], info["version"], header_version)
         )
+    values["obmalloc.arena_size"] = arena_size(info["python"], info["gil_disabled"])
     if list(values) != FIELDS:
         raise OffsetsError(f"probe printed {list(values)}, expected {FIELDS}")
     return values

@@ -89,6 +89,17 @@ def attach(
             "--python/--native-only", help="Walk Python frames (default) or attribute natively only."
         ),
     ] = True,
+    arenas: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--arenas/--no-arenas",
+            envvar="TRACKLEAK_EBPF_ARENAS",
+            show_default=False,
+            help="Charge pymalloc's arenas (Python's small objects, 256 KiB-1 MiB at a time) to the "
+            "Python line that made the interpreter map one (default on: a few probes on mmap/munmap, "
+            "cost within noise).",
+        ),
+    ] = None,
     once: Annotated[
         bool,
         typer.Option(
@@ -203,6 +214,7 @@ def attach(
         live=live,
         progress=not quiet,
         python_frames=python,
+        arenas=arenas,
     )
     ship = (es_ship or EsShip(config.default("es_ship", "host"))).value
     if not pid:

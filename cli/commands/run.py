@@ -9,6 +9,7 @@ Options go before the script: everything after the script (or after ``--``) is t
 ``trackleak run app.py --verbose`` passes ``--verbose`` to app.py. The logic is trackleak.runner.
 """
 
+import enum
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -26,6 +27,12 @@ trackleak run [OPTIONS] script.py [ARGS]... | -m MODULE [ARGS]... | -- COMMAND [
 Shows the top allocation sites while it runs and the final retention table at exit (stdout).
 The child's exit status is passed through. Options must come before the script.
 """
+
+
+class SmallObjects(str, enum.Enum):
+    auto = "auto"
+    on = "1"
+    off = "0"
 
 
 class RunCommand(TyperCommand):
@@ -80,6 +87,19 @@ def run(
     sample_rate: options.SampleRate = None,
     sample_bytes: options.SampleBytes = None,
     min_size: options.MinSize = None,
+    small_objects: Annotated[
+        Optional[SmallObjects],
+        typer.Option(
+            "--small-objects",
+            envvar="TRACKLEAK_SMALL_OBJECTS",
+            show_default=False,
+            help="Python objects of 512 bytes or less: auto (default) tracks them through CPython's "
+            "reference tracer from 3.13 on (the line that made each object, whatever the freelists "
+            "do) and leaves them out before 3.13 (the table says so); 1 also tracks them before "
+            "3.13, by wrapping pymalloc (about 1.1-1.2x; rows a freelist may have moved are marked "
+            "(?)); 0: never.",
+        ),
+    ] = None,
     dump_interval: Annotated[
         Optional[int],
         typer.Option(
@@ -133,6 +153,7 @@ def run(
             sample_rate=sample_rate,
             sample_bytes=sample_bytes,
             min_size=min_size,
+            small_objects=small_objects.value if small_objects is not None else None,
             dump_interval=dump_interval,
             startup_delay=startup_delay,
             log_dir=log_dir,

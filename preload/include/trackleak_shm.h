@@ -26,7 +26,7 @@
 #include <stdint.h>
 
 #define TL_SHM_MAGIC "TRKLEAK\0" /* 8 bytes, NUL included */
-#define TL_SHM_VERSION 3u
+#define TL_SHM_VERSION 4u /* 4: site.flags, header flags OBJECTS and SMALL_BLOCKS */
 #define TL_SHM_MEMFD_NAME "trackleak"
 
 #define TL_FUNC_MAX 128 /* bytes incl. NUL; longer names are cut */
@@ -39,6 +39,13 @@
 #define TL_FLAG_PY_UNSUPPORTED 0x8u /* CPython version without offsets: native only */
 #define TL_FLAG_FORKED 0x10u        /* a forked child: counts start at the fork */
 #define TL_FLAG_FROZEN 0x20u        /* the interpreter began finalizing: counts frozen there */
+#define TL_FLAG_OBJECTS 0x40u       /* objects <= 512 bytes counted through CPython's reference tracer (3.13+) */
+#define TL_FLAG_SMALL_BLOCKS 0x80u  /* pymalloc blocks under min_size counted by samples (3.9-3.12 small-object mode) */
+
+/* site.flags */
+#define TL_SITE_F_FREELIST 0x1u /* a sample here was an object of a type CPython recycles through a freelist
+                                   (dict, tuple, list, float) while only the allocator was watched (3.9-3.12):
+                                   the line that made it may not be the line that holds it */
 
 /* site.state */
 #define TL_SITE_EMPTY 0u
@@ -111,7 +118,7 @@ struct tl_site {
     uint32_t state;  /* TL_SITE_* ; read with acquire */
     uint32_t kind;   /* TL_KIND_* */
     uint32_t line;   /* source line (Python); 0 for native */
-    uint32_t reserved0;
+    uint32_t flags;  /* TL_SITE_F_* (set with atomic or) */
     uint64_t key_addr;  /* code object address (Python) or return address (native) */
     uint64_t key_aux;   /* instruction byte offset (low 32 bits) | code fingerprint (high 32 bits); 0 for native */
     uint64_t reserved1[4];

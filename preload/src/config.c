@@ -205,6 +205,14 @@ void tl_config_load(void)
     if (getenv("TRACKLEAK_PYMALLOC") && strcmp(getenv("TRACKLEAK_PYMALLOC"), "auto") != 0)
         env_uint("TRACKLEAK_PYMALLOC", 0, 1, &v);
     tl_cfg.pymalloc = (int)v;
+    /* TRACKLEAK_SMALL_OBJECTS: auto (default) = the reference tracer where CPython has one
+     * (3.13+); 1 = also on 3.9-3.12, by wrapping pymalloc (sampled); 0 = off. */
+    tl_cfg.small_objects = -1;
+    const char *so = getenv("TRACKLEAK_SMALL_OBJECTS");
+    if (so && (!strcmp(so, "0") || !strcmp(so, "1")))
+        tl_cfg.small_objects = so[0] - '0';
+    else if (so && strcmp(so, "auto") != 0)
+        tl_say("ignoring TRACKLEAK_SMALL_OBJECTS=\"%.40s\": expected auto, 0 or 1; using auto", so);
     tl_cfg.quiet = env_flag("TRACKLEAK_QUIET");
     strcpy(tl_cfg.json_log, "profiler.json");
     strcpy(tl_cfg.event_log, "events.log");
@@ -273,8 +281,14 @@ void tl_banner(void)
     if (tl_handoff_path[0])
         tl_say("handoff=%s", tl_handoff_path);
     const char *py = tl_py_version_str();
-    tl_say("pid=%d python=%s%s layout=%s pymalloc=%s jsonl_log=%s/%s", (int)getpid(), py ? py : "none",
-           tl_py_free_threaded() ? "t" : "", tl_py_layout_source(),
+    int newpy = tl_py_version_hex() >= 0x030d0000;
+    tl_say("pid=%d python=%s%s layout=%s pymalloc=%s small_objects=%s jsonl_log=%s/%s", (int)getpid(),
+           py ? py : "none", tl_py_free_threaded() ? "t" : "", tl_py_layout_source(),
            !py ? "n/a" : tl_cfg.pymalloc || tl_py_free_threaded() ? "tracked" : "not tracked (min_size above its range)",
+           !py || tl_cfg.small_objects == 0 ? "off"
+           : tl_py_free_threaded()          ? "off (free-threaded build)"
+           : newpy                          ? "reference tracer (sampled)"
+           : tl_cfg.small_objects == 1      ? "pymalloc wrapped (sampled; freelist rows flagged)"
+                                            : "off (TRACKLEAK_SMALL_OBJECTS=1 tracks them on this Python)",
            dir, tl_cfg.jsonl_log);
 }

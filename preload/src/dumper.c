@@ -153,6 +153,7 @@ struct row {
     const struct tl_site *s; /* names and line */
     uint64_t count, total, scount, sbytes, sfree, sfcount, peak;
     uint64_t est_c, est_b, est_fc, est_fb; /* weights (trackleak_shm.h): live = est - est_free */
+    uint32_t flags;                        /* TL_SITE_F_* of the merged records */
 };
 
 static int cmp_site_key(const void *a, const void *b)
@@ -242,6 +243,7 @@ static size_t collect_rows(struct row **out, size_t *bytes)
             w->est_fc += __atomic_load_n(&s->c[c].est_free_count, __ATOMIC_RELAXED);
             w->est_fb += __atomic_load_n(&s->c[c].est_free_bytes, __ATOMIC_RELAXED);
         }
+        w->flags |= __atomic_load_n(&s->flags, __ATOMIC_RELAXED);
         uint64_t pk = __atomic_load_n(&s->peak_single, __ATOMIC_RELAXED);
         if (pk > w->peak)
             w->peak = pk;
@@ -304,10 +306,23 @@ static void format_text(struct obuf *b, const struct row *rows, size_t n, long n
             snprintf(freed, sizeof freed, "%.2f(n/a)", MB(w->sfree));
         else
             snprintf(freed, sizeof freed, "%.2f(%.1f%%)", MB(w->sfree), ret);
-        ob_printf(b, "%-30.30s %8llu %10.2f %8llu %12.2f %8u %-16s | %s\n", w->s->function,
+        char fn[TL_FUNC_MAX + 8];
+        snprintf(fn, sizeof fn, (w->flags & TL_SITE_F_FREELIST) ? "%.26s (?)" : "%s", w->s->function);
+        ob_printf(b, "%-30.30s %8llu %10.2f %8llu %12.2f %8u %-16s | %s\n", fn,
                   (unsigned long long)w->count, MB(w->total), (unsigned long long)w->scount, MB(w->sbytes),
                   w->s->line, freed, w->s->file);
     }
+    /* Small objects (objects.c): the marker's meaning, or that they were not tracked. */
+    int marked = 0;
+    for (size_t i = 0; i < n && i < TEXT_ROWS; i++)
+        marked |= (rows[i].flags & TL_SITE_F_FREELIST) != 0;
+    if (marked)
+        ob_printf(b, "--- (?) after a FUNCTION: objects CPython recycles through freelists were sampled there while only "
+                     "the allocator was watched (CPython < 3.13): the line that keeps them may be another ---\n");
+    uint32_t fl = __atomic_load_n(&tl_hdr->flags, __ATOMIC_RELAXED);
+    if ((fl & TL_FLAG_PYMEM_HOOKED) && !(fl & (TL_FLAG_OBJECTS | TL_FLAG_SMALL_BLOCKS)) && tl_cfg.min_size > 0)
+        ob_printf(b, "--- objects under %zu bytes are not tracked on this Python (before 3.13): "
+                     "TRACKLEAK_SMALL_OBJECTS=1 tracks them ---\n", tl_cfg.min_size);
     /* Losses are said here too (the original's footer, unchanged when there are none). */
     if (tl_hdr->dropped_sites || tl_hdr->dropped_samples || tl_hdr->recycled_sites)
         ob_printf(b,
@@ -356,10 +371,11 @@ static void format_json(struct obuf *b, const struct row *rows, size_t n, long n
             ob_printf(b, "null");
         else
             ob_printf(b, "%.1f", ret);
-        ob_printf(b, ",\"peak_single\":%llu,\"avg_size\":%llu,\"native\":%s,\"live_bytes\":%llu,\"live_count\":%llu}",
+        ob_printf(b, ",\"peak_single\":%llu,\"avg_size\":%llu,\"native\":%s,\"live_bytes\":%llu,\"live_count\":%llu,"
+                     "\"misattributed\":%s}",
                   (unsigned long long)w->peak, (unsigned long long)(w->count ? w->total / w->count : 0),
                   w->s->kind == TL_KIND_NATIVE ? "true" : "false", (unsigned long long)live_bytes(w),
-                  (unsigned long long)live_count(w));
+                  (unsigned long long)live_count(w), (w->flags & TL_SITE_F_FREELIST) ? "true" : "false");
     }
     ob_printf(b, "]}\n");
 }

@@ -11,6 +11,7 @@
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <sys/syscall.h>
 #include <errno.h>
 #include <malloc.h>
 #include <stdlib.h>
@@ -209,6 +210,17 @@ TL_EXPORT void _exit(int status)
         tl_dump_at_exit();
     real.exit_(status);
     __builtin_unreachable();
+}
+
+/* pymalloc gives its arenas back with munmap (through the PLT, so this
+ * definition is the one it calls). objects.c reads some just-created objects
+ * one tracer event later: an arena unmapped in between must not be read, so
+ * every munmap moves this epoch. The system call itself, as glibc's wrapper. */
+volatile uint64_t tl_unmap_epoch;
+TL_EXPORT int munmap(void *addr, size_t len)
+{
+    __atomic_add_fetch(&tl_unmap_epoch, 1, __ATOMIC_RELAXED);
+    return (int)syscall(SYS_munmap, addr, len);
 }
 
 /* For hooks_dl.c: a lookup through a library handle returned found for name.

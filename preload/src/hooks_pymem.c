@@ -53,8 +53,33 @@ enum { DOM_RAW = 0, DOM_MEM = 1, DOM_OBJ = 2, DOM_N = 3 };
 volatile int tl_pymem_wanted;
 static tl_pymem_allocator prev[DOM_N];
 
+/* Small-object mode on 3.9-3.12 (tl_small_blocks): blocks of the object domain
+ * (objects; before 3.13 a dict's keys table too) under the minimum size are
+ * counted only when sampled: their fast path is one TLS subtract
+ * (tl_small_sampled); the sampled ones read the frame. The mem domain
+ * (container storage) stays as TRACKLEAK_PYMALLOC says: wrapping it too cost
+ * more than it told (bench/run.py). */
+static volatile int tl_small_blocks;
+static __attribute__((noinline)) void *small_after(void *p, size_t size, void *ra, int dom)
+{
+    if (!p || tl_guard || !tl_active || tl_disabled || !tl_sample_hit(size))
+        return p;
+    if (tl_small_pend)
+        tl_small_pend_check(); /* the previous sampled block: initialised long since */
+    tl_guard = 1;
+    struct tl_site *s = tl_record_sampled(p, size, 0, NULL, ra, 1);
+    if (dom == DOM_OBJ)
+        tl_small_pend_set(p, size, s);
+    tl_guard = 0;
+    return p;
+}
+
 /* Fast paths (small block, or inside the shim) are a compare and a tail call;
- * everything else is in the out-of-line slow functions. */
+ * everything else is in the out-of-line slow functions. SMALL_D: the domain
+ * takes part in small-object mode (pymalloc's two). */
+#define SMALL_0 0
+#define SMALL_1 0
+#define SMALL_2 1
 #define DEFINE_DOMAIN_HOOKS(D)                                                                  \
     static __attribute__((noinline)) void *slow_malloc_##D(size_t size, void *ra)               \
     {                                                                                           \
@@ -63,18 +88,37 @@ static tl_pymem_allocator prev[DOM_N];
         tl_guard = 0;                                                                           \
         return tl_after_alloc(p, size, ra, GIL_##D);                                            \
     }                                                                                           \
+    static inline void *small_malloc_##D(size_t size, void *ra)                                 \
+    {                                                                                           \
+        void *p = prev[D].malloc(prev[D].ctx, size);                                            \
+        tl_gap -= (int64_t)size; /* (inside the shim too: only moves the gap) */                \
+        if (TL_LIKELY(tl_gap > 0))                                                              \
+            return p;                                                                           \
+        return small_after(p, size, ra, D);                                                     \
+    }                                                                                           \
     static void *hook_malloc_##D(void *ctx, size_t size)                                        \
     {                                                                                           \
         (void)ctx;                                                                              \
-        if (TL_LIKELY(size < tl_cfg.min_size) || tl_guard)                                      \
+        if (TL_LIKELY(size < tl_cfg.min_size) || tl_guard) {                                    \
+            if (SMALL_##D && tl_small_blocks)                                                   \
+                return small_malloc_##D(size, __builtin_return_address(0));                     \
             return prev[D].malloc(prev[D].ctx, size);                                           \
+        }                                                                                       \
         return slow_malloc_##D(size, __builtin_return_address(0));                              \
     }                                                                                           \
     static void *hook_calloc_##D(void *ctx, size_t n, size_t size)                              \
     {                                                                                           \
         (void)ctx;                                                                              \
-        if (tl_guard || n * size < tl_cfg.min_size)                                             \
+        if (tl_guard || n * size < tl_cfg.min_size) {                                           \
+            if (SMALL_##D && tl_small_blocks) {                                                 \
+                void *p = prev[D].calloc(prev[D].ctx, n, size);                                 \
+                tl_gap -= (int64_t)(n * size);                                                  \
+                if (TL_LIKELY(tl_gap > 0))                                                      \
+                    return p;                                                                   \
+                return small_after(p, n * size, __builtin_return_address(0), D);                \
+            }                                                                                   \
             return prev[D].calloc(prev[D].ctx, n, size);                                        \
+        }                                                                                       \
         tl_guard = 1;                                                                           \
         void *p = prev[D].calloc(prev[D].ctx, n, size);                                         \
         tl_guard = 0;                                                                           \
@@ -83,6 +127,8 @@ static tl_pymem_allocator prev[DOM_N];
     static void *hook_realloc_##D(void *ctx, void *ptr, size_t size)                            \
     {                                                                                           \
         (void)ctx;                                                                              \
+        if (SMALL_##D && ptr && ptr == tl_small_pend)                                           \
+            tl_small_pend = NULL;                                                               \
         if (tl_guard)                                                                           \
             return prev[D].realloc(prev[D].ctx, ptr, size);                                     \
         uint64_t entry;                                                                         \
@@ -111,6 +157,8 @@ static tl_pymem_allocator prev[DOM_N];
     static void hook_free_##D(void *ctx, void *ptr)                                             \
     {                                                                                           \
         (void)ctx;                                                                              \
+        if (SMALL_##D && TL_UNLIKELY(ptr == tl_small_pend) && ptr)                              \
+            tl_small_pend = NULL;                                                               \
         if (TL_LIKELY(!tl_maybe_sampled(ptr, GIL_##D)))                                         \
             return prev[D].free(prev[D].ctx, ptr);                                              \
         slow_free_##D(ptr); /* a nested raw free finds nothing left to credit */                \
@@ -119,6 +167,21 @@ static tl_pymem_allocator prev[DOM_N];
 DEFINE_DOMAIN_HOOKS(0)
 DEFINE_DOMAIN_HOOKS(1)
 DEFINE_DOMAIN_HOOKS(2)
+
+/* The raw domain remembers its last block per thread (tl_last_raw). */
+TL_TLS void *tl_last_raw;
+static void *raw_malloc(void *ctx, size_t size)
+{
+    return tl_last_raw = hook_malloc_0(ctx, size);
+}
+static void *raw_calloc(void *ctx, size_t n, size_t size)
+{
+    return tl_last_raw = hook_calloc_0(ctx, n, size);
+}
+static void *raw_realloc(void *ctx, void *ptr, size_t size)
+{
+    return tl_last_raw = hook_realloc_0(ctx, ptr, size);
+}
 
 /* ---- exit dump from Python's atexit ----------------------------------------
  * A dump after Py_FinalizeEx is too late twice over: module teardown has freed
@@ -141,6 +204,7 @@ static PyObj atexit_dump(PyObj self, PyObj unused)
     (void)unused;
     if (getpid() == tl_owner_pid) {
         tl_freeze();
+        tl_objects_uninstall();
         tl_dump_at_exit();
     }
     PyObj none = dlsym(RTLD_DEFAULT, "_Py_NoneStruct");
@@ -188,22 +252,34 @@ static int install(void *arg)
     if (!get || !set || tl_disabled)
         return 0;
     tl_pymem_allocator ours[DOM_N] = {
-        {NULL, hook_malloc_0, hook_calloc_0, hook_realloc_0, hook_free_0},
+        {NULL, raw_malloc, raw_calloc, raw_realloc, hook_free_0},
         {NULL, hook_malloc_1, hook_calloc_1, hook_realloc_1, hook_free_1},
         {NULL, hook_malloc_2, hook_calloc_2, hook_realloc_2, hook_free_2},
     };
+    tl_py_mark_up(); /* (tl_py_current works from here on: the tracer may need it at once) */
+    /* Small objects (objects.c): the reference tracer on 3.13+; else, when asked
+     * (TRACKLEAK_SMALL_OBJECTS=1), pymalloc's small blocks by samples. */
+    int tracer = tl_objects_install();
+    int small = !tracer && tl_cfg.small_objects == 1 && !tl_py_free_threaded();
     /* The mem and object domains are pymalloc's (blocks <= 512 bytes; larger
-     * ones go on to the raw domain, which we always wrap). A free-threaded build
-     * serves them from mimalloc at every size, never through the raw domain:
-     * wrapped always, or its objects would not be seen at all. */
-    int ndom = tl_cfg.pymalloc || tl_py_free_threaded() ? DOM_N : 1;
-    for (int d = 0; d < ndom; d++) {
+     * ones go on to the raw domain, which we always wrap). With the tracer on,
+     * objects are its: the object domain stays unwrapped (counted once). A
+     * free-threaded build serves both from mimalloc at every size, never through
+     * the raw domain: wrapped always there, or its objects would not be seen. */
+    int ft = tl_py_free_threaded();
+    int want[DOM_N] = {1, tl_cfg.pymalloc || ft, (tl_cfg.pymalloc && !tracer) || small || ft};
+    for (int d = 0; d < DOM_N; d++) {
+        if (!want[d])
+            continue;
         get(d, &prev[d]);
         ours[d].ctx = prev[d].ctx;
         set(d, &ours[d]);
     }
+    if (small) {
+        tl_small_blocks = 1;
+        __atomic_or_fetch(&tl_hdr->flags, TL_FLAG_SMALL_BLOCKS, __ATOMIC_RELAXED);
+    }
     __atomic_or_fetch(&tl_hdr->flags, TL_FLAG_PYMEM_HOOKED, __ATOMIC_RELAXED);
-    tl_py_mark_up();
     int old = tl_guard;
     tl_guard = 1; /* what registering allocates is ours, not the user's */
     register_atexit();

@@ -56,11 +56,14 @@ static struct {
     int (*add_pending_call)(int (*)(void *), void *);
     void *code_type;
     void *unicode_type;
+    void *long_type;
 } rt;
 
 int tl_py_gil_one = 1;
 void *const volatile *tl_py_interp_head;
 void *tl_py_main_interp;
+
+void *tl_py_sym(const char *name) { return dlsym(RTLD_DEFAULT, name); }
 
 int tl_py_present(void) { return rt.present; }
 int tl_py_free_threaded(void) { return rt.free_threaded; }
@@ -201,6 +204,7 @@ void tl_py_discover(void)
     rt.add_pending_call = (int (*)(int (*)(void *), void *))dlsym(RTLD_DEFAULT, "Py_AddPendingCall");
     rt.code_type = dlsym(RTLD_DEFAULT, "PyCode_Type");
     rt.unicode_type = dlsym(RTLD_DEFAULT, "PyUnicode_Type");
+    rt.long_type = dlsym(RTLD_DEFAULT, "PyLong_Type");
     if (!rt.is_initialized || !rt.this_thread_state || !rt.addr2line || !rt.code_type || !rt.unicode_type)
         return; /* not a Python process (or an embedding we cannot see) */
     rt.present = 1;
@@ -357,4 +361,34 @@ void tl_py_describe(const struct tl_pyloc *loc, struct tl_site *site)
     /* PyCode_Addr2Line only reads the code object's immutable line table. */
     int line = rt.addr2line((void *)code, (int)loc->offset);
     site->line = line > 0 ? (uint32_t)line : (uint32_t)AT(code, o->code_co_firstlineno, int);
+}
+
+/* ---- object sizes (objects.c, CPython 3.13+) -----------------------------
+ * What objects.c needs to size an object, read once. PyTypeObject's first
+ * fields have had the same offsets since 3.8 on 64-bit builds (the test
+ * test_type_object_offsets reads them back through ctypes on every local
+ * interpreter); the str fields come from the generated per-version table. */
+int tl_py_object_layout(struct tl_objlayout *l)
+{
+    const struct tl_pyoffsets *o = rt.o;
+    if (!o || !rt.unicode_type || !rt.long_type)
+        return 0;
+    l->ob_type = (size_t)o->object_ob_type;
+    l->ob_size = 16;      /* PyVarObject.ob_size; PyLongObject's lv_tag (3.12+) */
+    l->tp_basicsize = 32;
+    l->tp_itemsize = 40;
+    l->tp_flags = 168;
+    l->gc_flag = 1UL << 14;                 /* Py_TPFLAGS_HAVE_GC: a 16-byte GC header before */
+    l->preheader_flags = (1UL << 3) | (1UL << 4); /* MANAGED_WEAKREF | MANAGED_DICT: 16 more */
+    l->str_type = rt.unicode_type;
+    l->long_type = rt.long_type;
+    l->str_state = (size_t)o->unicode_state;
+    l->str_length = (size_t)o->unicode_length;
+    l->str_kind_shift = (unsigned)o->unicode_state_kind_shift;
+    l->str_kind_mask = (1u << o->unicode_state_kind_bits) - 1;
+    l->str_compact_bit = (unsigned)o->unicode_state_compact_bit;
+    l->str_ascii_bit = (unsigned)o->unicode_state_ascii_bit;
+    l->str_ascii_size = (size_t)o->unicode_asciiobject_size;
+    l->str_compact_size = (size_t)o->unicode_compact_size;
+    return 1;
 }

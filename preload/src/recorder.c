@@ -31,7 +31,7 @@ TL_TLS int tl_guard;
  * with exponential gaps of mean tl_cfg.sample_interval. gap is the bytes this
  * thread may still allocate before the next point; rng is 0 until seeded (a new
  * thread, a forked child). */
-static TL_TLS int64_t gap;
+TL_TLS int64_t tl_gap; /* shared with the inline fast path of small blocks and objects (tl_internal.h) */
 static TL_TLS uint64_t rng;
 static TL_TLS uint32_t tick_countdown; /* samples until this thread looks at the clock */
 
@@ -57,7 +57,16 @@ static unsigned index_bits; /* site index slots: 2^index_bits >= 4x the site rec
 #define TOMB ((uint64_t)1) /* freed; reusable */
 #define BUSY ((uint64_t)2) /* being filled */
 #define META_SITE_BITS 24
-#define META_MAX_SIZE (((uint64_t)1 << (64 - META_SITE_BITS)) - 1)
+#define META_MAX_SIZE (((uint64_t)1 << (64 - META_SITE_BITS - 1)) - 1)
+/* The size field of a sample (meta >> META_SITE_BITS): its bytes, or, with
+ * META_CHARGED set, an object sampled on fewer bytes than it has (objects.c:
+ * its size was not known yet): bits 0-31 its bytes, 32-38 the charged bytes / 8.
+ * Its weights come from the charged size (what its inclusion probability was). */
+#define META_CHARGED ((uint64_t)1 << (64 - META_SITE_BITS - 1))
+static inline uint64_t field_bytes(uint64_t f)
+{
+    return (f & META_CHARGED) ? (f & 0xffffffffu) : f;
+}
 
 static uint64_t *site_index; /* (hash32 << 32) | (record + 1), 0 = empty, IDX_TOMB = removed */
 #define IDX_TOMB UINT64_MAX
@@ -520,7 +529,7 @@ void tl_put_back(void *p, uint64_t entry, int gil)
 
 static void seed_rng(void)
 {
-    uint64_t x = tl_now_ns(CLOCK_MONOTONIC) ^ ((uint64_t)(uintptr_t)&gap << 17) ^ ((uint64_t)getpid() << 40);
+    uint64_t x = tl_now_ns(CLOCK_MONOTONIC) ^ ((uint64_t)(uintptr_t)&tl_gap << 17) ^ ((uint64_t)getpid() << 40);
     static uint64_t threads;
     x ^= __atomic_add_fetch(&threads, 0x9e3779b97f4a7c15ull, __ATOMIC_RELAXED);
     x = tl_mix64(x);
@@ -551,15 +560,16 @@ static int64_t next_gap(void)
 /* What one sample of SIZE bytes stands for: 1/p allocations (in TL_COUNT_ONE
  * units) and size/p bytes, p = 1 - exp(-size / R). Deterministic in size, so the
  * free of a sample takes back exactly what its allocation added. */
-static void weights(uint64_t size, uint64_t *count_w, uint64_t *bytes_w)
+static void weights(uint64_t field, uint64_t *count_w, uint64_t *bytes_w)
 {
     uint64_t r = tl_cfg.sample_interval;
+    uint64_t size = field_bytes(field), charged = (field & META_CHARGED) ? ((field >> 32) & 0x7f) * 8 : size;
     if (!r || !size) {
         *count_w = size ? TL_COUNT_ONE : 0;
         *bytes_w = size;
         return;
     }
-    double p = -expm1(-(double)size / (double)r);
+    double p = -expm1(-(double)charged / (double)r);
     if (p <= 0.0) { /* not reachable for size >= 1 and r < 2^62; stay finite anyway */
         *count_w = *bytes_w = 0;
         return;
@@ -571,7 +581,7 @@ static void weights(uint64_t size, uint64_t *count_w, uint64_t *bytes_w)
 void tl_credit_free(void *p, uint64_t entry, int gil)
 {
     uint32_t rec = (uint32_t)(entry & ((1u << META_SITE_BITS) - 1));
-    uint64_t size = entry >> META_SITE_BITS;
+    uint64_t field = entry >> META_SITE_BITS, size = field_bytes(field);
     if (rec >= tl_hdr->site_capacity)
         return;
     struct tl_site *s = &tl_sites[rec];
@@ -579,7 +589,7 @@ void tl_credit_free(void *p, uint64_t entry, int gil)
     BUMP(s, sample_free_bytes, size, gil);
     if (tl_cfg.sample_interval) {
         uint64_t wc, wb;
-        weights(size, &wc, &wb);
+        weights(field, &wc, &wb);
         BUMP(s, est_free_count, wc, gil);
         BUMP(s, est_free_bytes, wb, gil);
     }
@@ -589,22 +599,39 @@ void tl_credit_free(void *p, uint64_t entry, int gil)
 
 /* ---- the hot path ---------------------------------------------------------- */
 
-void tl_record_alloc(void *p, size_t size, void *ra, int gil)
+/* The sample point fell on (or before the end of) an allocation of SIZE bytes
+ * counted only by samples; tl_gap <= 0. Draws the next gap; returns 1 when the
+ * allocation is sampled (0 only for a new thread, whose first point is drawn
+ * here: see tl_small_sampled in tl_internal.h). */
+int tl_sample_hit(size_t size)
+{
+    if (TL_UNLIKELY(!rng)) { /* first allocation of this thread: draw where its first point is */
+        seed_rng();
+        tl_gap = next_gap() - (int64_t)size;
+        if (tl_gap > 0)
+            return 0;
+    }
+    tl_gap = next_gap(); /* memoryless: the next point is a fresh draw from here */
+    return 1;
+}
+
+/* The site of the calling thread's allocation: its Python line, else RA's
+ * native caller. NULL when the table is full; *frozen set when the interpreter
+ * is finalizing. */
+static struct tl_site *site_here(const struct tl_pyloc *given, void *ra, int *frozen)
 {
     struct tl_pyloc loc;
-    struct tl_site *s;
-    uint64_t stale;
-    /* The allocator handed out an address we still hold as a live sample: that
-     * block was freed where we could not see it (a library bound to the real
-     * free with RTLD_DEEPBIND or in another namespace). Credit it now rather
-     * than keep a phantom leak. */
-    if (tl_cfg.sample_interval && TL_UNLIKELY(tl_maybe_sampled(p, gil)) && tl_take(p, &stale, gil))
-        tl_credit_free(p, stale, gil); /* (sampled mode only: in exhaustive mode the filter is dense
-                                          and this lookup would cost ~7 % on every allocation) */
-    int py = tl_py_current(&loc);
+    int py;
+    if (given) {
+        loc = *given;
+        py = 1;
+    } else {
+        py = tl_py_current(&loc);
+    }
+    *frozen = 0;
     if (TL_UNLIKELY(py < 0)) {
-        tl_freeze();
-        return;
+        *frozen = 1;
+        return NULL;
     }
     uint32_t kind = py ? TL_KIND_PYTHON : TL_KIND_NATIVE;
     uint64_t addr = py ? loc.code : (uint64_t)(uintptr_t)ra;
@@ -614,36 +641,33 @@ void tl_record_alloc(void *p, size_t size, void *ra, int gil)
         memset(tcache, 0, sizeof tcache);
         tcache_epoch = site_epoch;
     }
-    s = tcache[slot].site;
+    struct tl_site *s = tcache[slot].site;
     if (!s || tcache[slot].addr != addr || tcache[slot].aux != aux || s->kind != kind) {
         s = site_lookup(kind, addr, aux, py ? &loc : NULL, ra);
         if (TL_UNLIKELY(!s))
-            return;
+            return NULL;
         tcache[slot].addr = addr;
         tcache[slot].aux = aux;
         tcache[slot].site = s;
     }
-    BUMP(s, count, 1, gil);
-    BUMP(s, total_bytes, size, gil);
+    return s;
+}
+
+static inline void bump_peak(struct tl_site *s, uint64_t size)
+{
     uint64_t peak = __atomic_load_n(&s->peak_single, __ATOMIC_RELAXED);
     while (size > peak &&
            !__atomic_compare_exchange_n(&s->peak_single, &peak, size, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
         ;
-    if (TL_LIKELY(tl_cfg.sample_interval)) {
-        gap -= (int64_t)size;
-        if (TL_LIKELY(gap > 0))
-            return;
-        if (TL_UNLIKELY(!rng)) { /* first allocation of this thread: draw where its first point is */
-            seed_rng();
-            gap = next_gap() - (int64_t)size;
-            if (gap > 0)
-                return;
-        }
-        gap = next_gap(); /* memoryless: the next point is a fresh draw from here */
-    }
+}
+
+/* A sample taken: into the live set, its weights onto the site. */
+static void take_sample(struct tl_site *s, void *p, uint64_t field, int gil)
+{
     uint64_t rec = (uint64_t)(s - tl_sites);
-    uint64_t sz = size > META_MAX_SIZE ? META_MAX_SIZE : size;
-    if (!live_insert(p, (sz << META_SITE_BITS) | rec, gil)) {
+    uint64_t sz = field_bytes(field);
+    size_t size = sz;
+    if (!live_insert(p, (field << META_SITE_BITS) | rec, gil)) {
         __atomic_add_fetch(&tl_hdr->dropped_samples, 1, __ATOMIC_RELAXED);
         return;
     }
@@ -651,7 +675,7 @@ void tl_record_alloc(void *p, size_t size, void *ra, int gil)
     BUMP(s, sample_bytes, sz, gil);
     if (tl_cfg.sample_interval) { /* exhaustive: weights are 1 and size, readers use sample_* */
         uint64_t wc, wb;
-        weights(sz, &wc, &wb);
+        weights(field, &wc, &wb);
         BUMP(s, est_count, wc, gil);
         BUMP(s, est_bytes, wb, gil);
     }
@@ -663,4 +687,64 @@ void tl_record_alloc(void *p, size_t size, void *ra, int gil)
     } else {
         tick_countdown--;
     }
+}
+
+/* ---- the hot path ---------------------------------------------------------- */
+
+void tl_record_alloc(void *p, size_t size, void *ra, int gil)
+{
+    uint64_t stale;
+    int frozen;
+    /* The allocator handed out an address we still hold as a live sample: that
+     * block was freed where we could not see it (a library bound to the real
+     * free with RTLD_DEEPBIND or in another namespace). Credit it now rather
+     * than keep a phantom leak. */
+    if (tl_cfg.sample_interval && TL_UNLIKELY(tl_maybe_sampled(p, gil)) && tl_take(p, &stale, gil))
+        tl_credit_free(p, stale, gil); /* (sampled mode only: in exhaustive mode the filter is dense
+                                          and this lookup would cost ~7 % on every allocation) */
+    struct tl_site *s = site_here(NULL, ra, &frozen);
+    if (TL_UNLIKELY(!s)) {
+        if (frozen)
+            tl_freeze();
+        return;
+    }
+    BUMP(s, count, 1, gil);
+    BUMP(s, total_bytes, size, gil);
+    bump_peak(s, size);
+    if (TL_LIKELY(tl_cfg.sample_interval)) {
+        tl_gap -= (int64_t)size;
+        if (TL_LIKELY(tl_gap > 0))
+            return;
+        if (!tl_sample_hit(size))
+            return;
+    }
+    take_sample(s, p, size > META_MAX_SIZE ? META_MAX_SIZE : size, gil);
+}
+
+/* A small block or object counted only through its samples (objects of CPython
+ * 3.13+ through the reference tracer, pymalloc blocks in small-object mode):
+ * the sample point fell on it. COUNT and TOTAL get the sample's weights (1/p
+ * allocations, size/p bytes: the estimate of what the unsampled ones added),
+ * exact in exhaustive mode. Caller holds the guard. */
+struct tl_site *tl_record_sampled(void *p, size_t size, size_t charged, const struct tl_pyloc *loc, void *ra,
+                                  int gil)
+{
+    int frozen;
+    struct tl_site *s = site_here(loc, ra, &frozen);
+    if (TL_UNLIKELY(!s)) {
+        if (frozen)
+            tl_freeze();
+        return NULL;
+    }
+    uint64_t field = size > META_MAX_SIZE ? META_MAX_SIZE : size;
+    if (charged && charged != size && size <= 0xffffffffu && charged <= 127 * 8)
+        field = META_CHARGED | ((uint64_t)(charged / 8) << 32) | size;
+    uint64_t wc = TL_COUNT_ONE, wb = size;
+    if (tl_cfg.sample_interval)
+        weights(field, &wc, &wb);
+    BUMP(s, count, (wc + TL_COUNT_ONE / 2) / TL_COUNT_ONE, gil);
+    BUMP(s, total_bytes, wb, gil);
+    bump_peak(s, size);
+    take_sample(s, p, field, gil);
+    return s;
 }

@@ -5,6 +5,7 @@
  *   hooks_libc.c   malloc-family interposers, dlsym bootstrap, _exit hook
  *   hooks_dl.c     dlsym/dlvsym interposers: allocator lookups through handles
  *   hooks_pymem.c  PyMem_SetAllocator wrappers (raw, mem, object domains)
+ *   objects.c      small objects: CPython 3.13+'s reference tracer; freelist flag (3.9-3.12)
  *   pyframe.c      CPython runtime discovery; own thread's frame -> (code, offset); names
  *   recorder.c     reentrancy guard, byte-weighted sampling, site table, sampled live set
  *   shm_table.c    the memfd segment (layout in include/trackleak_shm.h), fork handling
@@ -43,6 +44,8 @@ struct tl_config {
     int quiet;               /* TRACKLEAK_QUIET */
     int pymalloc;            /* wrap pymalloc's domains: TRACKLEAK_PYMALLOC, or
                                 auto: when min_size <= TL_PYMALLOC_AUTO_MAX */
+    int small_objects;       /* TRACKLEAK_SMALL_OBJECTS: -1 auto (the reference tracer where CPython
+                                has one, 3.13+), 1 also on 3.9-3.12 (pymalloc wrapped, sampled), 0 off */
     char log_dir[512];       /* resolved at init; "" when file logging is off */
     char json_log[128];      /* text table file name (original name) */
     char jsonl_log[136];     /* JSON lines file name */
@@ -60,6 +63,7 @@ void tl_banner(void) TL_HIDDEN;
 /* One line on stderr, written with write(2); never allocates. */
 void tl_say(const char *fmt, ...) TL_HIDDEN __attribute__((format(printf, 1, 2)));
 
+struct tl_pyloc; /* pyframe.c */
 /* ---- recorder.c -------------------------------------------------------- */
 /* The per-thread reentrancy guard. initial-exec TLS: the shim is loaded at
  * start-up (LD_PRELOAD), so its TLS lives in the static block and reading it
@@ -78,6 +82,17 @@ void tl_freeze(void) TL_HIDDEN; /* stop counting; the table keeps its state */
 /* gil: the caller holds the GIL (PyMem/PyObject domains), so counters of the
  * site can be bumped without a locked instruction. */
 void tl_record_alloc(void *p, size_t size, void *ret_addr, int gil) TL_HIDDEN;
+/* Small blocks and objects are counted only when sampled (the per-thread gap
+ * below is the one tl_record_alloc uses: one byte stream per thread).
+ * tl_sample_hit: the gap ran out on SIZE bytes; 1 when they are sampled.
+ * tl_record_sampled: count the sample (weights into COUNT/TOTAL); loc NULL:
+ * read the frame now, RA names a native site. Caller holds the guard. */
+extern TL_TLS int64_t tl_gap;
+int tl_sample_hit(size_t size) TL_HIDDEN;
+/* CHARGED: the bytes the sampling decision was made on when fewer than SIZE
+ * (0: SIZE); the weights follow it (objects.c: a size learnt later). */
+struct tl_site *tl_record_sampled(void *p, size_t size, size_t charged, const struct tl_pyloc *loc, void *ra,
+                                  int gil) TL_HIDDEN;
 /* Remove p from the sampled live set before the block is released.
  * Returns 1 and the entry (opaque) when p was sampled. */
 int tl_take(void *p, uint64_t *entry, int gil) TL_HIDDEN;
@@ -120,6 +135,18 @@ static inline int tl_py_gil_exclusive(void)
         return 1;
     return tl_py_current_interp_is_main();
 }
+/* Where objects.c finds an object's size (CPython 3.13+): offsets into the
+ * object, its type and a str; filled once by tl_py_object_layout (0: unknown). */
+#define TL_SMALL_MAX 512 /* pymalloc's SMALL_REQUEST_THRESHOLD (3.9-3.13) */
+struct tl_objlayout {
+    size_t ob_type, ob_size, tp_basicsize, tp_itemsize, tp_flags;
+    unsigned long gc_flag, preheader_flags;
+    const void *str_type, *long_type;
+    size_t str_state, str_length, str_ascii_size, str_compact_size;
+    unsigned str_kind_shift, str_kind_mask, str_compact_bit, str_ascii_bit;
+};
+int tl_py_object_layout(struct tl_objlayout *l) TL_HIDDEN;
+void *tl_py_sym(const char *name) TL_HIDDEN; /* dlsym(RTLD_DEFAULT) */
 
 /* ---- hooks_libc.c / hooks_dl.c ------------------------------------------ */
 /* found: what the real dlsym returned for name. The shim's own function when
@@ -128,10 +155,25 @@ static inline int tl_py_gil_exclusive(void)
 void *tl_libc_swap(const char *name, void *found) TL_HIDDEN;
 /* Find the C library's dlsym/dlvsym (hooks_dl.c); idempotent, never allocates. */
 void tl_dl_init(void) TL_HIDDEN;
+extern volatile uint64_t tl_unmap_epoch TL_HIDDEN; /* moved by every munmap through the PLT */
 
 /* ---- hooks_pymem.c ----------------------------------------------------- */
 extern volatile int tl_pymem_wanted TL_HIDDEN; /* set until the hooks are installed */
+/* The block the raw domain last handed to this thread: pymalloc passes requests
+ * over 512 bytes on to it, so an object created there is not pymalloc's (objects.c). */
+extern TL_TLS void *tl_last_raw;
 void tl_pymem_maybe_install(void) TL_HIDDEN;   /* cheap; from the libc hooks */
+
+/* ---- objects.c ---------------------------------------------------------- */
+/* Called by the install pending call (GIL held): the reference tracer on
+ * 3.13+ when TRACKLEAK_SMALL_OBJECTS allows. Returns 1 when installed. */
+int tl_objects_install(void) TL_HIDDEN;
+void tl_objects_uninstall(void) TL_HIDDEN; /* at the exit table (GIL held) */
+/* 3.9-3.12 small-object mode: a sampled pymalloc block whose type is only
+ * known once CPython initialised it (at the next hook call of a GIL domain). */
+extern void *volatile tl_small_pend TL_HIDDEN;
+void tl_small_pend_set(void *p, size_t size, struct tl_site *s) TL_HIDDEN;
+void tl_small_pend_check(void) TL_HIDDEN;
 
 /* ---- shm_table.c ------------------------------------------------------- */
 extern struct tl_shm_header *tl_hdr TL_HIDDEN;
@@ -173,6 +215,16 @@ static inline void *tl_after_alloc(void *p, size_t size, void *ra, int gil)
         }
     }
     return p;
+}
+
+/* The sample point falls on a small block or object of SIZE bytes (GIL held
+ * or TLS only: no shared state). Cheap on purpose: one TLS subtract. */
+static inline int tl_small_sampled(size_t size)
+{
+    tl_gap -= (int64_t)size;
+    if (TL_LIKELY(tl_gap > 0))
+        return 0;
+    return tl_sample_hit(size);
 }
 
 /* Counting filter over the sampled live set: how many live samples hash to

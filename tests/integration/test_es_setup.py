@@ -182,6 +182,29 @@ def test_data_stream_template_takes_the_shippers_documents(es, es_url):  # noqa:
             es.options(ignore_status=404).indices.delete(index=old)
 
 
+def test_an_index_made_by_an_older_trackleak_takes_the_new_fields(es, es_url, es_index):  # noqa: F811
+    """An index whose strict mapping predates a field (here: container) is brought up to the
+    schema by the shipper before it ships, so no document of the newer version is refused."""
+    old = index_mapping()
+    del old["properties"]["container"]
+    es.indices.create(index=es_index, mappings=old)
+    config = EsConfig.from_env(
+        {"ENABLE_ELASTICSEARCH": "1", "ELASTICSEARCH_URL": es_url, "ELASTICSEARCH_INDEX": es_index}
+    )
+    said: list[str] = []
+    shipper = Shipper(config, say=said.append)
+    meta = DocMeta(timestamp=time.time(), elapsed_seconds=5, hostname="web-1")
+    shipper.submit([Row("f", "a.py", 1, count=3, total_bytes=300, container="docker:0123456789ab")] * 2, meta)
+    assert shipper.flushed(30)
+    stats = shipper.close(5)
+    assert stats.shipped == 2 and stats.failed == 0, (stats, said)
+    assert any("mapping updated" in s and "container" in s for s in said), said
+    props = es.indices.get_mapping(index=es_index)[es_index]["mappings"]["properties"]
+    assert props["container"]["type"] == "keyword"
+    es.indices.refresh(index=es_index)
+    assert {d["container"] for d in search_all(es, es_index)} == {"docker:0123456789ab"}
+
+
 # --------------------------------------------------------------------------- the dashboard
 
 

@@ -51,7 +51,7 @@ def trackleak_run(workdir: Path, name: str, rounds: int) -> tuple[dict, dict]:
         str(rounds),
         str(PER_ROUND),
         str(SIZE),
-        "0.15",
+        str(PAUSE_S),
         cwd=workdir,
         timeout=120,
     )

@@ -127,6 +127,9 @@ def test_forked_workers_add_up(interpreters, tmp_path):
         interpreters[-1].path,
         str(script),
         cwd=tmp_path,
+        env={
+            "TRACKLEAK_SMALL_OBJECTS": "0"
+        },  # allocator blocks only (3.13+ objects: test_shim_small_objects)
     )
     assert res.returncode == 0, res.stderr
     data = json.loads(out.read_text())

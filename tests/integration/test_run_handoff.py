@@ -34,6 +34,9 @@ def run_json(script: Path, python: str, *extra: str, timeout: float = 120) -> tu
         str(script),
         cwd=script.parent,
         timeout=timeout,
+        env={
+            "TRACKLEAK_SMALL_OBJECTS": "0"
+        },  # allocator blocks only (3.13+ objects: test_shim_small_objects)
     )
     assert out.exists(), f"no JSON written\nstdout: {res.stdout[-3000:]}\nstderr: {res.stderr[-3000:]}"
     return json.loads(out.read_text()), res

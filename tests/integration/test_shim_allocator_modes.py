@@ -19,7 +19,7 @@ import sys, tracemalloc
 keep = []
 def leak():
     for i in range(500):
-        keep.append(bytes(700 + i % 2))  # ALLOC: leak
+        keep.append(b"x" * (700 + i % 2))  # ALLOC: leak
 leak()
 if tracemalloc.is_tracing():
     tracemalloc.stop()      # restores the allocators it wrapped (ours)

@@ -69,7 +69,9 @@ def test_every_table_is_handed_off_with_true_claims(cpython, listener, tmp_path)
     snap = H.read_table(child.fd, child.pid)
     assert "forked" in snap.header.flag_names
     rows = [r for r in snap.rows if r.file == str(script) and r.line == line_of(script, "child")]
-    assert sum(r.count for r in rows) == 5, [r for r in snap.rows if r.count][:10]
+    # (5 buffers; on CPython 3.13+ the line's objects too: the bytearrays, the list, call tuples)
+    assert sum(r.count for r in rows) >= 5, [r for r in snap.rows if r.count][:10]
+    assert sum(r.live_bytes for r in rows) >= 5 * 100_000, [r for r in snap.rows if r.count][:10]
 
 
 @pytest.mark.parametrize(

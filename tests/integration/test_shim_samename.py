@@ -40,6 +40,9 @@ def test_same_function_name_in_two_files_gives_separate_rows(cpython, shim, log_
         args=[COUNTS["work_a"], COUNTS["work_b"], COUNTS["work_other_a"]],
         shim=shim,
         log_dir=log_dir,
+        env={
+            "TRACKLEAK_SMALL_OBJECTS": "0"
+        },  # allocator blocks only (3.13+ objects: test_shim_small_objects)
     )
     assert result.returncode == 0 and "samename-ok" in result.stdout, result.describe()
     assert_consistent(result.dumps)

@@ -31,6 +31,7 @@ class FakeSite:
     est_bytes: int | None = None
     est_free_count: int | None = None
     est_free_bytes: int | None = None
+    flags: int = 0  # TL_SITE_F_*
 
     def __post_init__(self) -> None:
         scale = self.total_bytes / self.sample_bytes if self.sample_bytes else 0
@@ -49,6 +50,7 @@ def site_bytes(s: FakeSite) -> bytes:
     rec = L.TlSite()
     rec.state, rec.kind, rec.line = s.state, s.kind, s.line
     rec.key_addr, rec.key_aux = s.key_addr, s.key_aux
+    rec.flags = s.flags
     # Split every counter across the two copies (atomic writers, GIL writers): readers must add.
     for name in (
         "count",

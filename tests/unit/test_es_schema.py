@@ -49,6 +49,7 @@ NEW = (
     "live_count",
     "growth_bytes_per_s",
     "growing",
+    "misattributed",
     "@timestamp",
 )
 

@@ -106,9 +106,15 @@ def test_data_stream_created_with_a_retention():
 def test_existing_data_stream_gets_the_retention():
     client = FakeClient(ds_status=200)
     result = install(client, CONFIG, retention="7d")
-    assert client.names() == ["get_data_stream", "put_index_template", "put_data_lifecycle"]
+    # the backing indices of an older TrackLeak get the new fields (here: @timestamp), then the retention
+    assert client.names() == ["get_data_stream", "put_index_template", "put_mapping", "put_data_lifecycle"]
+    assert (
+        "put_mapping",
+        "trackleak-memory",
+        {TIMESTAMP_FIELD: index_mapping()["properties"][TIMESTAMP_FIELD]},
+    ) in (client.indices.calls)
     assert ("put_data_lifecycle", "trackleak-memory", "7d") in client.indices.calls
-    assert "exists, retention set to 7d" in "\n".join(result.lines)
+    assert "exists, mapping updated (added @timestamp), retention set to 7d" in "\n".join(result.lines)
 
 
 def test_server_without_lifecycle_gets_a_data_stream_without_retention():

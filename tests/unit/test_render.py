@@ -119,3 +119,24 @@ def test_cut_left_and_display_path(monkeypatch, tmp_path):
     assert render.display_path("<frozen importlib._bootstrap>") == "<frozen importlib._bootstrap>"
     monkeypatch.setenv("HOME", "/home/someone")
     assert render.display_path("/home/someone/proj/x.py") == "~/proj/x.py"
+
+
+def test_misattributed_rows_are_marked_and_explained_once():
+    # GIVEN two rows, one that may hold objects another line allocated
+    rows = [row(misattributed=True), row(function="fine", line=13)]
+    # THEN its function carries the marker, in the plain table too, and one note explains it
+    text = render.plain_table(rows)
+    assert "leaky (?)" in text and "fine (?)" not in text
+    notes = render.footnotes(rows)
+    assert notes == [render.MISATTRIBUTED_NOTE]
+    # AND the not-tracked sentence comes only when asked, with the minimum size
+    assert render.footnotes([row()]) == []
+    notes = render.footnotes([row()], small_objects_untracked=True, min_size=500)
+    assert notes == [render.SMALL_OBJECTS_NOTE.format(min_size=500)] and "500 B" in notes[0]
+    assert render.footnotes([row()], small_objects_untracked=True, min_size=0) == []
+
+
+def test_misattributed_round_trips_through_json():
+    r = row(misattributed=True)
+    assert Row.from_dict(r.to_dict()).misattributed
+    assert not Row.from_dict({k: v for k, v in r.to_dict().items() if k != "misattributed"}).misattributed

@@ -186,3 +186,24 @@ def test_retired_records_count_free_ones_are_skipped_and_other_sites_has_one_nam
     assert snap.free == 1
     other = rows[shm.OTHER_SITES]
     assert (other.file, other.line, other.count) == (shm.OTHER_SITES_FILE, 0, 7)
+
+
+def test_site_flags_and_small_object_flags():
+    # GIVEN a record flagged TL_SITE_F_FREELIST and one not, in a Python process whose small
+    # objects were not tracked (neither OBJECTS nor SMALL_BLOCKS in the header)
+    data = segment(
+        [FakeSite(flags=L.TL_SITE_F_FREELIST), FakeSite(function=b"other", line=30)],
+        flags=L.TL_FLAG_PYTHON | L.TL_FLAG_ACTIVE | L.TL_FLAG_PYMEM_HOOKED,
+    )
+    snap = parse_segment(data, pid=5)
+    rows = {r.function: r for r in snap.rows}
+    # THEN the flag is the row's misattributed, and the header says small objects were untracked
+    assert rows["leaky"].misattributed and not rows["other"].misattributed
+    assert snap.header.small_objects_untracked
+    # AND with the tracer (3.13+) or small-object mode they were tracked
+    for bit in (L.TL_FLAG_OBJECTS, L.TL_FLAG_SMALL_BLOCKS):
+        tracked = segment([FakeSite()], flags=L.TL_FLAG_PYTHON | L.TL_FLAG_PYMEM_HOOKED | bit)
+        assert not parse_segment(tracked, pid=5).header.small_objects_untracked
+        assert L.flag_names(bit) == [
+            {L.TL_FLAG_OBJECTS: "objects", L.TL_FLAG_SMALL_BLOCKS: "small-blocks"}[bit]
+        ]
