@@ -64,6 +64,8 @@ static __attribute__((noinline)) void *small_after(void *p, size_t size, void *r
 {
     if (!p || tl_guard || !tl_active || tl_disabled || !tl_sample_hit(size))
         return p;
+    if (!tl_py_gil_exclusive())
+        return p; /* a subinterpreter's own GIL: the pending slot is the main GIL's */
     if (tl_small_pend)
         tl_small_pend_check(); /* the previous sampled block: initialised long since */
     tl_guard = 1;

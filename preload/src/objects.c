@@ -307,6 +307,11 @@ static int tracer(void *op, int event, void *data)
     (void)event;
     return 0;
 #endif
+    /* A subinterpreter with a GIL of its own (3.12+) runs beside ours: the
+     * pending slot, the type cache and the GIL counters are the main GIL's, so
+     * its objects are left alone (passed on to any previous tracer). */
+    if (TL_UNLIKELY(!tl_py_gil_exclusive()))
+        return prev_tracer ? prev_tracer(op, event, prev_data) : 0;
     /* The fast path does not look at the guard: inside the shim it would only
      * move the gap; every slow part checks it. */
     if (event != EV_CREATE) {

@@ -29,11 +29,13 @@ def _check(result, threads, kept):
         file_endswith="/parallel_counts.py",
         line=line_of(SCRIPT, "parallel"),
     )
-    assert row.count == threads * N, describe_row(row)
+    # A lost update shows as less. The interpreter may make a stray block of its own at the line
+    # now and then (seen once: one 2048-byte block on 3.10 beside the 24 000 counted): at most 2.
+    assert threads * N <= row.count <= threads * N + 2, describe_row(row)
     # exhaustive: every block sampled, so what was not credited freed is live, to the byte
     assert row.sample_count == row.count and row.sample_total_bytes == row.total_bytes, describe_row(row)
     assert row.live_bytes + row.sample_free_bytes == row.total_bytes, describe_row(row)
-    assert row.live_count == kept * N, describe_row(row)
+    assert kept * N <= row.live_count <= kept * N + 2, describe_row(row)
 
 
 def test_parallel_threads_lose_no_update(cpython, shim, log_dir):
