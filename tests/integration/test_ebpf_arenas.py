@@ -33,7 +33,8 @@ import pytest
 from ebpf_support import BPF_SKIP, Target
 from helpers import line_of
 
-pytestmark = [pytest.mark.integration, pytest.mark.bpf]
+# A free-threaded build has no pymalloc arenas (mimalloc; cpython.json's arena size is -1).
+pytestmark = [pytest.mark.integration, pytest.mark.bpf, pytest.mark.cpythons(gil=True)]
 
 CHUNKS = 5
 
@@ -202,13 +203,7 @@ class Run:
 
 @pytest.fixture(scope="module")
 def arena_run(cpython, tmp_path_factory):
-    _no_arenas_free_threaded(cpython)
     return Run(cpython, tmp_path_factory.mktemp(f"arenas-{cpython.id}"))
-
-
-def _no_arenas_free_threaded(cpython):
-    if cpython.free_threaded:  # cpython.json's obmalloc.arena_size is -1 there
-        pytest.skip(f"{cpython.id}: a free-threaded build has no pymalloc arenas (mimalloc)")
 
 
 def _python_rows_by_leak_order(rows):
@@ -275,7 +270,6 @@ def test_arena_probes_counted_and_no_loss(arena_run):
 
 @BPF_SKIP
 def test_freed_arenas_are_credited(cpython, tmp_path):
-    _no_arenas_free_threaded(cpython)
     from trackleak.ebpf.loader import Tunables
     from trackleak.ebpf.session import EbpfSession
 

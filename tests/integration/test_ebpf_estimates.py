@@ -27,7 +27,9 @@ from helpers import line_of
 from trackleak import sampling
 from trackleak.table import sorted_rows
 
-pytestmark = [pytest.mark.integration, pytest.mark.bpf]
+# These workloads are Python objects: a free-threaded build takes them from mimalloc, which the
+# libc probes cannot see (the agent says so; test_ebpf_python checks its C sites).
+pytestmark = [pytest.mark.integration, pytest.mark.bpf, pytest.mark.cpythons(gil=True)]
 
 WORKLOAD = Path(__file__).resolve().parents[1] / "fixtures" / "ebpf_estimates.py"
 SIGMAS = 5.0
@@ -44,15 +46,6 @@ def _session(pids, sample_rate=50, **kw):
 def _within(value: float, mean: float, var: float, what: str, slack: float = 1.0) -> None:
     tol = SIGMAS * math.sqrt(max(var, 0.0)) + slack
     assert abs(value - mean) <= tol, f"{what}: {value} vs expected {mean:.1f} +- {tol:.1f}"
-
-
-def skip_free_threaded(cpython):
-    """These workloads are Python objects: a free-threaded build takes them from mimalloc, which
-    the libc probes cannot see (the agent says so; test_ebpf_python checks its C sites)."""
-    if cpython.free_threaded:
-        pytest.skip(
-            f"{cpython.id}: Python objects come from mimalloc, not libc: the eBPF route cannot see them"
-        )
 
 
 def _row(rows, cpython, marker, script=WORKLOAD, function=None):
@@ -87,7 +80,6 @@ ROUNDS, BIG_ROUNDS, GROW_APPENDS = 300, 61, 128
 
 @pytest.fixture(scope="module")
 def attached_run(cpython):
-    skip_free_threaded(cpython)
     """One target per interpreter running the three workloads below in turn (interleaved sites,
     a realloc-grown buffer, big buffers), one session polled every 0.25 s: (rows, done line, R)."""
     if BPF_REASON is not None:
@@ -189,7 +181,6 @@ def _sites_script(tmp_path: Path, n_sites: int) -> Path:
 
 @BPF_SKIP
 def test_full_sites_map_makes_room_for_a_new_leak(cpython, tmp_path):
-    skip_free_threaded(cpython)
     # GIVEN a sites map of 64 entries and a target touching 300 distinct healthy sites
     script = _sites_script(tmp_path, 300)
     target = Target([cpython.path, str(script)])

@@ -54,9 +54,8 @@ def test_parallel_threads_lose_no_update(cpython, shim, log_dir):
     _check(result, 8, kept=8)
 
 
+@pytest.mark.cpythons(min_version=(3, 14))  # older minors: no public API to run them
 def test_subinterpreters_with_their_own_gil_lose_no_update(cpython, shim, log_dir):
-    if cpython.version_info[:2] < (3, 14):
-        pytest.skip("concurrent.interpreters is 3.14+")  # older minors: no public API to run them
     # GIVEN 3 subinterpreters with their own GIL and the main interpreter, each in a thread
     result = run_preloaded(
         cpython,

@@ -22,6 +22,10 @@ from helpers import find_rows, line_of, run_preloaded
 
 from trackleak.table import sorted_rows
 
+# Small objects are off in a free-threaded build (no GIL orders the reference tracer's events; the
+# banner says so): nothing here applies to one.
+pytestmark = [pytest.mark.integration, pytest.mark.cpythons(gil=True)]
+
 N = 100_000
 
 # kind -> (leaking statement, the healthy twin's statement, the least bytes one kept object takes)
@@ -65,15 +69,6 @@ t.join()"""
 
 def _has_tracer(cpython) -> bool:
     return cpython.version_info[:2] >= (3, 13)
-
-
-@pytest.fixture(autouse=True)
-def _not_free_threaded(request):
-    """Small objects are off in a free-threaded build (no GIL orders the reference tracer's
-    events; the banner says so): nothing here applies to one."""
-    cpython = request.getfixturevalue("cpython") if "cpython" in request.fixturenames else None
-    if cpython is not None and getattr(cpython, "free_threaded", False):
-        pytest.skip(f"{cpython.id}: small objects are not tracked in a free-threaded build")
 
 
 def _run(cpython, shim, tmp_path, kind: str, *, alternating: bool, thread: bool = False):
