@@ -137,6 +137,13 @@ class Row:
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in FIELDS}
 
+    def copy(self) -> Row:
+        """A copy that shares nothing mutable (its stacks are copies too)."""
+        out = dataclasses.replace(self)
+        if self.stacks is not None:
+            out.stacks = [dataclasses.replace(s) for s in self.stacks]
+        return out
+
     def to_json(self) -> dict[str, Any]:
         """The row in a JSON document: FIELDS, and its "stacks" when it has them."""
         out = self.to_dict()
@@ -205,7 +212,7 @@ class RetentionTable:
         key = (row.pid, row.key)
         have = self.rows.get(key)
         if have is None:
-            self.rows[key] = dataclasses.replace(row)
+            self.rows[key] = row.copy()
         else:
             have.add(row)
 
@@ -227,7 +234,7 @@ class RetentionTable:
         for row in self.rows.values():
             have = out.get(row.key)
             if have is None:
-                out[row.key] = dataclasses.replace(row)
+                out[row.key] = row.copy()
             else:
                 if have.pid != row.pid:
                     have.pid = 0
