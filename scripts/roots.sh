@@ -143,7 +143,8 @@ ft_source_debian() {
         fi
         mv "$src.part" "$src"
     fi
-    tar -xJf "$src" -C "$dest" --strip-components=1 || die "$name: cannot unpack $src"
+    mkdir -p "$dest"
+    tar -xJf "$src" -C "$dest" --strip-components=1 || { rm -rf "$dest"; die "$name: cannot unpack $src"; }
 }
 
 # CPython's git tag vX.Y.Z as a Go module zip (the proxy serves any GitHub tag of a repository
@@ -170,9 +171,10 @@ ft_source_zip() {
     got="$(sha256sum "$src" | cut -d' ' -f1)"
     if [[ $got != "$sha" ]]; then
         rm -f "$src"
-        die "$name: $url has sha256 $got, not the pinned $sha (FT_ZIP_SHA256 in scripts/roots.sh); the download was removed"
+        die "$name: $src (from $url) has sha256 $got, not the pinned $sha (FT_ZIP_SHA256 in scripts/roots.sh); it was removed"
     fi
-    python3 - "$src" "$dest" "github.com/python/cpython@v$version+incompatible/" <<'PY' || die "$name: cannot unpack $src"
+    mkdir -p "$dest"
+    python3 - "$src" "$dest" "github.com/python/cpython@v$version+incompatible/" <<'PY' || { rm -rf "$dest"; die "$name: cannot unpack $src"; }
 import os, sys, zipfile
 src, dest, top = sys.argv[1:]
 stamp = 315532800  # 1980-01-01, the zip's own timestamp for every file
@@ -189,7 +191,7 @@ with zipfile.ZipFile(src) as z:
         os.chmod(path, 0o755 if data.startswith(b"#!") else 0o644)
         os.utime(path, (stamp, stamp))
 PY
-    [[ -f $dest/configure ]] || die "$name: $src has no configure at $top"
+    [[ -f $dest/configure ]] || { rm -rf "$dest"; die "$name: $src has no configure at its top"; }
 }
 
 # A free-threaded CPython (ft_source_*: see FT_ROOT and FT_ZIP_VERSION), no PGO,
@@ -199,7 +201,6 @@ build_ft() {
     local name=$1 dir="$ROOTS/$1" tmp="$ROOTS/$1.tmp" log="$ROOTS/$1.log" pkg="${FT_PKG[$1]}"
     local version t0=$SECONDS
     rm -rf "$tmp" "$ROOTS/$name.src"
-    mkdir -p "$ROOTS/$name.src"
     if from_zip "$name"; then
         ft_source_zip "$name" "$ROOTS/$name.src"
     else
