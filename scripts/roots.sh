@@ -38,8 +38,9 @@
 # clone of the project (CI's fresh one included) reuses them. A root is built in NAME.tmp and
 # renamed when complete, with a stamp (NAME/.trackleak-root) naming its suite and packages: a
 # root whose stamp differs from what this script wants is built again. About a minute and
-# 200-350 MB each. Needs root (debootstrap), the debootstrap package (installed when missing on
-# Debian/Ubuntu) and the Debian mirror (deb.debian.org or $TRACKLEAK_DEBIAN_MIRROR).
+# 200-350 MB each (a free-threaded build: 4-10 minutes on 2 cores, ~450 MB, its time printed).
+# Needs root (debootstrap), the debootstrap package (installed when missing on Debian/Ubuntu), the
+# Debian mirror (deb.debian.org or $TRACKLEAK_DEBIAN_MIRROR) and, for ft3.14, the Go module proxy.
 set -Eeuo pipefail
 
 ROOTS="${TRACKLEAK_ROOTS:-/var/cache/trackleak/roots}"
@@ -360,7 +361,7 @@ case "$cmd" in
         rm -rf "${ROOTS:?}/$1" "${ROOTS:?}/$1.tmp" "${ROOTS:?}/$1.src"
         ;;
     -h | --help | help | "")
-        sed -n '3,38p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        sed -n '3,43p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
         ;;
     *)
         die "unknown command '$cmd' (try --help)"

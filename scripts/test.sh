@@ -9,11 +9,11 @@
 # (with paths among the args, only those: scripts/test.sh tests/unit -x)
 #
 # The interpreters of scripts/roots.sh (Debian roots with CPython 3.13, 3.14, 3.15; the free-threaded
-# builds) are made first, cached in /var/cache/trackleak/roots (a minute each the first time, the
-# free-threaded build ~8 minutes; nothing when cached). A root that cannot be made (the mirror
-# unreachable, no root privileges) is said loudly here and written to TRACKLEAK_ROOTS_FAILED, and
-# the tests parametrized over interpreters fail with that reason for it (tests/conftest.py).
-# ft3.14's source comes from the Go module proxy (pinned version and sha256, roots.sh).
+# builds 3.13t and 3.14t) are made first, cached in /var/cache/trackleak/roots (a minute each root
+# the first time, each free-threaded build 4-10 minutes; nothing when cached). A root that cannot be
+# made (the mirror or the Go module proxy unreachable, no root privileges) is said loudly here and
+# written to TRACKLEAK_ROOTS_FAILED, and the tests parametrized over interpreters fail with that
+# reason for it (tests/conftest.py).
 #
 # BCC_KERNEL_SOURCE is taken from .cache/bcc_kernel_source (written by setup.sh)
 # unless it is already exported. A real Elasticsearch (scripts/es.sh) is started
