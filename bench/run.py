@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Overhead of the preload shim against plain Python and the tools people use instead.
 
-    python bench/run.py [--python PY [--python PY2 ...]] [--workload mixed|small] [--rounds N] [--repeat K] [--long]
-                        [--baseline-shim SO] [--no-others] [--pymalloc]
+    python bench/run.py [--python PY [--python PY2 ...]] [--workload mixed|small] [--rounds N]
+                        [--repeat K] [--long] [--baseline-shim SO] [--no-others] [--pymalloc]
 
 Every configuration runs the same allocation-heavy workload (bench/workload.py: JSON,
 dicts, strings, bytearrays; or, --workload small, bench/workload_small.py: small dicts, tuples,
@@ -178,7 +178,9 @@ def main() -> None:
         pythons = args.python or [sys.executable]
         cfgs = {}  # "PY\tconfiguration" -> (argv, env): all interpreters in one loop
         for py in pythons:
-            for name, cfg in configs(py, shim, logdir, args.baseline_shim, not args.no_others, args.pymalloc).items():
+            for name, cfg in configs(
+                py, shim, logdir, args.baseline_shim, not args.no_others, args.pymalloc
+            ).items():
                 cfgs[f"{py}\t{name}"] = cfg
         med = measure(cfgs, args.rounds, args.repeat)
         for py in pythons:
@@ -201,7 +203,10 @@ def main() -> None:
                 lmed = measure(long_cfgs, args.rounds * 4, max(3, args.repeat // 2))
                 ratio = lmed["trackleak exhaustive"] / lmed["plain"]
                 short = med[f"{py}\ttrackleak exhaustive"] / med[f"{py}\tplain"]
-                print(f"{py}: exhaustive at {args.rounds * 4} rounds: {ratio:.2f} x plain (vs {short:.2f} at {args.rounds})")
+                print(
+                    f"{py}: exhaustive at {args.rounds * 4} rounds: {ratio:.2f} x plain "
+                    f"(vs {short:.2f} at {args.rounds})"
+                )
 
     finally:
         shutil.rmtree(logdir, ignore_errors=True)
