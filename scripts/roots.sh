@@ -196,7 +196,7 @@ PY
 }
 
 # A free-threaded CPython (ft_source_*: see FT_ROOT and FT_ZIP_VERSION), no PGO,
-# make -j$(nproc), installed into ROOTS/NAME (bin/python3.Xt). About 8-10 minutes on 2 cores; the
+# make -j$(nproc), installed into ROOTS/NAME (bin/python3.Xt). About 4-10 minutes on 2 cores; the
 # time is printed.
 build_ft() {
     local name=$1 dir="$ROOTS/$1" tmp="$ROOTS/$1.tmp" log="$ROOTS/$1.log" pkg="${FT_PKG[$1]}"
@@ -208,7 +208,7 @@ build_ft() {
         ft_source_debian "$name" "$ROOTS/$name.src"
     fi
     version="$(ft_version "$name")"
-    say "building $name: CPython $version ./configure --disable-gil into $dir (8-10 minutes; log $log)"
+    say "building $name: CPython $version ./configure --disable-gil into $dir (4-10 minutes; log $log)"
     if ! (
         set -e
         cd "$ROOTS/$name.src"
