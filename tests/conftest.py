@@ -4,7 +4,7 @@
 ``cpython`` is a session-scoped parametrized fixture: one param per interpreter >= 3.9 found on this
 machine (every ``$(pyenv root)/versions/*/bin/python`` plus Debian's ``/usr/bin/python3.11``, and
 the interpreters of ``scripts/roots.sh``: the Debian roots' launchers (3.13, 3.14, 3.15, static, with
-their own glibc) and the free-threaded builds (3.13t)), with ids like ``3.12.1``,
+their own glibc) and the free-threaded builds (3.13t, 3.14t)), with ids like ``3.12.1``,
 ``3.11.2-static`` or ``3.13.5t``. Finding none is an error, never a skip: a CI run must not silently
 test nothing. ``TRACKLEAK_TEST_PYTHONS=3.12,static`` narrows the list (substrings of ids).
 
