@@ -190,8 +190,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             + (f", narrowed by TRACKLEAK_TEST_PYTHONS={narrowed!r}" if narrowed else "")
             + "); the integration tests need at least one (install one with pyenv)"
         )
-    # @pytest.mark.cpythons(gil=True, min_version=(3, 14)) or (free_threaded=True): the
-    # interpreters a test applies to.
+    # @pytest.mark.cpythons(gil=True, min_version=(3, 14), max_version=(3, 12)) or
+    # (free_threaded=True): the interpreters a test applies to.
     # Those it does not apply to get no test at all (not a skip on every run).
     for mark in metafunc.definition.iter_markers("cpythons"):
         if mark.kwargs.get("gil"):
@@ -200,6 +200,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             interps = tuple(i for i in interps if i.free_threaded)
         if mark.kwargs.get("min_version"):
             interps = tuple(i for i in interps if i.version_info[:2] >= tuple(mark.kwargs["min_version"]))
+        if mark.kwargs.get("max_version"):
+            interps = tuple(i for i in interps if i.version_info[:2] <= tuple(mark.kwargs["max_version"]))
     params = list(interps) + [MissingRoot(name, why) for name, why in sorted(roots_failed().items())]
     ids = _ids(interps) + [f"missing-{m.name}" for m in params[len(interps) :]]
     metafunc.parametrize("cpython", params, ids=ids, indirect=True, scope="session")

@@ -53,35 +53,11 @@ enum { DOM_RAW = 0, DOM_MEM = 1, DOM_OBJ = 2, DOM_N = 3 };
 volatile int tl_pymem_wanted;
 static tl_pymem_allocator prev[DOM_N];
 
-/* Small-object mode on 3.9-3.12 (tl_small_blocks): blocks of the object domain
- * (objects; before 3.13 a dict's keys table too) under the minimum size are
- * counted only when sampled: their fast path is one TLS subtract
- * (tl_small_sampled); the sampled ones read the frame. The mem domain
- * (container storage) stays as TRACKLEAK_PYMALLOC says: wrapping it too cost
- * more than it told (bench/run.py). */
-static volatile int tl_small_blocks;
-static __attribute__((noinline)) void *small_after(void *p, size_t size, void *ra, int dom)
-{
-    if (!p || tl_guard || !tl_active || tl_disabled || !tl_sample_hit(size))
-        return p;
-    if (!tl_py_gil_exclusive())
-        return p; /* a subinterpreter's own GIL: the pending slot is the main GIL's */
-    if (tl_small_pend)
-        tl_small_pend_check(); /* the previous sampled block: initialised long since */
-    tl_guard = 1;
-    struct tl_site *s = tl_record_sampled(p, size, 0, NULL, ra, 1);
-    if (dom == DOM_OBJ)
-        tl_small_pend_set(p, size, s);
-    tl_guard = 0;
-    return p;
-}
-
 /* Fast paths (small block, or inside the shim) are a compare and a tail call;
- * everything else is in the out-of-line slow functions. SMALL_D: the domain
- * takes part in small-object mode (pymalloc's two). */
-#define SMALL_0 0
-#define SMALL_1 0
-#define SMALL_2 1
+ * everything else is in the out-of-line slow functions. A free tests the
+ * filter of both live sets at once (tl_maybe_sampled_any): which one its block
+ * would be in (GIL_D) is only worked out when the filter says it may be
+ * sampled. */
 #define DEFINE_DOMAIN_HOOKS(D)                                                                  \
     static __attribute__((noinline)) void *slow_malloc_##D(size_t size, void *ra)               \
     {                                                                                           \
@@ -90,37 +66,18 @@ static __attribute__((noinline)) void *small_after(void *p, size_t size, void *r
         tl_guard = 0;                                                                           \
         return tl_after_alloc(p, size, ra, GIL_##D);                                            \
     }                                                                                           \
-    static inline void *small_malloc_##D(size_t size, void *ra)                                 \
-    {                                                                                           \
-        void *p = prev[D].malloc(prev[D].ctx, size);                                            \
-        tl_gap -= (int64_t)size; /* (inside the shim too: only moves the gap) */                \
-        if (TL_LIKELY(tl_gap > 0))                                                              \
-            return p;                                                                           \
-        return small_after(p, size, ra, D);                                                     \
-    }                                                                                           \
     static void *hook_malloc_##D(void *ctx, size_t size)                                        \
     {                                                                                           \
         (void)ctx;                                                                              \
-        if (TL_LIKELY(size < tl_cfg.min_size) || tl_guard) {                                    \
-            if (SMALL_##D && tl_small_blocks)                                                   \
-                return small_malloc_##D(size, __builtin_return_address(0));                     \
+        if (TL_LIKELY(size < tl_cfg.min_size) || tl_guard)                                      \
             return prev[D].malloc(prev[D].ctx, size);                                           \
-        }                                                                                       \
         return slow_malloc_##D(size, __builtin_return_address(0));                              \
     }                                                                                           \
     static void *hook_calloc_##D(void *ctx, size_t n, size_t size)                              \
     {                                                                                           \
         (void)ctx;                                                                              \
-        if (tl_guard || n * size < tl_cfg.min_size) {                                           \
-            if (SMALL_##D && tl_small_blocks) {                                                 \
-                void *p = prev[D].calloc(prev[D].ctx, n, size);                                 \
-                tl_gap -= (int64_t)(n * size);                                                  \
-                if (TL_LIKELY(tl_gap > 0))                                                      \
-                    return p;                                                                   \
-                return small_after(p, n * size, __builtin_return_address(0), D);                \
-            }                                                                                   \
+        if (tl_guard || n * size < tl_cfg.min_size)                                             \
             return prev[D].calloc(prev[D].ctx, n, size);                                        \
-        }                                                                                       \
         tl_guard = 1;                                                                           \
         void *p = prev[D].calloc(prev[D].ctx, n, size);                                         \
         tl_guard = 0;                                                                           \
@@ -129,19 +86,19 @@ static __attribute__((noinline)) void *small_after(void *p, size_t size, void *r
     static void *hook_realloc_##D(void *ctx, void *ptr, size_t size)                            \
     {                                                                                           \
         (void)ctx;                                                                              \
-        if (SMALL_##D && ptr && ptr == tl_small_pend)                                           \
+        if (D == DOM_OBJ && ptr && ptr == tl_small_pend)                                        \
             tl_small_pend = NULL;                                                               \
         if (tl_guard)                                                                           \
             return prev[D].realloc(prev[D].ctx, ptr, size);                                     \
         uint64_t entry;                                                                         \
-        int had = ptr && tl_maybe_sampled(ptr, GIL_##D) && tl_take(ptr, &entry, GIL_##D);     \
+        int had = ptr && tl_maybe_sampled_any(ptr) && tl_take(ptr, &entry, GIL_##D);            \
         tl_guard = 1;                                                                           \
         void *q = prev[D].realloc(prev[D].ctx, ptr, size);                                      \
         if (had) {                                                                              \
             if (q)                                                                              \
                 tl_credit_free(ptr, entry, GIL_##D);                                            \
             else                                                                                \
-                tl_put_back(ptr, entry, GIL_##D); /* failed: old block still there */     \
+                tl_put_back(ptr, entry, GIL_##D); /* failed: old block still there */           \
         }                                                                                       \
         tl_guard = 0;                                                                           \
         return tl_after_alloc(q, size, __builtin_return_address(0), GIL_##D);                   \
@@ -149,6 +106,9 @@ static __attribute__((noinline)) void *small_after(void *p, size_t size, void *r
     static __attribute__((noinline)) void slow_free_##D(void *ptr)                              \
     {                                                                                           \
         uint64_t entry;                                                                         \
+        /* (the pending block of small-object mode is a live sample: its free comes here) */   \
+        if (D == DOM_OBJ && ptr == tl_small_pend && ptr)                                        \
+            tl_small_pend = NULL;                                                               \
         if (!tl_guard && tl_take(ptr, &entry, GIL_##D)) {                                       \
             tl_guard = 1;                                                                       \
             tl_credit_free(ptr, entry, GIL_##D);                                                \
@@ -159,9 +119,7 @@ static __attribute__((noinline)) void *small_after(void *p, size_t size, void *r
     static void hook_free_##D(void *ctx, void *ptr)                                             \
     {                                                                                           \
         (void)ctx;                                                                              \
-        if (SMALL_##D && TL_UNLIKELY(ptr == tl_small_pend) && ptr)                              \
-            tl_small_pend = NULL;                                                               \
-        if (TL_LIKELY(!tl_maybe_sampled(ptr, GIL_##D)))                                         \
+        if (TL_LIKELY(!tl_maybe_sampled_any(ptr)))                                              \
             return prev[D].free(prev[D].ctx, ptr);                                              \
         slow_free_##D(ptr); /* a nested raw free finds nothing left to credit */                \
     }
@@ -169,6 +127,94 @@ static __attribute__((noinline)) void *small_after(void *p, size_t size, void *r
 DEFINE_DOMAIN_HOOKS(0)
 DEFINE_DOMAIN_HOOKS(1)
 DEFINE_DOMAIN_HOOKS(2)
+
+/* ---- small-object mode on 3.9-3.12 -----------------------------------------
+ * Blocks of the object domain (objects; before 3.13 a dict's keys table too)
+ * under the minimum size are counted only when sampled. The mem domain
+ * (container storage) stays as TRACKLEAK_PYMALLOC says: wrapping it too cost
+ * more than it told (bench/run.py). Installed instead of hook_*_2 (no mode
+ * test per call). Every PyObject_Malloc and PyObject_Free of the program comes
+ * here, so the unsampled path is what counts:
+ *   malloc: min-size compare, TLS subtract (initial-exec: no call), tail call;
+ *   free:   filter hash, one load, tail call.
+ * The sample decision is taken on the request before the block exists; the
+ * guard is not looked at there (inside the shim it only moves the gap), the
+ * slow parts check it.
+ *
+ * tl_small_pend (objects.c: the last sampled block, whose type is read at the
+ * next sample) is only ever a block in the GIL live set, so its filter bucket
+ * is non-zero until its free or realloc takes it: those reach the slow paths,
+ * which clear it. A fork clears both (init.c). */
+static __attribute__((noinline)) void *small_sample(void *ctx, size_t size, size_t n, void *ra)
+{
+    void *p = n ? prev[DOM_OBJ].calloc(ctx, n, size) : prev[DOM_OBJ].malloc(ctx, size);
+    if (n)
+        size *= n;
+    if (!p || tl_guard || !tl_active || tl_disabled || !tl_sample_hit(size))
+        return p;
+    if (!tl_py_gil_exclusive())
+        return p; /* a subinterpreter's own GIL: the pending slot is the main GIL's */
+    if (tl_small_pend)
+        tl_small_pend_check(); /* the previous sampled block: initialised long since */
+    tl_guard = 1;
+    /* Pending only when it went into the live set (it may have had no room:
+     * a dropped sample), see above. Another thread's drop meanwhile only
+     * makes this one not pending (no freelist flag from it). */
+    uint64_t dropped = __atomic_load_n(&tl_hdr->dropped_samples, __ATOMIC_RELAXED);
+    struct tl_site *s = tl_record_sampled(p, size, 0, NULL, ra, 1);
+    if (s && __atomic_load_n(&tl_hdr->dropped_samples, __ATOMIC_RELAXED) == dropped)
+        tl_small_pend_set(p, size, s);
+    tl_guard = 0;
+    return p;
+}
+
+/* At or over the minimum size (pymalloc's 497-512 at the default): the full
+ * path, or inside the shim a small block. */
+static __attribute__((noinline)) void *small_big(void *ctx, size_t size, size_t n, void *ra)
+{
+    if (!tl_guard) {
+        if (!n)
+            return slow_malloc_2(size, ra);
+        tl_guard = 1;
+        void *p = prev[DOM_OBJ].calloc(ctx, n, size);
+        tl_guard = 0;
+        return tl_after_alloc(p, p ? n * size : 0, ra, GIL_2);
+    }
+    size_t bytes = n ? n * size : size;
+    tl_gap -= (int64_t)bytes;
+    if (TL_LIKELY(tl_gap > 0))
+        return n ? prev[DOM_OBJ].calloc(prev[DOM_OBJ].ctx, n, size) : prev[DOM_OBJ].malloc(prev[DOM_OBJ].ctx, size);
+    return small_sample(prev[DOM_OBJ].ctx, size, n, ra);
+}
+
+static void *small_malloc(void *ctx, size_t size)
+{
+    (void)ctx;
+    if (TL_UNLIKELY(size >= tl_cfg.min_size))
+        return small_big(prev[DOM_OBJ].ctx, size, 0, __builtin_return_address(0));
+    int64_t gap = tl_gap - (int64_t)size;
+    tl_gap = gap;
+    if (TL_UNLIKELY(gap <= 0))
+        return small_sample(prev[DOM_OBJ].ctx, size, 0, __builtin_return_address(0));
+    return prev[DOM_OBJ].malloc(prev[DOM_OBJ].ctx, size);
+}
+
+static void *small_calloc(void *ctx, size_t n, size_t size)
+{
+    (void)ctx;
+    if (TL_UNLIKELY(n == 0 || size == 0)) /* (nothing to sample: n == 0 means malloc to small_sample) */
+        return prev[DOM_OBJ].calloc(prev[DOM_OBJ].ctx, n, size);
+    size_t bytes;
+    if (TL_UNLIKELY(__builtin_mul_overflow(n, size, &bytes))) /* (pymalloc refuses it) */
+        return prev[DOM_OBJ].calloc(prev[DOM_OBJ].ctx, n, size);
+    if (TL_UNLIKELY(bytes >= tl_cfg.min_size))
+        return small_big(prev[DOM_OBJ].ctx, size, n, __builtin_return_address(0));
+    int64_t gap = tl_gap - (int64_t)bytes;
+    tl_gap = gap;
+    if (TL_UNLIKELY(gap <= 0))
+        return small_sample(prev[DOM_OBJ].ctx, size, n, __builtin_return_address(0));
+    return prev[DOM_OBJ].calloc(prev[DOM_OBJ].ctx, n, size);
+}
 
 /* The raw domain remembers its last block per thread (tl_last_raw). */
 TL_TLS void *tl_last_raw;
@@ -258,6 +304,7 @@ static int install(void *arg)
         {NULL, hook_malloc_1, hook_calloc_1, hook_realloc_1, hook_free_1},
         {NULL, hook_malloc_2, hook_calloc_2, hook_realloc_2, hook_free_2},
     };
+    tl_pymem_allocator small_obj = {NULL, small_malloc, small_calloc, hook_realloc_2, hook_free_2};
     tl_py_mark_up(); /* (tl_py_current works from here on: the tracer may need it at once) */
     /* Small objects (objects.c): the reference tracer on 3.13+; else, when asked
      * (TRACKLEAK_SMALL_OBJECTS=1), pymalloc's small blocks by samples. */
@@ -270,6 +317,8 @@ static int install(void *arg)
      * the raw domain: wrapped always there, or its objects would not be seen. */
     int ft = tl_py_free_threaded();
     int want[DOM_N] = {1, tl_cfg.pymalloc || ft, (tl_cfg.pymalloc && !tracer) || small || ft};
+    if (small)
+        ours[DOM_OBJ] = small_obj;
     for (int d = 0; d < DOM_N; d++) {
         if (!want[d])
             continue;
@@ -278,7 +327,6 @@ static int install(void *arg)
         set(d, &ours[d]);
     }
     if (small) {
-        tl_small_blocks = 1;
         __atomic_or_fetch(&tl_hdr->flags, TL_FLAG_SMALL_BLOCKS, __ATOMIC_RELAXED);
     }
     __atomic_or_fetch(&tl_hdr->flags, TL_FLAG_PYMEM_HOOKED, __ATOMIC_RELAXED);

@@ -10,6 +10,7 @@
 static void after_fork_child(void)
 {
     tl_recorder_after_fork_child();
+    tl_small_pend = NULL; /* the filter was cleared: its free would not clear it (hooks_pymem.c) */
     tl_shm_after_fork_child();
     tl_dumper_after_fork_child();
 }

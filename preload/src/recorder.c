@@ -92,7 +92,7 @@ struct live_slot {
  * is freed through the domain that allocated it (C API contract), so each
  * sample is found in the set that holds it. */
 static struct live_slot *live[2];
-uint16_t tl_filter[2][1u << TL_FILTER_BITS];
+uint16_t tl_filter[1u << TL_FILTER_BITS][2] __attribute__((aligned(64)));
 
 uint64_t tl_now_ns(int clock)
 {

@@ -230,21 +230,36 @@ static inline int tl_small_sampled(size_t size)
 
 /* Counting filter over the sampled live set: how many live samples hash to
  * each bucket. Zero (nearly every free) means "not sampled" without touching
- * the live set. Static, so it exists before the constructor runs. */
+ * the live set. Static, so it exists before the constructor runs. The two live
+ * sets' counters of a bucket sit side by side ([bucket][gil]): a free that has
+ * not worked out which set its block would be in (tl_py_gil_exclusive costs
+ * more than the filter) tests both with one 32-bit load (tl_maybe_sampled_any). */
 #define TL_FILTER_BITS 15
-extern uint16_t tl_filter[2][1u << TL_FILTER_BITS] TL_HIDDEN; /* per live set, see recorder.c */
-static inline uint16_t *tl_filter_slot(const void *p, int gil)
+extern uint16_t tl_filter[1u << TL_FILTER_BITS][2] TL_HIDDEN; /* per live set, see recorder.c */
+static inline unsigned tl_filter_bucket(const void *p)
 {
     /* Address-local: one bucket per 64-byte line of address space, so the
      * frees of one pool or heap run read the same few filter cache lines. */
     uint64_t a = (uint64_t)(uintptr_t)p;
-    return &tl_filter[gil][((a >> 6) ^ (a >> 21) ^ (a >> 36)) & ((1u << TL_FILTER_BITS) - 1)];
+    return (unsigned)((a >> 6) ^ (a >> 21) ^ (a >> 36)) & ((1u << TL_FILTER_BITS) - 1);
+}
+static inline uint16_t *tl_filter_slot(const void *p, int gil)
+{
+    return &tl_filter[tl_filter_bucket(p)][gil];
 }
 
 /* Might p be a live sample? No means certainly not. */
 static inline int tl_maybe_sampled(const void *p, int gil)
 {
     return TL_UNLIKELY(__atomic_load_n(tl_filter_slot(p, gil), __ATOMIC_RELAXED) != 0);
+}
+
+/* Might p be a live sample of either live set? No means certainly not. The
+ * bucket's pair is 4-byte aligned: one load. */
+typedef uint32_t __attribute__((may_alias)) tl_filter_pair;
+static inline int tl_maybe_sampled_any(const void *p)
+{
+    return TL_UNLIKELY(__atomic_load_n((const tl_filter_pair *)tl_filter[tl_filter_bucket(p)], __ATOMIC_RELAXED) != 0);
 }
 
 /* Before a block is released: credit it if it was sampled. */
