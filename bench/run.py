@@ -3,6 +3,7 @@
 
     python bench/run.py [--python PY [--python PY2 ...]] [--workload mixed|small] [--rounds N]
                         [--repeat K] [--long] [--baseline-shim SO] [--no-others] [--pymalloc]
+                        [--only NAMES]
 
 Every configuration runs the same allocation-heavy workload (bench/workload.py: JSON,
 dicts, strings, bytearrays; or, --workload small, bench/workload_small.py: small dicts, tuples,
@@ -17,8 +18,9 @@ but blind to cache misses and to what a PGO build loses when an allocator is wra
 --long also runs 4x the rounds in exhaustive mode: its ratio must not grow with run length.
 Several --python: every configuration of every interpreter in one interleaved loop (a GIL build
 against a free-threaded one of the same minor, say), each against its own plain.
---baseline-shim SO adds the same two shim configurations with another build (say, the last
+--baseline-shim SO adds the same three shim configurations with another build (say, the last
 release's: `git worktree add /tmp/old v1 && cc ...`) to compare before/after in one interleaved run.
+--only NAMES runs only the configurations whose names contain one of NAMES (comma-separated), and plain.
 Not a test: nothing here asserts.
 """
 
@@ -74,6 +76,7 @@ def configs(
     if baseline:
         old = {"LD_PRELOAD": baseline, **base}
         out["baseline shim (defaults)"] = ([py], old)
+        out["baseline shim TRACKLEAK_SMALL_OBJECTS=1"] = ([py], {**old, "TRACKLEAK_SMALL_OBJECTS": "1"})
         out["baseline shim exhaustive"] = ([py], {**old, **exhaustive})
     if not others:
         return out
@@ -168,6 +171,11 @@ def main() -> None:
     ap.add_argument(
         "--pymalloc", action="store_true", help="also with TRACKLEAK_PYMALLOC=1 (mem/object domains wrapped)"
     )
+    ap.add_argument(
+        "--only",
+        help="comma-separated configuration names to run (substrings; plain always runs), e.g. "
+        "'SMALL_OBJECTS=1,defaults'",
+    )
     args = ap.parse_args()
     global WORKLOAD, MEASURE
     WORKLOAD = WORKLOADS[args.workload]
@@ -176,11 +184,14 @@ def main() -> None:
     logdir = tempfile.mkdtemp(prefix="trackleak-bench-")
     try:
         pythons = args.python or [sys.executable]
+        wanted = [w.strip() for w in (args.only or "").split(",") if w.strip()]
         cfgs = {}  # "PY\tconfiguration" -> (argv, env): all interpreters in one loop
         for py in pythons:
             for name, cfg in configs(
                 py, shim, logdir, args.baseline_shim, not args.no_others, args.pymalloc
             ).items():
+                if wanted and name != "plain" and not any(w in name for w in wanted):
+                    continue
                 cfgs[f"{py}\t{name}"] = cfg
         med = measure(cfgs, args.rounds, args.repeat)
         for py in pythons:
@@ -197,7 +208,7 @@ def main() -> None:
                     continue
                 value = f"{t / 1e6:7.0f}M" if args.measure == "instructions" else f"{t:8.3f}"
                 print(f"{name:45s} {value} {t / plain:8.3f}")
-        if args.long:
+        if args.long and f"{pythons[0]}\ttrackleak exhaustive" in cfgs:
             for py in pythons:
                 long_cfgs = {k: cfgs[f"{py}\t{k}"] for k in ("plain", "trackleak exhaustive")}
                 lmed = measure(long_cfgs, args.rounds * 4, max(3, args.repeat // 2))
