@@ -12,9 +12,10 @@
  * bytecodes, with the GIL, and wraps the three domains. Blocks allocated
  * before that are simply not sampled; freeing them later costs one lookup.
  *
- * Our allocator structs keep the previous allocator's ctx, and our functions
- * ignore the ctx they get, so a thread that reads the domain struct while it
- * is being replaced (raw domain, no GIL) calls a consistent pair either way.
+ * Our allocator structs keep the previous allocator's ctx, so a thread that
+ * reads the domain struct while it is being replaced (raw domain, no GIL)
+ * calls a consistent pair either way: our functions use prev's ctx, except the
+ * object domain's fast paths, which pass on the one they get (the same one).
  *
  * Which domains: the raw one always. pymalloc's (mem, object) only when
  * TRACKLEAK_MIN_SIZE lets small blocks count (see tl_config.pymalloc): on a
@@ -58,6 +59,12 @@ static tl_pymem_allocator prev[DOM_N];
  * filter of both live sets at once (tl_maybe_sampled_any): which one its block
  * would be in (GIL_D) is only worked out when the filter says it may be
  * sampled. */
+/* The ctx a fast path passes on. Ours is the previous allocator's (install),
+ * so the one we are called with is that one, whichever struct the caller read;
+ * the object domain's fast paths pass it on (one load fewer per call). */
+#define CTX_0(ctx) prev[0].ctx
+#define CTX_1(ctx) prev[1].ctx
+#define CTX_2(ctx) (ctx)
 #define DEFINE_DOMAIN_HOOKS(D)                                                                  \
     static __attribute__((noinline)) void *slow_malloc_##D(size_t size, void *ra)               \
     {                                                                                           \
@@ -120,7 +127,7 @@ static tl_pymem_allocator prev[DOM_N];
     {                                                                                           \
         (void)ctx;                                                                              \
         if (TL_LIKELY(!tl_maybe_sampled_any(ptr)))                                              \
-            return prev[D].free(prev[D].ctx, ptr);                                              \
+            return prev[D].free(CTX_##D(ctx), ptr);                                             \
         slow_free_##D(ptr); /* a nested raw free finds nothing left to credit */                \
     }
 
@@ -189,19 +196,17 @@ static __attribute__((noinline)) void *small_big(void *ctx, size_t size, size_t 
 
 static void *small_malloc(void *ctx, size_t size)
 {
-    (void)ctx;
     if (TL_UNLIKELY(size >= tl_cfg.min_size))
         return small_big(prev[DOM_OBJ].ctx, size, 0, __builtin_return_address(0));
     int64_t gap = tl_gap - (int64_t)size;
     tl_gap = gap;
     if (TL_UNLIKELY(gap <= 0))
         return small_sample(prev[DOM_OBJ].ctx, size, 0, __builtin_return_address(0));
-    return prev[DOM_OBJ].malloc(prev[DOM_OBJ].ctx, size);
+    return prev[DOM_OBJ].malloc(CTX_2(ctx), size);
 }
 
 static void *small_calloc(void *ctx, size_t n, size_t size)
 {
-    (void)ctx;
     if (TL_UNLIKELY(n == 0 || size == 0)) /* (nothing to sample: n == 0 means malloc to small_sample) */
         return prev[DOM_OBJ].calloc(prev[DOM_OBJ].ctx, n, size);
     size_t bytes;
@@ -213,7 +218,7 @@ static void *small_calloc(void *ctx, size_t n, size_t size)
     tl_gap = gap;
     if (TL_UNLIKELY(gap <= 0))
         return small_sample(prev[DOM_OBJ].ctx, size, n, __builtin_return_address(0));
-    return prev[DOM_OBJ].calloc(prev[DOM_OBJ].ctx, n, size);
+    return prev[DOM_OBJ].calloc(CTX_2(ctx), n, size);
 }
 
 /* The raw domain remembers its last block per thread (tl_last_raw). */
