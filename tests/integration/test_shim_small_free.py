@@ -102,7 +102,9 @@ def test_pending_block_freed_and_unmapped(cpython, shim, tmp_path, mode):
     else:
         sample_rate = None
         env["TRACKLEAK_SAMPLE_BYTES"] = "4096"
-    result = run_preloaded(cpython, script, shim=shim, sample_rate=sample_rate, min_size=None, env=env, timeout=180)
+    result = run_preloaded(
+        cpython, script, shim=shim, sample_rate=sample_rate, min_size=None, env=env, timeout=180
+    )
     # THEN the program runs to its end (no read of unmapped memory) and its exit table is written
     assert result.returncode == 0, result.describe()
     assert "done" in result.stdout
