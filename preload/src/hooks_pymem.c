@@ -69,7 +69,7 @@ static __attribute__((noinline)) void *small_after(void *p, size_t size, void *r
     if (tl_small_pend)
         tl_small_pend_check(); /* the previous sampled block: initialised long since */
     tl_guard = 1;
-    struct tl_site *s = tl_record_sampled(p, size, 0, NULL, ra, 1);
+    struct tl_site *s = tl_record_sampled(p, size, 0, NULL, ra, 1, TL_PATH_HERE);
     if (dom == DOM_OBJ)
         tl_small_pend_set(p, size, s);
     tl_guard = 0;
@@ -133,7 +133,7 @@ static __attribute__((noinline)) void *small_after(void *p, size_t size, void *r
             tl_small_pend = NULL;                                                               \
         if (tl_guard)                                                                           \
             return prev[D].realloc(prev[D].ctx, ptr, size);                                     \
-        uint64_t entry;                                                                         \
+        tl_entry_t entry;                                                                       \
         int had = ptr && tl_maybe_sampled(ptr, GIL_##D) && tl_take(ptr, &entry, GIL_##D);     \
         tl_guard = 1;                                                                           \
         void *q = prev[D].realloc(prev[D].ctx, ptr, size);                                      \
@@ -148,7 +148,7 @@ static __attribute__((noinline)) void *small_after(void *p, size_t size, void *r
     }                                                                                           \
     static __attribute__((noinline)) void slow_free_##D(void *ptr)                              \
     {                                                                                           \
-        uint64_t entry;                                                                         \
+        tl_entry_t entry;                                                                       \
         if (!tl_guard && tl_take(ptr, &entry, GIL_##D)) {                                       \
             tl_guard = 1;                                                                       \
             tl_credit_free(ptr, entry, GIL_##D);                                                \
