@@ -50,12 +50,14 @@ ENV_CONFIG = "TRACKLEAK_CONFIG"
 SYSTEM_CONFIG = Path("/etc/trackleak/trackleak.toml")
 
 # Shared defaults (a command's own default, where it differs, is in COMMAND_DEFAULTS).
+MAX_STACK_DEPTH = 128  # Python frames a call stack keeps at most (both routes)
 DEFAULTS: dict[str, Any] = {
     "sample_rate": DEFAULT_SAMPLE_RATE,
     "min_size": DEFAULT_MIN_SIZE,
     "top": 20,
     "sort": "leak",
     "interval": 1.0,
+    "stack_depth": 32,
 }
 COMMAND_DEFAULTS: dict[str, dict[str, Any]] = {
     "run": {},
@@ -81,6 +83,7 @@ _COMMON = {
     "live": "bool",
     "quiet": "bool",
     "json_path": "str",
+    "stack_depth": "int",
 }
 KEYS: dict[str, dict[str, str]] = {
     "run": {

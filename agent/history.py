@@ -32,6 +32,7 @@ MIN_GROWTH_BYTES = 64 * 1024
 NOISE_SIGMAS = 3.0
 FIT_POINTS = 48  # points kept in the window (older ones thinned): at most 1128 pairs per fit
 SERIES_POINTS = 240  # points kept per site for plotting (halved when full)
+MAX_PATH_TRACKS = 4096  # call paths (a row's stacks) watched for their own growth; later ones are not
 
 
 def site_key(row: Row) -> Hashable:
@@ -73,6 +74,9 @@ class _Track:
 class History:
     window_s: float = WINDOW_S
     tracks: dict[Hashable, _Track] = field(default_factory=dict)
+    # A row's call paths (Row.stacks), by (site key, frames): the recent window only (no series to
+    # plot), at most MAX_PATH_TRACKS of them, so that each path gets its own growth.
+    paths: dict[Hashable, _Track] = field(default_factory=dict)
     interval: int = 0  # the sampling interval R of the rows observed (for the noise floor)
 
     key: Callable[[Row], Hashable] = site_key
@@ -86,15 +90,14 @@ class History:
             track = self.tracks.get(k)
             if track is None:
                 track = self.tracks[k] = _Track()
-            point = (float(t), float(row.live_bytes))
-            track.recent.append(point)
-            while track.recent and track.recent[0][0] < t - self.window_s:
-                track.recent.popleft()
-            if len(track.recent) > FIT_POINTS:
-                # Thin the older half, keep the newest points dense.
-                old = list(track.recent)[: len(track.recent) // 2]
-                new = list(track.recent)[len(track.recent) // 2 :]
-                track.recent = deque(old[::2] + new)
+            self._recent(track, t, row.live_bytes)
+            for stack in row.stacks or ():
+                path = self.paths.get((k, stack.frames))
+                if path is None:
+                    if len(self.paths) >= MAX_PATH_TRACKS:
+                        continue
+                    path = self.paths[(k, stack.frames)] = _Track()
+                self._recent(path, t, stack.live_bytes)
             if track.seen % track.stride == 0:
                 track.series.append((round(float(t), 3), int(row.live_bytes)))
                 if len(track.series) > SERIES_POINTS:
@@ -102,9 +105,21 @@ class History:
                     track.stride *= 2
             track.seen += 1
 
+    def _recent(self, track: _Track, t: float, live: int) -> None:
+        track.recent.append((float(t), float(live)))
+        while track.recent and track.recent[0][0] < t - self.window_s:
+            track.recent.popleft()
+        if len(track.recent) > FIT_POINTS:
+            # Thin the older half, keep the newest points dense.
+            old = list(track.recent)[: len(track.recent) // 2]
+            new = list(track.recent)[len(track.recent) // 2 :]
+            track.recent = deque(old[::2] + new)
+
     def growth(self, key: Hashable, live_now: int | None = None) -> tuple[float | None, bool]:
         """(bytes per second over the window, keeps growing) for one site."""
-        track = self.tracks.get(key)
+        return self._growth(self.tracks.get(key), live_now)
+
+    def _growth(self, track: _Track | None, live_now: int | None) -> tuple[float | None, bool]:
         if track is None or len(track.recent) < 2:
             return None, False
         points = list(track.recent)
@@ -134,6 +149,9 @@ class History:
             slope, growing = self.growth(self.key(row), row.live_bytes)
             row.growth_bytes_per_s = None if slope is None else round(slope, 1)
             row.growing = growing
+            for stack in row.stacks or ():
+                slope, _ = self._growth(self.paths.get((self.key(row), stack.frames)), stack.live_bytes)
+                stack.growth_bytes_per_s = None if slope is None else round(slope, 1)
         return rows
 
     def series(self, key: Hashable) -> list[tuple[float, int]]:

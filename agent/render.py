@@ -216,6 +216,46 @@ def rich_table(
     return table
 
 
+PATHS_ROWS = 3  # rows of a final table whose call paths are printed under it
+PATHS_PER_ROW = 3  # paths printed per row (the ones holding most live bytes)
+PATH_FRAMES = 4  # callers printed per path (the innermost ones)
+
+
+def _frame_text(frame: tuple) -> str:
+    function, file, line = frame
+    name = os.path.basename(file) if file else "?"
+    return f"{function} ({name}:{line})" if line else f"{function} ({name})"
+
+
+def call_paths(rows: Sequence[Row], *, rows_limit: int = PATHS_ROWS, per_row: int = PATHS_PER_ROW) -> list[str]:
+    """Lines to print under a table: for its first ROWS_LIMIT rows that know more than one call
+    path, or a caller (Row.stacks), the paths holding the most live bytes, innermost callers
+    last ("main (app.py:40) > handle (web.py:12) > append"), with their share of the row's live
+    bytes. Empty when no row has paths."""
+    out: list[str] = []
+    shown = 0
+    for row in rows:
+        if shown >= rows_limit:
+            break
+        paths = [s for s in row.stacks or () if len(s.frames) > 1]
+        if not paths:
+            continue
+        shown += 1
+        paths.sort(key=lambda s: (-s.live_bytes, -s.total_bytes))
+        out.append(f"call paths of {row.function} ({location(row, short=True)}), by live bytes:")
+        whole = max(row.live_bytes, sum(s.live_bytes for s in row.stacks or ()), 1)
+        for stack in paths[:per_row]:
+            callers = [_frame_text(f) for f in stack.frames[:-1]]
+            cut = len(callers) > PATH_FRAMES or stack.truncated
+            text = " > ".join(callers[-PATH_FRAMES:]) + " > " + row.function
+            share = 100.0 * min(stack.live_bytes, whole) / whole
+            growth = f"  {fmt_growth(stack.growth_bytes_per_s)}" if stack.growth_bytes_per_s is not None else ""
+            out.append(f"  {share:5.1f}%  {human_bytes(stack.live_bytes):>10}{growth}  {'… > ' if cut else ''}{text}")
+        if len(paths) > per_row:
+            out.append(f"  … {len(paths) - per_row} more path(s): trackleak report --html shows them all")
+    return out
+
+
 def cut_left(text: str, width: int) -> str:
     """Keep the end of TEXT (a path's file name and line) within WIDTH characters."""
     if len(text) <= width:

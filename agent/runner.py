@@ -71,6 +71,7 @@ SHIM_DEFAULTS = {"sample_rate": config.default("sample_rate"), "min_size": confi
 ENV_SAMPLE_RATE = "TRACKLEAK_SAMPLE_RATE"
 ENV_SAMPLE_BYTES = "TRACKLEAK_SAMPLE_BYTES"
 ENV_MIN_SIZE = "TRACKLEAK_MIN_SIZE"
+ENV_STACK_DEPTH = "TRACKLEAK_STACK_DEPTH"
 ENV_SMALL_OBJECTS = "TRACKLEAK_SMALL_OBJECTS"
 ENV_DUMP_INTERVAL = "TRACKLEAK_DUMP_INTERVAL"
 ENV_STARTUP_DELAY = "TRACKLEAK_STARTUP_DELAY"
@@ -102,6 +103,7 @@ class RunOptions:
     sample_rate: int | None = None
     sample_bytes: int | None = None
     min_size: int | None = None
+    stack_depth: int | None = None  # TRACKLEAK_STACK_DEPTH: Python frames per sampled call stack
     small_objects: str | None = None  # TRACKLEAK_SMALL_OBJECTS: auto, 1 or 0
     dump_interval: int | None = None
     startup_delay: int | None = None
@@ -214,6 +216,7 @@ def build_env(opts: RunOptions, base: Mapping[str, str], *, shim: str, log_dir: 
         (opts.sample_rate, ENV_SAMPLE_RATE),
         (opts.sample_bytes, ENV_SAMPLE_BYTES),
         (opts.min_size, ENV_MIN_SIZE),
+        (opts.stack_depth, ENV_STACK_DEPTH),
         (opts.small_objects, ENV_SMALL_OBJECTS),
         (opts.dump_interval, ENV_DUMP_INTERVAL),
     ):
@@ -765,7 +768,7 @@ def write_json(
     """{"meta": {...}, "sites": [row, ...], "history": [...]}: rows per pid, likely leaks first;
     the live-bytes series of the top sites (merged over pids) for plotting. Atomic replace."""
     path = Path(path).expanduser()
-    doc: dict = {"meta": meta, "sites": [row.to_dict() for row in sorted_rows(table)]}
+    doc: dict = {"meta": meta, "sites": [row.to_json() for row in sorted_rows(table)]}
     if history is not None:
         top = sorted_rows(merged if merged is not None else table.merged())[:HISTORY_SITES]
         doc["history"] = history.to_json([r.key for r in top])

@@ -310,6 +310,9 @@ class Session:
                 Console(file=self.stdout).print(render.rich_table(shown, processes=self.source.processes))
             else:
                 self.stdout.write(render.plain_table(shown, processes=self.source.processes))
+            paths = render.call_paths(shown)
+            if paths:
+                self.stdout.write("\n" + "\n".join(paths) + "\n")
             self.stdout.flush()
         except OSError:  # the terminal went away (SIGHUP): nothing useful to do
             pass

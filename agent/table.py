@@ -96,6 +96,10 @@ class Row:
     # The container the process runs in (trackleak.containers: "docker:0123456789ab",
     # "root:/srv/jail", "mntns:4026532455"); "" on the host.
     container: str = ""
+    # The call paths that led here (trackleak.stacks.Stack, outermost frame first, the last being
+    # this site), each with its share of the counters; None: the route recorded none. Not one of
+    # FIELDS (not a column, not in Elasticsearch): the JSON documents carry it as "stacks".
+    stacks: list | None = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def key(self) -> SiteKey:
@@ -125,9 +129,27 @@ class Row:
             self.growth_bytes_per_s = (self.growth_bytes_per_s or 0.0) + other.growth_bytes_per_s
         self.growing = self.growing or other.growing
         self.misattributed = self.misattributed or other.misattributed
+        if other.stacks is not None:
+            from .stacks import merge  # (trackleak.stacks imports this module)
+
+            self.stacks = merge([self.stacks or [], other.stacks])
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in FIELDS}
+
+    def copy(self) -> Row:
+        """A copy that shares nothing mutable (its stacks are copies too)."""
+        out = dataclasses.replace(self)
+        if self.stacks is not None:
+            out.stacks = [dataclasses.replace(s) for s in self.stacks]
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """The row in a JSON document: FIELDS, and its "stacks" when it has them."""
+        out = self.to_dict()
+        if self.stacks is not None:
+            out["stacks"] = [s.to_json() for s in self.stacks]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str | None = None, pid: int | None = None) -> Row:
@@ -190,7 +212,7 @@ class RetentionTable:
         key = (row.pid, row.key)
         have = self.rows.get(key)
         if have is None:
-            self.rows[key] = dataclasses.replace(row)
+            self.rows[key] = row.copy()
         else:
             have.add(row)
 
@@ -212,7 +234,7 @@ class RetentionTable:
         for row in self.rows.values():
             have = out.get(row.key)
             if have is None:
-                out[row.key] = dataclasses.replace(row)
+                out[row.key] = row.copy()
             else:
                 if have.pid != row.pid:
                     have.pid = 0

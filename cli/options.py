@@ -88,6 +88,19 @@ MinSize = Annotated[
         help=f"Track allocations of at least N bytes. Default {config.default('min_size')}.",
     ),
 ]
+StackDepth = Annotated[
+    Optional[int],
+    typer.Option(
+        envvar="TRACKLEAK_STACK_DEPTH",
+        min=0,
+        max=config.MAX_STACK_DEPTH,
+        show_default=False,
+        help=f"Python frames kept for each sampled allocation's call stack (the rows keep their "
+        f"line; --json, `trackleak report --html/--pprof/--collapsed` show the paths); 0: no stacks. "
+        f"Only sampled allocations walk their stack. Default {config.default('stack_depth')}, "
+        f"at most {config.MAX_STACK_DEPTH}.",
+    ),
+]
 JsonPath = Annotated[
     Optional[Path],
     typer.Option(

@@ -49,6 +49,7 @@ class AgentOptions:
     python_frames: bool = True
     native_stacks: int = 1
     arenas: bool | None = None  # pymalloc arena probes (None: TRACKLEAK_EBPF_ARENAS, default on)
+    stack_depth: int = config.default("stack_depth")  # Python frames per sampled call stack (0: none)
 
 
 class PidSource(Source):

@@ -64,6 +64,7 @@ class FleetOptions:
     min_size: int = config.default("min_size")
     python_frames: bool = True
     arenas: bool | None = None  # pymalloc arena probes (None: TRACKLEAK_EBPF_ARENAS, default on)
+    stack_depth: int = config.default("stack_depth")  # Python frames per sampled call stack (0: none)
     top: int = config.default("top")
     sort: str = config.default("sort")
     live: bool | None = None

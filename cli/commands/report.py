@@ -120,12 +120,17 @@ def report(
     if not rows:
         typer.echo("trackleak: the table is empty", err=True)
         return
+    for row in rows:
+        row.stacks = snap.stacks_of(row, per_pid=per_pid)
     if stdout_is_terminal():
         from rich.console import Console
 
         Console().print(render.rich_table(rows))
     else:
         typer.echo(render.plain_table(rows), nl=False)
+    paths = render.call_paths(rows)
+    if paths:
+        typer.echo("\n" + "\n".join(paths))
 
 
 def register(app: typer.Typer) -> None:

@@ -87,6 +87,7 @@ def run(
     sample_rate: options.SampleRate = None,
     sample_bytes: options.SampleBytes = None,
     min_size: options.MinSize = None,
+    stack_depth: options.StackDepth = None,
     small_objects: Annotated[
         Optional[SmallObjects],
         typer.Option(
@@ -153,6 +154,7 @@ def run(
             sample_rate=sample_rate,
             sample_bytes=sample_bytes,
             min_size=min_size,
+            stack_depth=stack_depth,
             small_objects=small_objects.value if small_objects is not None else None,
             dump_interval=dump_interval,
             startup_delay=startup_delay,

@@ -238,3 +238,25 @@ def test_the_python_defaults_are_the_shims():
     c_defaults = dict(re.findall(r"\.(sample_rate|min_size)\s*=\s*(\d+)", text))
     assert int(c_defaults["sample_rate"]) == config.default("sample_rate")
     assert int(c_defaults["min_size"]) == config.default("min_size")
+
+
+def test_stack_depth_reaches_every_route_in_the_same_order(tmp_path, monkeypatch):
+    """--stack-depth > TRACKLEAK_STACK_DEPTH > stack_depth in the file > the default, for run (the
+    child's environment), the agent by pid and the host agent."""
+    path = write(tmp_path, "stack_depth = 8\n[agent]\nstack_depth = 4\n")
+    assert run_opts(["--config", str(path), "app.py"]).stack_depth == 8
+    assert run_opts(["--config", str(path), "app.py"], env={"TRACKLEAK_STACK_DEPTH": "0"}).stack_depth == 0
+    assert run_opts(["--stack-depth", "128", "app.py"]).stack_depth == 128
+    _, seen = agent_call(["--config", str(path), "--pid", "1"])
+    assert seen["opts"].stack_depth == 4
+    _, seen = agent_call(["--pid", "1", "--stack-depth", "2"], {"TRACKLEAK_STACK_DEPTH": "9"})
+    assert seen["opts"].stack_depth == 2
+    monkeypatch.setattr(config, "SYSTEM_CONFIG", tmp_path / "absent.toml")
+    _, seen = agent_call(["--once"], target="run_fleet")
+    assert seen["opts"].stack_depth == config.default("stack_depth") == 32
+
+
+@pytest.mark.parametrize("value", ["129", "-1", "deep"])
+def test_a_bad_stack_depth_is_one_clear_error(value):
+    result = CliRunner().invoke(app, ["run", "--stack-depth", value, "app.py"])
+    assert result.exit_code == 2 and "--stack-depth" in result.output and "Traceback" not in result.output

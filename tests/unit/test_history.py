@@ -85,3 +85,24 @@ def test_per_process_tracks():
     rows = h.annotate([row("a", 9 << 20, pid=1), row("a", 1 << 20, pid=2)])
     assert [r.growing for r in rows] == [True, False]
     assert h.to_json([(1, ("a", "/app/a.py", 1, False))])[0]["pid"] == 1
+
+
+def test_each_call_path_gets_its_own_growth():
+    """Two callers into one site: the row grows, and so does only the caller that keeps its data."""
+    from trackleak.stacks import Stack
+
+    def site(t: int) -> Row:
+        r = row("append", live=t * 3 * (1 << 20))
+        r.stacks = [
+            Stack(frames=(("leaky", "/app/a.py", 1), ("append", "/app/a.py", 6)), live_bytes=t * 3 * (1 << 20)),
+            Stack(frames=(("healthy", "/app/a.py", 2), ("append", "/app/a.py", 6)), live_bytes=1 << 20),
+        ]
+        return r
+
+    h = History()
+    for t in range(20):
+        h.observe(float(t), [site(t)])
+    (out,) = h.annotate([site(19)])
+    by = {s.frames[0][0]: s for s in out.stacks}
+    assert out.growing and abs(by["leaky"].growth_bytes_per_s - 3 * (1 << 20)) < 1
+    assert by["healthy"].growth_bytes_per_s == 0.0

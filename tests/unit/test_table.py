@@ -165,3 +165,21 @@ def test_growth_must_be_a_finite_number():
         Row.from_dict({**row().to_dict(), "growth_bytes_per_s": "fast"})
     with pytest.raises(ValueError, match="growth_bytes_per_s"):
         Row.from_dict({**row().to_dict(), "growth_bytes_per_s": float("nan")})
+
+
+def test_a_rows_stacks_merge_and_reach_its_json():
+    from trackleak.stacks import Stack
+
+    frames = (("main", "/app/m.py", 3), ("f", "/app/a.py", 1))
+    a = Row(function="f", file="/app/a.py", line=1, live_bytes=10, stacks=[Stack(frames=frames, live_bytes=10)])
+    b = Row(function="f", file="/app/a.py", line=1, live_bytes=5, stacks=[Stack(frames=frames, live_bytes=5)])
+    table = RetentionTable()
+    table.add(a)
+    table.add(b)
+    (merged,) = table.rows.values()
+    assert [s.live_bytes for s in merged.stacks] == [15] and a.stacks[0].live_bytes == 10  # a copy
+    doc = merged.to_json()
+    assert doc["stacks"] == [
+        {"frames": [list(f) for f in frames], "live_bytes": 15, "live_count": 0, "total_bytes": 0, "count": 0}
+    ]
+    assert "stacks" not in Row(function="g", file="x", line=1).to_json()  # no route recorded any
