@@ -345,6 +345,7 @@ def _dropped(header: Header | None) -> dict[str, int]:
         "sites": header.dropped_sites,
         "samples": header.dropped_samples,
         "recycled_sites": header.recycled_sites,
+        "stacks": header.dropped_stacks,
     }
 
 
@@ -520,7 +521,7 @@ class HandoffTables:
 
     def dropped(self) -> dict[str, int]:
         """What the tables could not keep (site table full, samples not kept, sites recycled),
-        added over every incarnation: {"sites", "samples", "recycled_sites"}."""
+        added over every incarnation: {"sites", "samples", "recycled_sites", "stacks"}."""
         with self._lock:
             out = dict(self.folded_dropped)
             for inc in [*self.finished.values(), *self.running.values()]:
