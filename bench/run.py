@@ -2,7 +2,7 @@
 """Overhead of the preload shim against plain Python and the tools people use instead.
 
     python bench/run.py [--python PY] [--workload mixed|small] [--rounds N] [--repeat K] [--long]
-                        [--baseline-shim SO] [--no-others] [--pymalloc]
+                        [--baseline-shim SO] [--no-others] [--pymalloc] [--stacks]
 
 Every configuration runs the same allocation-heavy workload (bench/workload.py: JSON,
 dicts, strings, bytearrays; or, --workload small, bench/workload_small.py: small dicts, tuples,
@@ -17,6 +17,8 @@ but blind to cache misses and to what a PGO build loses when an allocator is wra
 --long also runs 4x the rounds in exhaustive mode: its ratio must not grow with run length.
 --baseline-shim SO adds the same two shim configurations with another build (say, the last
 release's: `git worktree add /tmp/old v1 && cc ...`) to compare before/after in one interleaved run.
+--stacks adds the defaults with TRACKLEAK_STACK_DEPTH=0 (no call stacks) and =128 (the maximum)
+beside the defaults (depth 32), issue 9.
 Not a test: nothing here asserts.
 """
 
@@ -53,6 +55,7 @@ def configs(
     baseline: str | None = None,
     others: bool = True,
     pymalloc: bool = False,
+    stacks: bool = False,
 ) -> dict[str, tuple[list[str], dict[str, str]]]:
     base = {"TRACKLEAK_QUIET": "1", "TRACKLEAK_LOG_DIR": logdir, "TRACKLEAK_STARTUP_DELAY": "0"}
     pre = {"LD_PRELOAD": shim, **base}
@@ -65,6 +68,9 @@ def configs(
         "trackleak TRACKLEAK_SMALL_OBJECTS=0": ([py], {**pre, "TRACKLEAK_SMALL_OBJECTS": "0"}),
         "trackleak exhaustive": ([py], {**pre, **exhaustive}),
     }
+    if stacks:
+        out["trackleak TRACKLEAK_STACK_DEPTH=0"] = ([py], {**pre, "TRACKLEAK_STACK_DEPTH": "0"})
+        out["trackleak TRACKLEAK_STACK_DEPTH=128"] = ([py], {**pre, "TRACKLEAK_STACK_DEPTH": "128"})
     if pymalloc:
         # the mem/object domains wrapped too: what a free-threaded build always gets (mimalloc
         # serves them at every size), so its cost can be set against a GIL build's
@@ -162,6 +168,7 @@ def main() -> None:
     ap.add_argument(
         "--pymalloc", action="store_true", help="also with TRACKLEAK_PYMALLOC=1 (mem/object domains wrapped)"
     )
+    ap.add_argument("--stacks", action="store_true", help="also with stack depth 0 and 128 (default 32)")
     args = ap.parse_args()
     global WORKLOAD, MEASURE
     WORKLOAD = WORKLOADS[args.workload]
@@ -169,7 +176,9 @@ def main() -> None:
     shim = shim_path()
     logdir = tempfile.mkdtemp(prefix="trackleak-bench-")
     try:
-        cfgs = configs(args.python, shim, logdir, args.baseline_shim, not args.no_others, args.pymalloc)
+        cfgs = configs(
+            args.python, shim, logdir, args.baseline_shim, not args.no_others, args.pymalloc, args.stacks
+        )
         med = measure(cfgs, args.rounds, args.repeat)
         plain = med["plain"]
         print(

@@ -30,7 +30,9 @@
 struct tl_frame *tl_frames;
 char *tl_stacks;
 
-#define PROBE 16
+/* Linear probing at a load of at most 1/4 (the indexes have 4 slots per record): a run of 32
+ * occupied slots, where a path would be dropped, has a chance of ~1e-9 per insert. */
+#define PROBE 32
 static uint64_t *frame_index; /* (hash32 << 32) | (record + 1); 0 empty */
 static uint64_t *path_index;
 static unsigned frame_bits, path_bits;
@@ -41,6 +43,14 @@ static TL_TLS struct {
     uint64_t addr, aux;
     uint32_t rec1; /* record + 1; 0 empty */
 } fcache[FCACHE];
+
+/* The thread's last path: a loop samples through the same frames again and again (exhaustive
+ * mode samples every allocation), and comparing the walk with it is cheaper than interning. */
+static TL_TLS struct {
+    int n, truncated;
+    uint32_t path; /* 0: none yet */
+    struct tl_pyloc locs[TL_STACK_DEPTH_MAX];
+} last;
 
 static inline struct tl_stack *stack_at(uint32_t rec)
 {
@@ -57,9 +67,9 @@ void tl_stacks_init(void)
 {
     if (!tl_hdr || !tl_hdr->stack_capacity || !tl_hdr->frame_capacity || !tl_frames || !tl_stacks)
         return;
-    for (frame_bits = 8; ((size_t)1 << frame_bits) < (size_t)tl_hdr->frame_capacity * 2; frame_bits++)
+    for (frame_bits = 8; ((size_t)1 << frame_bits) < (size_t)tl_hdr->frame_capacity * 4; frame_bits++)
         ;
-    for (path_bits = 8; ((size_t)1 << path_bits) < (size_t)tl_hdr->stack_capacity * 2; path_bits++)
+    for (path_bits = 8; ((size_t)1 << path_bits) < (size_t)tl_hdr->stack_capacity * 4; path_bits++)
         ;
     frame_index = map_anon(sizeof(uint64_t) << frame_bits);
     path_index = map_anon(sizeof(uint64_t) << path_bits);
@@ -195,6 +205,8 @@ uint32_t tl_stack_here(const struct tl_pyloc *site)
      * pending object, must not get another line's path). */
     if (site && (locs[0].code != site->code || locs[0].offset != site->offset || locs[0].fp != site->fp))
         return 0;
+    if (last.path && last.n == n && last.truncated == truncated && memcmp(last.locs, locs, (size_t)n * sizeof *locs) == 0)
+        return last.path;
     for (int i = 0; i < n; i++) {
         int64_t rec = frame_intern(&locs[i]);
         if (rec < 0) {
@@ -204,8 +216,14 @@ uint32_t tl_stack_here(const struct tl_pyloc *site)
         fr[i] = (uint32_t)rec;
     }
     uint32_t path = path_intern(fr, (uint32_t)n, truncated ? TL_STACK_F_TRUNCATED : 0);
-    if (!path)
+    if (!path) {
         __atomic_add_fetch(&tl_hdr->dropped_stacks, 1, __ATOMIC_RELAXED);
+        return 0;
+    }
+    last.n = n;
+    last.truncated = truncated;
+    last.path = path;
+    memcpy(last.locs, locs, (size_t)n * sizeof *locs);
     return path;
 }
 
