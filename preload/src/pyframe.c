@@ -315,7 +315,8 @@ int tl_py_stack(struct tl_pyloc *out, int max, int *truncated)
     const char *frame = top_frame(o);
     int n = 0;
     struct tl_pyloc extra;
-    for (int steps = 0; frame && steps < 4 * max + 64; steps++, frame = AT(frame, o->frame_previous, const char *)) {
+    int steps = 0;
+    for (; frame && steps < 4 * max + 64; steps++, frame = AT(frame, o->frame_previous, const char *)) {
         if (n < max) {
             n += frame_loc(frame, o, &out[n]);
         } else if (frame_loc(frame, o, &extra)) {
@@ -323,6 +324,8 @@ int tl_py_stack(struct tl_pyloc *out, int max, int *truncated)
             break;
         }
     }
+    if (frame && !*truncated)
+        *truncated = 1; /* the bound stopped the walk: outer frames may be missing */
     return n;
 }
 
