@@ -147,7 +147,17 @@ static __always_inline int tl_python_site(struct tl_target *t, struct tl_site_ke
             offset = (s64)lasti * t->lasti_mult;
         } else {
             u64 instr = tl_read_ptr(frame + t->frame_instr);
-            offset = (s64)(instr - (code + t->code_adaptive));
+            u64 bytecode = code + t->code_adaptive;
+            if (t->frame_tlbc_index >= 0 && t->code_tlbc >= 0 && code) {
+                s32 index = 0;                     /* 3.14t: this thread's copy of the bytecode */
+                bpf_probe_read_user(&index, sizeof(index), (void *)(frame + t->frame_tlbc_index));
+                if (index > 0) {
+                    u64 array = tl_read_ptr(code + t->code_tlbc);
+                    s64 size = array ? (s64)tl_read_ptr(array) : 0;
+                    bytecode = index < size ? tl_read_ptr(array + 8 + 8 * (u64)index) : 0;
+                }
+            }
+            offset = bytecode ? (s64)(instr - bytecode) : -1;
         }
         if (!code || offset < 0 || offset > 0x7fffffff) {  /* frame not started yet: its caller */
             frame = previous;
