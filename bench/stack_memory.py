@@ -83,7 +83,9 @@ def main() -> None:
             }
             if args.max_stacks:
                 env["TRACKLEAK_MAX_STACKS"] = str(args.max_stacks)
-            out = subprocess.run([args.python, str(prog)], env=env, capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [args.python, str(prog)], env=env, capture_output=True, text=True, check=True
+            )
             results[depth] = json.loads(out.stdout.strip().splitlines()[-1])
     on, off = results[args.depth], results[0]
     used = on["frames"] * L.FRAME_SIZE + on["stacks"] * on["stack_size"]
@@ -94,10 +96,14 @@ def main() -> None:
         f"path records {on['stacks']} of {on['stack_capacity']} ({on['stack_size']} B each), "
         f"dropped {on['dropped']}, paths on rows {on['paths_in_rows']}"
     )
-    print(f"records in use: {used / 2**20:.2f} MiB; reserved (memfd size, untouched pages free): {reserved / 2**20:.2f} MiB")
+    print(
+        f"records in use: {used / 2**20:.2f} MiB; "
+        f"reserved (memfd size, untouched pages free): {reserved / 2**20:.2f} MiB"
+    )
     print(
         f"segment resident: {on['segment_rss'] / 2**20:.2f} MiB with stacks, "
-        f"{off['segment_rss'] / 2**20:.2f} MiB at depth 0 (+{(on['segment_rss'] - off['segment_rss']) / 2**20:.2f} MiB)"
+        f"{off['segment_rss'] / 2**20:.2f} MiB at depth 0 "
+        f"(+{(on['segment_rss'] - off['segment_rss']) / 2**20:.2f} MiB)"
     )
 
 

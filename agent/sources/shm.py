@@ -23,8 +23,8 @@ from typing import Callable
 
 from .. import layout as L
 from ..errors import UserError
-from ..symbolize.native import native_name
 from ..stacks import Stack, merge
+from ..symbolize.native import native_name
 from ..table import Row
 
 # The row of the sites folded to make room (trackleak_shm.h, record 0): the names the shim writes.

@@ -97,7 +97,9 @@ def small():
         small_a(4 * i + 2)
         small_b(4 * i + 3)
 
-{"small": small, "split": split, "truncation": truncation, "forked": forked, "threads": threads, "many": many}[MODE]()
+MODES = {"small": small, "split": split, "truncation": truncation, "forked": forked, "threads": threads}
+MODES["many"] = many
+MODES[MODE]()
 print("stacks-ok")
 """
 
@@ -181,8 +183,14 @@ def test_small_objects_split(cpython, shim, app, tmp_path):
     """Small objects (3.13+: the reference tracer, whose var-sized objects are recorded at the next
     event with the path read at their creation; 3.9-3.12: small-object mode's sampled blocks)."""
     res = run(
-        cpython, shim, app, tmp_path, "small", sample_rate=None,
-        env={"TRACKLEAK_SMALL_OBJECTS": "1", "TRACKLEAK_SAMPLE_BYTES": "512"}, n=3000,
+        cpython,
+        shim,
+        app,
+        tmp_path,
+        "small",
+        sample_rate=None,
+        env={"TRACKLEAK_SMALL_OBJECTS": "1", "TRACKLEAK_SAMPLE_BYTES": "512"},
+        n=3000,
     )
     dump = res.exit_dump()
     lib_line = line_of(app.parent / "lib.py", "keep_small")
@@ -192,8 +200,9 @@ def test_small_objects_split(cpython, shim, app, tmp_path):
     through = {}
     for s in row.stacks:
         through[s.frames[-2][0]] = through.get(s.frames[-2][0], 0) + s.live_bytes
-    a, b = through.get("small.<locals>.small_a", through.get("small_a")), through.get(
-        "small.<locals>.small_b", through.get("small_b")
+    a, b = (
+        through.get("small.<locals>.small_a", through.get("small_a")),
+        through.get("small.<locals>.small_b", through.get("small_b")),
     )
     assert a and b, through
     # ~12 000 objects of ~140 bytes at R = 512: 3.13+ samples a bytes object on its header
@@ -263,7 +272,15 @@ def test_sampled_split_in_run_json_and_collapsed(cpython, app, tmp_path):
     both paths, each within 5 standard errors of its true live bytes."""
     out = tmp_path / "out.json"
     res = run_trackleak(
-        "run", "--json", str(out), "--python", cpython.path, str(app), "split", str(N), str(SIZE),
+        "run",
+        "--json",
+        str(out),
+        "--python",
+        cpython.path,
+        str(app),
+        "split",
+        str(N),
+        str(SIZE),
         cwd=app.parent,
     )
     assert res.returncode == 0, res.stderr
@@ -287,7 +304,9 @@ def test_sampled_split_in_run_json_and_collapsed(cpython, app, tmp_path):
     # the collapsed view made from that file: the same two paths, the same bytes
     col = run_trackleak("report", "--collapsed", "-", str(out), cwd=tmp_path)
     assert col.returncode == 0, col.stderr
-    lines = [ln for ln in col.stdout.splitlines() if ln.split(" ")[-1].isdigit() and f"lib.py:{lib_line})" in ln]
+    lines = [
+        ln for ln in col.stdout.splitlines() if ln.split(" ")[-1].isdigit() and f"lib.py:{lib_line})" in ln
+    ]
     through = {}
     for ln in lines:
         frames, value = ln.rsplit(" ", 1)

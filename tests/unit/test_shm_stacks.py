@@ -41,9 +41,7 @@ def frame_bytes(function: bytes, file: bytes, line: int, state: int = L.TL_SITE_
     return bytes(raw)
 
 
-def path_bytes(
-    ids, depth_cap, *, est=(0, 0, 0, 0), flags=0, state=L.TL_SITE_READY, depth=None
-) -> bytes:
+def path_bytes(ids, depth_cap, *, est=(0, 0, 0, 0), flags=0, state=L.TL_SITE_READY, depth=None) -> bytes:
     rec = L.TlStack()
     rec.state, rec.flags = state, flags
     rec.depth = len(ids) if depth is None else depth
@@ -93,7 +91,11 @@ def test_paths_land_on_their_row_outermost_first():
     assert snap.header.has_stacks and snap.header.dropped_stacks == 7 and snap.bad_stacks == 0
     stacks = {s.frames[1][0]: s for s in row_of(snap).stacks}
     a, b = stacks["caller_a"], stacks["caller_b"]
-    assert a.frames == (("main", "/app/app.py", 10), ("caller_a", "/app/app.py", 5), ("keep", "/app/lib.py", 3))
+    assert a.frames == (
+        ("main", "/app/app.py", 10),
+        ("caller_a", "/app/app.py", 5),
+        ("keep", "/app/lib.py", 3),
+    )
     assert (a.live_bytes, a.live_count, a.total_bytes, a.count) == (30_000, 30, 30_000, 30)
     assert (b.live_bytes, b.live_count, b.total_bytes, b.count) == (8_000, 8, 10_000, 10)
     assert not a.truncated
@@ -221,13 +223,32 @@ def test_views_add_up_with_paths_missing():
 
 
 def test_dump_rows_with_bad_stacks_keep_the_row():
-    site = {"function": "keep", "file": "/app/lib.py", "line": 3, "count": 4, "total_bytes": 400,
-            "live_bytes": 400, "live_count": 4, "sample_count": 4, "sample_total_bytes": 400}
-    good = {"frames": [["main", "/app/app.py", 10], ["keep", "/app/lib.py", 3]], "live_bytes": 400,
-            "live_count": 4, "total_bytes": 400, "count": 4}
+    site = {
+        "function": "keep",
+        "file": "/app/lib.py",
+        "line": 3,
+        "count": 4,
+        "total_bytes": 400,
+        "live_bytes": 400,
+        "live_count": 4,
+        "sample_count": 4,
+        "sample_total_bytes": 400,
+    }
+    good = {
+        "frames": [["main", "/app/app.py", 10], ["keep", "/app/lib.py", 3]],
+        "live_bytes": 400,
+        "live_count": 4,
+        "total_bytes": 400,
+        "count": 4,
+    }
     bad = dict(good, frames=[["main", "/app/app.py", 10], ["other", "/app/lib.py", 9]])
-    line = {"format": "trackleak-dump", "version": 1, "pid": 5, "dropped": {"stacks": 3},
-            "sites": [dict(site, stacks=[good]), dict(site, line=4, stacks=[bad]), dict(site, line=5)]}
+    line = {
+        "format": "trackleak-dump",
+        "version": 1,
+        "pid": 5,
+        "dropped": {"stacks": 3},
+        "sites": [dict(site, stacks=[good]), dict(site, line=4, stacks=[bad]), dict(site, line=5)],
+    }
     log = dumpfile.parse_lines([json.dumps(line)])
     (dump,) = log.dumps
     rows = {r.line: r for r in dump.rows}
