@@ -315,3 +315,22 @@ def test_sampled_split_in_run_json_and_collapsed(cpython, app, tmp_path):
     assert through.get("caller_a") == a["live_bytes"] and through.get("caller_b") == b["live_bytes"], (
         col.stdout[:2000]
     )
+
+
+@pytest.mark.parametrize(
+    "value, depth, said",
+    [
+        ("200", 128, "TRACKLEAK_STACK_DEPTH=200 is more than 128 frames; using 128"),
+        ("deep", 32, 'ignoring TRACKLEAK_STACK_DEPTH="deep": expected a whole number'),
+        ("-1", 32, 'ignoring TRACKLEAK_STACK_DEPTH="-1"'),
+        ("5", 5, None),
+    ],
+)
+def test_stack_depth_variable(cpython, shim, app, tmp_path, value, depth, said):
+    res = run(cpython, shim, app, tmp_path, "split", env={"TRACKLEAK_STACK_DEPTH": value}, n=10)
+    assert res.exit_dump()["stack_depth"] == depth
+    lines = [ln for ln in res.stderr.splitlines() if "TRACKLEAK_STACK_DEPTH" in ln]
+    if said is None:
+        assert lines == [], res.stderr
+    else:
+        assert len(lines) == 1 and said in lines[0] and lines[0].startswith("[trackleak] "), res.stderr
