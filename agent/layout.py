@@ -12,7 +12,7 @@ from __future__ import annotations
 import ctypes
 
 TL_SHM_MAGIC = b"TRKLEAK\x00"  # 8 bytes, NUL included
-TL_SHM_VERSION = 4
+TL_SHM_VERSION = 5
 TL_COUNT_ONE = 1024  # count weights' fixed point (== trackleak.sampling.COUNT_ONE, test-checked)
 TL_SHM_MEMFD_NAME = "trackleak"
 
@@ -79,7 +79,18 @@ class TlShmHeader(ctypes.Structure):
         ("dropped_events", ctypes.c_uint64),
         ("sample_interval", ctypes.c_uint64),
         ("recycled_sites", ctypes.c_uint64),
-        ("reserved", ctypes.c_uint64 * 9),
+        ("frames_offset", ctypes.c_uint64),
+        ("stacks_offset", ctypes.c_uint64),
+        ("frame_size", ctypes.c_uint32),
+        ("frame_capacity", ctypes.c_uint32),
+        ("frame_count", ctypes.c_uint32),
+        ("stack_size", ctypes.c_uint32),
+        ("stack_capacity", ctypes.c_uint32),
+        ("stack_count", ctypes.c_uint32),
+        ("stack_depth", ctypes.c_uint32),
+        ("reserved1", ctypes.c_uint32),
+        ("dropped_stacks", ctypes.c_uint64),
+        ("reserved", ctypes.c_uint64 * 2),
     )
 
 
@@ -121,11 +132,65 @@ class TlSite(ctypes.Structure):
     )
 
 
+# ---- call stacks (trackleak_shm.h: frame records, then path records, after the sites)
+TL_STACK_DEPTH_MAX = 128
+TL_STACK_F_TRUNCATED = 0x1  # deeper than stack_depth: the outermost frames were cut
+
+
+class TlFrame(ctypes.Structure):
+    """One (code object, instruction offset): its names and line, resolved once by the shim."""
+
+    _fields_ = (
+        ("state", ctypes.c_uint32),
+        ("line", ctypes.c_uint32),
+        ("key_addr", ctypes.c_uint64),
+        ("key_aux", ctypes.c_uint64),
+        ("function", ctypes.c_char * TL_FUNC_MAX),
+        ("file", ctypes.c_char * TL_FILE_MAX),
+    )
+
+
+class TlStackCounts(ctypes.Structure):
+    _fields_ = (
+        ("est_count", ctypes.c_uint64),
+        ("est_bytes", ctypes.c_uint64),
+        ("est_free_count", ctypes.c_uint64),
+        ("est_free_bytes", ctypes.c_uint64),
+    )
+
+
+class TlStack(ctypes.Structure):
+    """The fixed part of a path record; ``header.stack_depth`` uint32 frame numbers follow
+    (innermost first), the record being ``header.stack_size`` bytes."""
+
+    _fields_ = (
+        ("state", ctypes.c_uint32),
+        ("depth", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("hash", ctypes.c_uint32),
+        ("c", TlStackCounts * 2),
+    )
+
+
+def stack_record_size(depth: int) -> int:
+    """Bytes of a path record keeping DEPTH frames (the shim's rule: rounded up to 8)."""
+    return (ctypes.sizeof(TlStack) + 4 * depth + 7) // 8 * 8
+
+
 HEADER_SIZE = ctypes.sizeof(TlShmHeader)
 SITE_SIZE = ctypes.sizeof(TlSite)
+FRAME_SIZE = ctypes.sizeof(TlFrame)
+STACK_FIXED_SIZE = ctypes.sizeof(TlStack)
 
 # C struct name -> mirror, for the layout test and for `trackleak inspect`.
-STRUCTS = {"tl_shm_header": TlShmHeader, "tl_counts": TlCounts, "tl_site": TlSite}
+STRUCTS = {
+    "tl_shm_header": TlShmHeader,
+    "tl_counts": TlCounts,
+    "tl_site": TlSite,
+    "tl_frame": TlFrame,
+    "tl_stack_counts": TlStackCounts,
+    "tl_stack": TlStack,
+}
 
 
 def site_total(site: TlSite, field: str) -> int:

@@ -583,6 +583,7 @@ class LaunchSource(Source):
                     "sites": h.dropped_sites,
                     "samples": h.dropped_samples,
                     "recycled_sites": h.recycled_sites,
+                    "stacks": h.dropped_stacks,
                 }
             for name in DROP_NAMES:
                 dropped[name] = dropped.get(name, 0) + int(counts.get(name, 0))
@@ -713,7 +714,7 @@ def launch_session(
     return session
 
 
-DROP_NAMES = ("sites", "samples", "recycled_sites")
+DROP_NAMES = ("sites", "samples", "recycled_sites", "stacks")
 
 
 def describe_dropped(dropped: Mapping[str, int]) -> str:
@@ -727,6 +728,11 @@ def describe_dropped(dropped: Mapping[str, int]) -> str:
         parts.append(f"{dropped['samples']} sample(s) not kept (live set full: live bytes may be low)")
     if dropped.get("recycled_sites"):
         parts.append(f"{dropped['recycled_sites']} idle site(s) folded into '[other sites]' to make room")
+    if dropped.get("stacks"):
+        parts.append(
+            f"{dropped['stacks']} sample(s) without their call path (stack table full: "
+            "TRACKLEAK_MAX_STACKS; shown at their line alone)"
+        )
     return "; ".join(parts)
 
 

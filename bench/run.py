@@ -4,6 +4,7 @@
     python bench/run.py [--python PY [--python PY2 ...]] [--workload mixed|small] [--rounds N]
                         [--repeat K] [--long] [--baseline-shim SO] [--no-others] [--pymalloc]
                         [--only NAMES]
+                        [--stacks]
 
 Every configuration runs the same allocation-heavy workload (bench/workload.py: JSON,
 dicts, strings, bytearrays; or, --workload small, bench/workload_small.py: small dicts, tuples,
@@ -21,6 +22,8 @@ against a free-threaded one of the same minor, say), each against its own plain.
 --baseline-shim SO adds the same three shim configurations with another build (say, the last
 release's: `git worktree add /tmp/old v1 && cc ...`) to compare before/after in one interleaved run.
 --only NAMES runs only the configurations whose names contain one of NAMES (comma-separated), and plain.
+--stacks adds the defaults with TRACKLEAK_STACK_DEPTH=0 (no call stacks) and =128 (the maximum)
+beside the defaults (depth 32), issue 9.
 Not a test: nothing here asserts.
 """
 
@@ -57,6 +60,7 @@ def configs(
     baseline: str | None = None,
     others: bool = True,
     pymalloc: bool = False,
+    stacks: bool = False,
 ) -> dict[str, tuple[list[str], dict[str, str]]]:
     base = {"TRACKLEAK_QUIET": "1", "TRACKLEAK_LOG_DIR": logdir, "TRACKLEAK_STARTUP_DELAY": "0"}
     pre = {"LD_PRELOAD": shim, **base}
@@ -69,6 +73,9 @@ def configs(
         "trackleak TRACKLEAK_SMALL_OBJECTS=0": ([py], {**pre, "TRACKLEAK_SMALL_OBJECTS": "0"}),
         "trackleak exhaustive": ([py], {**pre, **exhaustive}),
     }
+    if stacks:
+        out["trackleak TRACKLEAK_STACK_DEPTH=0"] = ([py], {**pre, "TRACKLEAK_STACK_DEPTH": "0"})
+        out["trackleak TRACKLEAK_STACK_DEPTH=128"] = ([py], {**pre, "TRACKLEAK_STACK_DEPTH": "128"})
     if pymalloc:
         # the mem/object domains wrapped too: what a free-threaded build always gets (mimalloc
         # serves them at every size), so its cost can be set against a GIL build's
@@ -176,6 +183,7 @@ def main() -> None:
         help="comma-separated configuration names to run (substrings; plain always runs), e.g. "
         "'SMALL_OBJECTS=1,defaults'",
     )
+    ap.add_argument("--stacks", action="store_true", help="also with stack depth 0 and 128 (default 32)")
     args = ap.parse_args()
     global WORKLOAD, MEASURE
     WORKLOAD = WORKLOADS[args.workload]
@@ -188,7 +196,7 @@ def main() -> None:
         cfgs = {}  # "PY\tconfiguration" -> (argv, env): all interpreters in one loop
         for py in pythons:
             for name, cfg in configs(
-                py, shim, logdir, args.baseline_shim, not args.no_others, args.pymalloc
+                py, shim, logdir, args.baseline_shim, not args.no_others, args.pymalloc, args.stacks
             ).items():
                 if wanted and name != "plain" and not any(w in name for w in wanted):
                     continue

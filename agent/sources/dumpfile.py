@@ -6,7 +6,7 @@ One object per line and per dump::
     {"format": "trackleak-dump", "version": 1, "pid": ..., "ppid": ..., "timestamp": <unix s>,
      "reason": "interval" | "exit", "elapsed_seconds": ..., "sample_rate": ..., "sample_interval": ...,
      "min_size": ..., "python": "3.11.7" | null,
-     "dropped": {"samples": ..., "sites": ..., "events": ..., "recycled_sites": ...},
+     "dropped": {"samples": ..., "sites": ..., "events": ..., "recycled_sites": ..., "stacks": ...},
      "sites": [{function, file, line, count, total_bytes, sample_count, sample_total_bytes,
                 sample_free_bytes, retention_pct, peak_single, avg_size, native}, ...]}
 
@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..stacks import parse_stacks
 from ..symbolize.native import native_name
 from ..table import RetentionTable, Row
 
@@ -63,6 +64,7 @@ class Dump:
     path: str = ""
     sample_interval: int | None = None  # mean bytes between samples; absent before layout v3
     line_no: int = 0
+    bad_stacks: int = 0  # rows whose "stacks" were refused (trackleak.stacks.parse_stacks)
 
     @property
     def is_exit(self) -> bool:
@@ -158,7 +160,7 @@ def parse_dump(obj: Any) -> Dump:
         k: v for k, v in dropped_in.items() if isinstance(v, int) and not isinstance(v, bool) and v >= 0
     }
     rows = []
-    bad_rows = 0
+    bad_rows = bad_stacks = 0
     for site in sites:
         try:
             if not isinstance(site, dict):
@@ -166,6 +168,11 @@ def parse_dump(obj: Any) -> Dump:
             row = Row.from_dict(site, source="preload", pid=pid)
             if row.native:
                 row.function = native_name(row.function, row.file)
+            if "stacks" in site:
+                try:
+                    row.stacks = parse_stacks(site["stacks"], row)
+                except ValueError:
+                    bad_stacks += 1  # the row stays, shown as its own site
             rows.append(row)
         except ValueError:
             bad_rows += 1
@@ -182,6 +189,7 @@ def parse_dump(obj: Any) -> Dump:
         rows=rows,
         bad_rows=bad_rows,
         sample_interval=_int(obj, "sample_interval"),
+        bad_stacks=bad_stacks,
     )
 
 

@@ -144,9 +144,12 @@ def read_table(fd: int, pid: int, size: int | None = None) -> Snapshot:
         header = parse_header(head, mapping_size=size)
         # Only the records the validated header covers: a consistent buffer while it grows.
         body = _pread_all(fd, header.site_count * L.SITE_SIZE, L.HEADER_SIZE)
+        # The call stacks (frame and path records) where the validated header puts them.
+        return parse_segment(
+            head + body, pid=pid, mapping_size=size, read=lambda offset, n: _pread_all(fd, n, offset)
+        )
     except OSError as exc:
         raise HandoffError(f"process {pid}: reading its table failed: {exc.strerror}") from None
-    return parse_segment(head + body, pid=pid, mapping_size=size)
 
 
 def accept_message(data: bytes, ancdata: list, flags: int, *, euid: int | None = None) -> Handoff:
@@ -342,6 +345,7 @@ def _dropped(header: Header | None) -> dict[str, int]:
         "sites": header.dropped_sites,
         "samples": header.dropped_samples,
         "recycled_sites": header.recycled_sites,
+        "stacks": header.dropped_stacks,
     }
 
 
@@ -517,7 +521,7 @@ class HandoffTables:
 
     def dropped(self) -> dict[str, int]:
         """What the tables could not keep (site table full, samples not kept, sites recycled),
-        added over every incarnation: {"sites", "samples", "recycled_sites"}."""
+        added over every incarnation: {"sites", "samples", "recycled_sites", "stacks"}."""
         with self._lock:
             out = dict(self.folded_dropped)
             for inc in [*self.finished.values(), *self.running.values()]:

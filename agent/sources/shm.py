@@ -19,9 +19,11 @@ import ctypes
 import errno
 import os
 from dataclasses import dataclass, field
+from typing import Callable
 
 from .. import layout as L
 from ..errors import UserError
+from ..stacks import Stack, merge
 from ..symbolize.native import native_name
 from ..table import Row
 
@@ -36,6 +38,8 @@ MAX_SEGMENT_BYTES = 1 << 30
 
 _F_FUNCTION = L.TlSite.function.offset
 _F_FILE = L.TlSite.file.offset
+_FR_FUNCTION = L.TlFrame.function.offset
+_FR_FILE = L.TlFrame.file.offset
 
 
 class ShmError(UserError):
@@ -75,6 +79,22 @@ class Header:
     dropped_events: int
     sample_interval: int = 0  # mean bytes between samples (trackleak.sampling); 0: every allocation
     recycled_sites: int = 0  # idle site records folded into "[other sites]" to make room
+    # Call stacks (trackleak_shm.h, layout v5): where the frame and path records are. Capacities
+    # 0: the process records no stacks. ``stacks_error``: why the reader ignores them ("" = fine).
+    frames_offset: int = 0
+    stacks_offset: int = 0
+    frame_capacity: int = 0
+    frame_count: int = 0
+    stack_size: int = 0
+    stack_capacity: int = 0
+    stack_count: int = 0
+    stack_depth: int = 0
+    dropped_stacks: int = 0  # sampled allocations whose path could not be kept (tables full)
+    stacks_error: str = ""
+
+    @property
+    def has_stacks(self) -> bool:
+        return self.stack_capacity > 0 and not self.stacks_error
 
     @property
     def flag_names(self) -> list[str]:
@@ -172,6 +192,36 @@ class Record:
         )
 
 
+@dataclass(frozen=True)
+class PathRecord:
+    """One call path as stored (trackleak_shm.h struct tl_stack), its frames resolved."""
+
+    index: int
+    frames: tuple  # ((function, file, line), ...) outermost first; the last is the site's own
+    truncated: bool
+    est_count: int
+    est_bytes: int
+    est_free_count: int
+    est_free_bytes: int
+
+    @property
+    def site(self) -> tuple:
+        """The key of the row it belongs to (a Python site: native is False)."""
+        function, file, line = self.frames[-1]
+        return (function, file, line, False)
+
+    def to_stack(self) -> Stack:
+        one = L.TL_COUNT_ONE
+        return Stack(
+            frames=self.frames,
+            live_bytes=max(0, self.est_bytes - self.est_free_bytes),
+            live_count=max(0, (self.est_count - self.est_free_count + one // 2) // one),
+            total_bytes=self.est_bytes,
+            count=(self.est_count + one // 2) // one,
+            truncated=self.truncated,
+        )
+
+
 @dataclass
 class Snapshot:
     pid: int  # the process we read (the header's pid can lag in a freshly forked child)
@@ -180,10 +230,13 @@ class Snapshot:
     not_ready: int = 0  # records handed out but not yet published (normal, transient)
     free: int = 0  # records given back (their totals are in "[other sites]")
     bad_records: int = 0  # READY records we refused (unknown kind, names without NUL)
+    paths: list[PathRecord] = field(default_factory=list)
+    bad_stacks: int = 0  # path or frame records we refused (bad depth, frame numbers, names)
 
     @property
     def rows(self) -> list[Row]:
-        """One row per site (same function, file, line, native merge)."""
+        """One row per site (same function, file, line, native merge), with its call paths when
+        the process records them (``stacks`` [] for a row none led to: shown as its own site)."""
         merged: dict[tuple, Row] = {}
         for rec in self.records:
             if not rec.count:
@@ -194,6 +247,14 @@ class Snapshot:
                 merged[row.key] = row
             else:
                 have.add(row)
+        if self.header.has_stacks:
+            by_site: dict[tuple, list[Stack]] = {}
+            for path in self.paths:
+                if path.est_count or path.est_bytes:
+                    by_site.setdefault(path.site, []).append(path.to_stack())
+            for key, row in merged.items():
+                if not row.native and row.file != OTHER_SITES_FILE:
+                    row.stacks = merge([by_site.get(key, [])])
         return list(merged.values())
 
 
@@ -268,6 +329,7 @@ def parse_header(data: bytes, *, mapping_size: int | None = None) -> Header:
         raise ShmError(f"site_capacity {h.site_capacity} needs {need} bytes, the mapping has {size}")
     if h.site_count > h.site_capacity:
         raise ShmError(f"site_count {h.site_count} exceeds site_capacity {h.site_capacity}")
+    stacks_error = _check_stack_tables(h, need, size)
     return Header(
         version=h.version,
         header_size=h.header_size,
@@ -288,7 +350,102 @@ def parse_header(data: bytes, *, mapping_size: int | None = None) -> Header:
         dropped_events=h.dropped_events,
         sample_interval=h.sample_interval,
         recycled_sites=h.recycled_sites,
+        frames_offset=h.frames_offset,
+        stacks_offset=h.stacks_offset,
+        frame_capacity=h.frame_capacity,
+        frame_count=min(h.frame_count, h.frame_capacity),
+        stack_size=h.stack_size,
+        stack_capacity=h.stack_capacity,
+        stack_count=min(h.stack_count, h.stack_capacity),
+        stack_depth=h.stack_depth,
+        dropped_stacks=h.dropped_stacks,
+        stacks_error=stacks_error,
     )
+
+
+def _check_stack_tables(h: L.TlShmHeader, sites_end: int, size: int) -> str:
+    """Why the frame and path tables the header describes cannot be read ("" when they can, or
+    when there are none). Only the stacks are ignored then: the sites stay readable."""
+    if h.stack_capacity == 0 and h.frame_capacity == 0:
+        return ""
+    if not 1 <= h.stack_depth <= L.TL_STACK_DEPTH_MAX:
+        return f"stack_depth {h.stack_depth} is not 1 to {L.TL_STACK_DEPTH_MAX}"
+    if h.frame_size != L.FRAME_SIZE:
+        return f"frame_size {h.frame_size}, {L.FRAME_SIZE} expected"
+    if h.stack_size != L.stack_record_size(h.stack_depth):
+        return f"stack_size {h.stack_size}, {L.stack_record_size(h.stack_depth)} expected"
+    if h.frames_offset < sites_end or h.frames_offset % 8:
+        return f"frames_offset {h.frames_offset} overlaps the sites (they end at {sites_end})"
+    frames_end = h.frames_offset + h.frame_capacity * L.FRAME_SIZE
+    if h.stacks_offset < frames_end or h.stacks_offset % 8:
+        return f"stacks_offset {h.stacks_offset} overlaps the frames (they end at {frames_end})"
+    end = h.stacks_offset + h.stack_capacity * h.stack_size
+    if end > size or end > MAX_SEGMENT_BYTES:
+        return f"the stack tables need {end} bytes, the mapping has {size}"
+    return ""
+
+
+Reader = Callable[[int, int], bytes]  # (offset from the segment's start, size) -> exactly those bytes
+
+
+def parse_stack_tables(header: Header, read: Reader) -> tuple[list[PathRecord], int]:
+    """The path records of a segment, their frames resolved, and how many frame or path records
+    were refused. READ gets what the header says is there (offsets and counts already checked
+    against the mapping by parse_header); nothing in the records is trusted: states, depths, flags,
+    frame numbers and names are checked, a path with any bad part is refused whole."""
+    if not header.has_stacks or not header.stack_count:
+        return [], 0
+    raw = read(header.frames_offset, header.frame_count * L.FRAME_SIZE)
+    if len(raw) < header.frame_count * L.FRAME_SIZE:
+        return [], 0
+    frames: list[tuple | None] = []
+    bad = 0
+    view = memoryview(raw)
+    for i in range(header.frame_count):
+        off = i * L.FRAME_SIZE
+        rec = L.TlFrame.from_buffer_copy(view[off : off + L.FRAME_SIZE])
+        function = _cstr(bytes(view[off + _FR_FUNCTION : off + _FR_FUNCTION + L.TL_FUNC_MAX]))
+        file = _cstr(bytes(view[off + _FR_FILE : off + _FR_FILE + L.TL_FILE_MAX]))
+        if rec.state != L.TL_SITE_READY or function is None or file is None:
+            if rec.state == L.TL_SITE_READY:
+                bad += 1
+            frames.append(None)
+            continue
+        frames.append((function, file, int(rec.line)))
+    size = header.stack_size
+    raw = read(header.stacks_offset, header.stack_count * size)
+    if len(raw) < header.stack_count * size:
+        return [], bad
+    view = memoryview(raw)
+    fixed = L.STACK_FIXED_SIZE
+    paths = []
+    for i in range(header.stack_count):
+        off = i * size
+        rec = L.TlStack.from_buffer_copy(view[off : off + fixed])
+        if rec.state != L.TL_SITE_READY:
+            continue  # being filled, or abandoned after a lost race
+        depth = rec.depth
+        if not 1 <= depth <= header.stack_depth or rec.flags & ~L.TL_STACK_F_TRUNCATED:
+            bad += 1
+            continue
+        ids = (ctypes.c_uint32 * depth).from_buffer_copy(view[off + fixed : off + fixed + 4 * depth])
+        resolved = [frames[n] if n < len(frames) else None for n in ids]
+        if any(f is None for f in resolved):
+            bad += 1
+            continue
+        c0, c1 = rec.c[0], rec.c[1]
+        paths.append(
+            PathRecord(
+                index=i,
+                frames=tuple(reversed(resolved)),  # stored innermost first
+                truncated=bool(rec.flags & L.TL_STACK_F_TRUNCATED),
+                est_count=c0.est_count + c1.est_count,
+                est_bytes=c0.est_bytes + c1.est_bytes,
+                est_free_count=c0.est_free_count + c1.est_free_count,
+                est_free_bytes=c0.est_free_bytes + c1.est_free_bytes,
+            )
+        )
+    return paths, bad
 
 
 def _cstr(raw: bytes) -> str | None:
@@ -299,8 +456,11 @@ def _cstr(raw: bytes) -> str | None:
     return raw[:nul].decode("utf-8", errors="replace")
 
 
-def parse_segment(data: bytes, *, pid: int = 0, mapping_size: int | None = None) -> Snapshot:
-    """Decode a whole segment (header plus at least ``site_count`` records) from bytes."""
+def parse_segment(
+    data: bytes, *, pid: int = 0, mapping_size: int | None = None, read: Reader | None = None
+) -> Snapshot:
+    """Decode a whole segment (header plus at least ``site_count`` records) from bytes. The call
+    stacks come from READ (the rest of the segment: /proc/PID/mem, a memfd), else from DATA."""
     header = parse_header(data, mapping_size=mapping_size)
     end = L.HEADER_SIZE + header.site_count * L.SITE_SIZE
     if len(data) < end:
@@ -351,6 +511,12 @@ def parse_segment(data: bytes, *, pid: int = 0, mapping_size: int | None = None)
                 flags=rec.flags,
             )
         )
+    if read is None:
+
+        def read(offset: int, size: int) -> bytes:
+            return bytes(view[offset : offset + size])
+
+    snap.paths, snap.bad_stacks = parse_stack_tables(header, read)
     return snap
 
 
@@ -391,9 +557,14 @@ def read_segment(pid: int, seg: Segment) -> Snapshot:
         # The count can grow while we read. Keep the header we validated and only the records it
         # covers, so the buffer we parse is consistent by construction.
         body = _read_at(fd, seg.start + L.HEADER_SIZE, header.site_count * L.SITE_SIZE, pid)
+        return parse_segment(
+            head + body,
+            pid=pid,
+            mapping_size=seg.size,
+            read=lambda offset, size: _read_at(fd, seg.start + offset, size, pid),
+        )
     finally:
         os.close(fd)
-    return parse_segment(head + body, pid=pid, mapping_size=seg.size)
 
 
 def read_snapshot(pid: int) -> Snapshot:

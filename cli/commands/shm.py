@@ -61,7 +61,11 @@ def inspect(
         f"sampling  1/{h.sample_rate}, min size {h.min_size} B, live samples {h.live_samples}",
         f"sites     {h.site_count}/{h.site_capacity} "
         f"(not ready {snap.not_ready}, refused {snap.bad_records})",
-        f"dropped   samples {h.dropped_samples}, sites {h.dropped_sites}, events {h.dropped_events}",
+        f"stacks    depth {h.stack_depth}, paths {h.stack_count}/{h.stack_capacity}, "
+        f"frames {h.frame_count}/{h.frame_capacity} (refused {snap.bad_stacks})"
+        + (f" UNREADABLE: {h.stacks_error}" if h.stacks_error else ""),
+        f"dropped   samples {h.dropped_samples}, sites {h.dropped_sites}, events {h.dropped_events}, "
+        f"stacks {h.dropped_stacks}",
     ]
     typer.echo("\n".join(out), err=True)
     if raw:

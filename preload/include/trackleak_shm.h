@@ -26,7 +26,7 @@
 #include <stdint.h>
 
 #define TL_SHM_MAGIC "TRKLEAK\0" /* 8 bytes, NUL included */
-#define TL_SHM_VERSION 4u /* 4: site.flags, header flags OBJECTS and SMALL_BLOCKS */
+#define TL_SHM_VERSION 5u /* 4: site.flags, header flags OBJECTS and SMALL_BLOCKS; 5: call stacks */
 #define TL_SHM_MEMFD_NAME "trackleak"
 
 #define TL_FUNC_MAX 128 /* bytes incl. NUL; longer names are cut */
@@ -81,7 +81,19 @@ struct tl_shm_header {
     uint64_t dropped_events;   /* event-log records lost: ring full */
     uint64_t sample_interval;  /* mean bytes between samples (R); 0: every allocation is sampled */
     uint64_t recycled_sites;   /* idle records folded into the TL_KIND_OTHER one and given back */
-    uint64_t reserved[9];      /* (the header is 192 bytes: records start on a cache line) */
+    /* Call stacks (below: struct tl_frame, struct tl_stack); capacities 0: no stacks. */
+    uint64_t frames_offset;    /* byte offset of frame record 0 from the start of the segment */
+    uint64_t stacks_offset;    /* byte offset of path record 0 */
+    uint32_t frame_size;       /* sizeof(struct tl_frame) */
+    uint32_t frame_capacity;
+    uint32_t frame_count;      /* frame records handed out (<= capacity); never given back */
+    uint32_t stack_size;       /* bytes of one path record: sizeof(struct tl_stack) + 4 * stack_depth, to 8 */
+    uint32_t stack_capacity;
+    uint32_t stack_count;      /* path records handed out (<= capacity); never given back */
+    uint32_t stack_depth;      /* frames a path keeps (TRACKLEAK_STACK_DEPTH; 0: no stacks) */
+    uint32_t reserved1;
+    uint64_t dropped_stacks;   /* samples whose path could not be kept (frame or path table full) */
+    uint64_t reserved[2];      /* (the header is 192 bytes: records start on a cache line) */
 };
 
 /* Sampling (agent/sampling.py has the full statement): a tracked allocation of s
@@ -129,6 +141,55 @@ struct tl_site {
     char function[TL_FUNC_MAX]; /* NUL-terminated UTF-8 */
     char file[TL_FILE_MAX];     /* NUL-terminated UTF-8 */
     uint64_t reserved2[3];      /* (a record is 640 bytes: ten cache lines) */
+};
+
+/* ---- call stacks (issue 9) -----------------------------------------------
+ * After the site records: frame_capacity frame records, then stack_capacity path
+ * records (offsets and sizes in the header). Only sampled allocations record a
+ * path: the calling thread's Python frames, innermost first, at most
+ * stack_depth of them (a deeper stack keeps its innermost and is TRUNCATED).
+ *
+ * A frame record is one (code object, instruction offset) with its function,
+ * file and line resolved once, while the code object is alive; frame records
+ * and path records are never recycled (unlike sites), so a path's frame
+ * numbers stay valid for the table's life. A full table drops the path
+ * (header.dropped_stacks); the sample still counts on its site, and readers
+ * show what no path covers as the site's own one-frame stack.
+ *
+ * A path's counters are the Horvitz-Thompson weights of the samples taken on
+ * it (est_*: 1/p in TL_COUNT_ONE units, s/p bytes; with sample_interval 0 the
+ * weights are exactly TL_COUNT_ONE and s), added again to est_free_* when the
+ * sample is freed; two copies as for sites (TL_C_ATOMIC, TL_C_GIL). Its frame
+ * 0 is the site's own frame: readers attach the path to the row whose
+ * (function, file, line) it names. Publication as for sites: fill, then
+ * state = TL_SITE_READY with release; TL_SITE_FREE marks a record a writer
+ * gave up (a lost race): skip it. */
+#define TL_STACK_DEPTH_MAX 128u
+#define TL_STACK_F_TRUNCATED 0x1u /* the thread had more frames than stack_depth: the outermost were cut */
+
+struct tl_frame {
+    uint32_t state;   /* TL_SITE_READY when filled */
+    uint32_t line;
+    uint64_t key_addr; /* code object address */
+    uint64_t key_aux;  /* instruction byte offset | code fingerprint << 32 (as a site's) */
+    char function[TL_FUNC_MAX];
+    char file[TL_FILE_MAX];
+};
+
+struct tl_stack_counts {
+    uint64_t est_count; /* sum of 1/p over the samples taken on this path, TL_COUNT_ONE units */
+    uint64_t est_bytes;
+    uint64_t est_free_count;
+    uint64_t est_free_bytes;
+};
+
+struct tl_stack {
+    uint32_t state;   /* TL_SITE_READY when filled; TL_SITE_FREE: abandoned, skip */
+    uint32_t depth;   /* frames used (1..stack_depth) */
+    uint32_t flags;   /* TL_STACK_F_* */
+    uint32_t hash;
+    struct tl_stack_counts c[2];
+    uint32_t frames[]; /* frame record numbers, innermost (the site's own frame) first */
 };
 
 #endif /* TRACKLEAK_SHM_H */

@@ -23,6 +23,8 @@ struct tl_config tl_cfg = {
     .min_size = 500,
     .startup_delay = 10,
     .max_sites = 65536,
+    .stack_depth = 32,
+    .max_stacks = 16384,
 };
 
 void tl_say(const char *fmt, ...)
@@ -197,6 +199,18 @@ void tl_config_load(void)
     v = tl_cfg.max_sites;
     env_uint("TRACKLEAK_MAX_SITES", 64, 1u << 22, &v); /* 2^22: the live set's 24-bit record field */
     tl_cfg.max_sites = (unsigned)v;
+    /* Call stacks of sampled allocations (agent/config.py stack_depth: the same default and bound). */
+    v = tl_cfg.stack_depth;
+    env_uint("TRACKLEAK_STACK_DEPTH", 0, UINT32_MAX, &v);
+    if (v > TL_STACK_DEPTH_MAX) {
+        tl_say("TRACKLEAK_STACK_DEPTH=%llu is more than %u frames; using %u", v, TL_STACK_DEPTH_MAX,
+               TL_STACK_DEPTH_MAX);
+        v = TL_STACK_DEPTH_MAX;
+    }
+    tl_cfg.stack_depth = (unsigned)v;
+    v = tl_cfg.max_stacks;
+    env_uint("TRACKLEAK_MAX_STACKS", 16, 1u << 22, &v);
+    tl_cfg.max_stacks = (unsigned)v;
     v = tl_cfg.startup_delay;
     env_uint("TRACKLEAK_STARTUP_DELAY", 0, 86400 * 365, &v);
     tl_cfg.startup_delay = (unsigned)v;

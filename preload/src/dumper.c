@@ -289,6 +289,140 @@ static double retention(const struct row *w)
     return 100.0 * (double)(live < w->total ? live : w->total) / (double)w->total;
 }
 
+/* ---- call paths (stacks.c), attached to the rows they end at ---------------
+ * Paths sorted by the names of their frames, innermost first: the paths of a
+ * row (leaf = the row's function, file, line) are one run, and paths with the
+ * same names (a race's duplicate record, a code object made again) are
+ * neighbours, merged when written (readers refuse a row with two stacks of
+ * the same frames). */
+struct paths {
+    uint32_t *idx; /* path record numbers */
+    size_t n, bytes;
+};
+
+static inline const struct tl_stack *path_at(uint32_t i)
+{
+    return (const struct tl_stack *)(tl_stacks + (size_t)i * tl_hdr->stack_size);
+}
+
+static int cmp_frame(uint32_t a, uint32_t b)
+{
+    if (a == b)
+        return 0;
+    const struct tl_frame *x = &tl_frames[a], *y = &tl_frames[b];
+    int c = strcmp(x->function, y->function);
+    if (c)
+        return c;
+    c = strcmp(x->file, y->file);
+    if (c)
+        return c;
+    return x->line < y->line ? -1 : x->line > y->line;
+}
+
+static int cmp_path(const void *a, const void *b)
+{
+    const struct tl_stack *x = path_at(*(const uint32_t *)a), *y = path_at(*(const uint32_t *)b);
+    uint32_t n = x->depth < y->depth ? x->depth : y->depth;
+    for (uint32_t i = 0; i < n; i++) {
+        int c = cmp_frame(x->frames[i], y->frames[i]);
+        if (c)
+            return c;
+    }
+    return x->depth < y->depth ? -1 : x->depth > y->depth;
+}
+
+/* Does path I end at the row's site? <0: it sorts before, >0 after. */
+static int cmp_leaf(uint32_t i, const struct tl_site *s)
+{
+    const struct tl_frame *f = &tl_frames[path_at(i)->frames[0]];
+    int c = strcmp(f->function, s->function);
+    if (c)
+        return c;
+    c = strcmp(f->file, s->file);
+    if (c)
+        return c;
+    return f->line < s->line ? -1 : f->line > s->line;
+}
+
+static void collect_paths(struct paths *ps)
+{
+    ps->idx = NULL;
+    ps->n = 0;
+    uint32_t cap = tl_hdr->stack_capacity, nf = __atomic_load_n(&tl_hdr->frame_count, __ATOMIC_ACQUIRE);
+    uint32_t n = __atomic_load_n(&tl_hdr->stack_count, __ATOMIC_ACQUIRE);
+    if (!cap || !tl_stacks || !tl_frames)
+        return;
+    if (n > cap)
+        n = cap;
+    if (nf > tl_hdr->frame_capacity)
+        nf = tl_hdr->frame_capacity;
+    ps->bytes = (size_t)n * sizeof(uint32_t) + 4096;
+    void *mem = mmap(NULL, ps->bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED)
+        return;
+    ps->idx = mem;
+    for (uint32_t i = 0; i < n; i++) {
+        const struct tl_stack *p = path_at(i);
+        if (__atomic_load_n(&p->state, __ATOMIC_ACQUIRE) != TL_SITE_READY || !p->depth ||
+            p->depth > tl_hdr->stack_depth || !(p->c[0].est_count || p->c[1].est_count))
+            continue;
+        int ok = 1;
+        for (uint32_t k = 0; k < p->depth && ok; k++)
+            ok = p->frames[k] < nf && __atomic_load_n(&tl_frames[p->frames[k]].state, __ATOMIC_ACQUIRE) == TL_SITE_READY;
+        if (ok)
+            ps->idx[ps->n++] = i;
+    }
+    heap_sort(ps->idx, ps->n, sizeof *ps->idx, cmp_path);
+}
+
+static void format_stacks(struct obuf *b, const struct paths *ps, const struct tl_site *s)
+{
+    /* the first path ending at s (binary search: lower bound) */
+    size_t lo = 0, hi = ps->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (cmp_leaf(ps->idx[mid], s) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    ob_printf(b, ",\"stacks\":[");
+    int first = 1;
+    for (size_t i = lo; i < ps->n && cmp_leaf(ps->idx[i], s) == 0;) {
+        const struct tl_stack *p = path_at(ps->idx[i]);
+        uint64_t c = 0, by = 0, fc = 0, fb = 0;
+        int truncated = 0;
+        size_t j = i;
+        for (; j < ps->n && (j == i || cmp_path(&ps->idx[i], &ps->idx[j]) == 0); j++) {
+            const struct tl_stack *q = path_at(ps->idx[j]);
+            for (int k = 0; k < 2; k++) {
+                c += __atomic_load_n(&q->c[k].est_count, __ATOMIC_RELAXED);
+                by += __atomic_load_n(&q->c[k].est_bytes, __ATOMIC_RELAXED);
+                fc += __atomic_load_n(&q->c[k].est_free_count, __ATOMIC_RELAXED);
+                fb += __atomic_load_n(&q->c[k].est_free_bytes, __ATOMIC_RELAXED);
+            }
+            truncated |= (q->flags & TL_STACK_F_TRUNCATED) != 0;
+        }
+        i = j;
+        ob_printf(b, first ? "{\"frames\":[" : ",{\"frames\":[");
+        first = 0;
+        for (uint32_t k = p->depth; k-- > 0;) { /* outermost first */
+            const struct tl_frame *f = &tl_frames[p->frames[k]];
+            ob_printf(b, k + 1 == p->depth ? "[" : ",[");
+            ob_json_str(b, f->function);
+            ob_printf(b, ",");
+            ob_json_str(b, f->file);
+            ob_printf(b, ",%u]", f->line);
+        }
+        ob_printf(b, "],\"live_bytes\":%llu,\"live_count\":%llu,\"total_bytes\":%llu,\"count\":%llu%s}",
+                  (unsigned long long)(by > fb ? by - fb : 0),
+                  (unsigned long long)(c > fc ? (c - fc + TL_COUNT_ONE / 2) / TL_COUNT_ONE : 0),
+                  (unsigned long long)by, (unsigned long long)((c + TL_COUNT_ONE / 2) / TL_COUNT_ONE),
+                  truncated ? ",\"truncated\":true" : "");
+    }
+    ob_printf(b, "]");
+}
+
 #define MB(x) ((double)(x) / (1024.0 * 1024.0))
 #define JSON_ROWS_MAX 5000
 #define TEXT_ROWS 20
@@ -330,12 +464,17 @@ static void format_text(struct obuf *b, const struct row *rows, size_t n, long n
                   "%llu; idle sites folded into [other sites]: %llu ---\n",
                   (unsigned long long)tl_hdr->dropped_sites, (unsigned long long)tl_hdr->dropped_samples,
                   (unsigned long long)tl_hdr->recycled_sites);
+    if (tl_hdr->dropped_stacks)
+        ob_printf(b, "--- call paths not kept (stack table full: TRACKLEAK_MAX_STACKS): %llu samples, counted on "
+                     "their line alone ---\n",
+                  (unsigned long long)tl_hdr->dropped_stacks);
     ob_printf(b, "--- dump at %ld (%zu functions, hash %u/%u) pid=%d reason=%s ---\n", now, n,
               tl_hdr->site_count > tl_hdr->site_capacity ? tl_hdr->site_capacity : tl_hdr->site_count,
               tl_hdr->site_capacity, (int)getpid(), reason);
 }
 
-static void format_json(struct obuf *b, const struct row *rows, size_t n, long now, const char *reason)
+static void format_json(struct obuf *b, const struct row *rows, size_t n, long now, const char *reason,
+                        const struct paths *ps)
 {
     const char *py = tl_py_version_str();
     uint64_t start_s = tl_hdr->start_time_ns / 1000000000ull;
@@ -351,10 +490,11 @@ static void format_json(struct obuf *b, const struct row *rows, size_t n, long n
         ob_printf(b, "null");
     ob_printf(b,
               ",\"truncated\":%zu,\"dropped\":{\"samples\":%llu,\"sites\":%llu,\"events\":%llu,"
-              "\"recycled_sites\":%llu},\"sites\":[",
+              "\"recycled_sites\":%llu,\"stacks\":%llu},\"stack_depth\":%u,\"sites\":[",
               n > JSON_ROWS_MAX ? n - JSON_ROWS_MAX : 0, (unsigned long long)tl_hdr->dropped_samples,
               (unsigned long long)tl_hdr->dropped_sites, (unsigned long long)tl_hdr->dropped_events,
-              (unsigned long long)tl_hdr->recycled_sites);
+              (unsigned long long)tl_hdr->recycled_sites, (unsigned long long)tl_hdr->dropped_stacks,
+              tl_hdr->stack_capacity ? tl_hdr->stack_depth : 0);
     for (size_t i = 0; i < n && i < JSON_ROWS_MAX; i++) {
         const struct row *w = &rows[i];
         ob_printf(b, i ? ",{\"function\":" : "{\"function\":");
@@ -376,6 +516,11 @@ static void format_json(struct obuf *b, const struct row *rows, size_t n, long n
                   (unsigned long long)w->peak, (unsigned long long)(w->count ? w->total / w->count : 0),
                   w->s->kind == TL_KIND_NATIVE ? "true" : "false", (unsigned long long)live_bytes(w),
                   (unsigned long long)live_count(w), (w->flags & TL_SITE_F_FREELIST) ? "true" : "false");
+        if (ps->idx && w->s->kind == TL_KIND_PYTHON) {
+            b->len--; /* reopen the row: its call paths */
+            format_stacks(b, ps, w->s);
+            ob_printf(b, "}");
+        }
     }
     ob_printf(b, "]}\n");
 }
@@ -473,10 +618,14 @@ void tl_dump(const char *reason)
     if (!b.failed)
         append_file(tl_cfg.json_log, b.p, b.len);
     b.len = 0;
-    format_json(&b, rows, rows ? n : 0, now, reason);
+    struct paths ps;
+    collect_paths(&ps);
+    format_json(&b, rows, rows ? n : 0, now, reason, &ps);
     if (!b.failed)
         append_file(tl_cfg.jsonl_log, b.p, b.len);
     ob_free(&b);
+    if (ps.idx)
+        munmap(ps.idx, ps.bytes);
     if (rows)
         munmap(rows, rows_bytes);
     __atomic_store_n(&tl_hdr->update_time_ns, tl_now_ns(CLOCK_REALTIME), __ATOMIC_RELAXED);

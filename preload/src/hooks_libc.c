@@ -132,7 +132,7 @@ static void *realloc_impl(void *p, size_t size, void *ra)
         }
         return tl_after_alloc(q, size, ra, 0);
     }
-    uint64_t entry;
+    tl_entry_t entry;
     int had = !tl_guard && tl_take(p, &entry, 0);
     void *q = real.realloc(p, size);
     if (!q && size != 0) {

@@ -97,7 +97,7 @@ static tl_pymem_allocator prev[DOM_N];
             tl_small_pend = NULL;                                                               \
         if (tl_guard)                                                                           \
             return prev[D].realloc(prev[D].ctx, ptr, size);                                     \
-        uint64_t entry;                                                                         \
+        tl_entry_t entry;                                                                       \
         int had = ptr && tl_maybe_sampled_any(ptr) && tl_take(ptr, &entry, GIL_##D);            \
         tl_guard = 1;                                                                           \
         void *q = prev[D].realloc(prev[D].ctx, ptr, size);                                      \
@@ -112,7 +112,7 @@ static tl_pymem_allocator prev[DOM_N];
     }                                                                                           \
     static __attribute__((noinline)) void slow_free_##D(void *ptr)                              \
     {                                                                                           \
-        uint64_t entry;                                                                         \
+        tl_entry_t entry;                                                                       \
         /* (the pending block of small-object mode is a live sample: its free comes here) */   \
         if (D == DOM_OBJ && ptr == tl_small_pend && ptr)                                        \
             tl_small_pend = NULL;                                                               \
@@ -168,7 +168,7 @@ static __attribute__((noinline)) void *small_sample(void *ctx, size_t size, size
      * a dropped sample), see above. Another thread's drop meanwhile only
      * makes this one not pending (no freelist flag from it). */
     uint64_t dropped = __atomic_load_n(&tl_hdr->dropped_samples, __ATOMIC_RELAXED);
-    struct tl_site *s = tl_record_sampled(p, size, 0, NULL, ra, 1);
+    struct tl_site *s = tl_record_sampled(p, size, 0, NULL, ra, 1, TL_PATH_HERE);
     if (s && __atomic_load_n(&tl_hdr->dropped_samples, __ATOMIC_RELAXED) == dropped)
         tl_small_pend_set(p, size, s);
     tl_guard = 0;

@@ -57,7 +57,7 @@ static int obj_slow = 1;
 
 static void credit_if_sampled(void *p)
 {
-    uint64_t entry;
+    tl_entry_t entry;
     if (TL_UNLIKELY(tl_maybe_sampled(p, 1)) && tl_take(p, &entry, 1))
         tl_credit_free(p, entry, 1);
 }
@@ -65,7 +65,7 @@ static void credit_if_sampled(void *p)
 /* Charge an object to the line that made it: a sample taken on CHARGED bytes,
  * of SIZE bytes (more when its size was learnt after the decision). LOC: the
  * line read at its creation (NULL: now). Takes the guard. */
-static void record_object(void *op, size_t size, size_t charged, const struct tl_pyloc *loc)
+static void record_object(void *op, size_t size, size_t charged, const struct tl_pyloc *loc, uint32_t path)
 {
     int guard = tl_guard;
     tl_guard = 1;
@@ -76,7 +76,7 @@ static void record_object(void *op, size_t size, size_t charged, const struct tl
         loc = &here;
     }
     if (py > 0)
-        tl_record_sampled(op, size, charged, loc, NULL, 1);
+        tl_record_sampled(op, size, charged, loc, NULL, 1, path);
     else if (py < 0)
         tl_freeze();
     /* py == 0: made outside any Python frame (start-up, C threads): not charged */
@@ -158,6 +158,7 @@ static struct {
     uint64_t info;  /* type_info */
     int have_loc;
     struct tl_pyloc loc;
+    uint32_t path; /* its call path, read with loc (stacks.c) */
 } pend;
 
 static inline size_t str_size(const char *op)
@@ -195,7 +196,7 @@ static __attribute__((noinline)) void settle_pending(void)
     if (size > TL_SMALL_MAX || size < charged)
         return; /* not a size it can have (or a raw block, the hooks'): drop the sample */
     if (pend.have_loc)
-        record_object(op, size, charged, &pend.loc);
+        record_object(op, size, charged, &pend.loc, pend.path);
 }
 
 /* A sampled object (or one whose block holds a stale sample): the slow part
@@ -208,7 +209,7 @@ static __attribute__((noinline)) int create_slow(void *op, uint64_t info, size_t
     if (!object_slow(op, charged, pre, stale))
         return 0;
     if (((info >> 40) & 0xff) != K_VAR) {
-        record_object(op, charged, charged, NULL);
+        record_object(op, charged, charged, NULL, TL_PATH_HERE);
         return 0;
     }
     /* Sampled, size not written yet. Not if it sits in the block the raw
@@ -219,6 +220,7 @@ static __attribute__((noinline)) int create_slow(void *op, uint64_t info, size_t
     int guard = tl_guard;
     tl_guard = 1;
     pend.have_loc = tl_py_current(&pend.loc) > 0;
+    pend.path = pend.have_loc ? tl_stack_here(&pend.loc) : 0;
     tl_guard = guard;
     pend.epoch = __atomic_load_n(&tl_unmap_epoch, __ATOMIC_RELAXED);
     pend.info = info;

@@ -238,6 +238,53 @@ static inline uint32_t code_fingerprint(const char *code, const struct tl_pyoffs
     return (uint32_t)(x >> 4) ^ (uint32_t)(x >> 36);
 }
 
+/* The calling thread's innermost frame (NULL: none). */
+static inline const char *top_frame(const struct tl_pyoffsets *o)
+{
+    const char *ts = rt.have_key ? pthread_getspecific(rt.tss_key) : rt.this_thread_state();
+    if (!ts)
+        return NULL;
+    if (o->tstate_frame >= 0)
+        return AT(ts, o->tstate_frame, const char *);
+    if (o->tstate_cframe >= 0) {
+        const char *cframe = AT(ts, o->tstate_cframe, const char *);
+        return cframe ? AT(cframe, o->cframe_current_frame, const char *) : NULL;
+    }
+    return AT(ts, o->tstate_current_frame, const char *);
+}
+
+/* FRAME's (code, offset); 0 for a frame without code (C-stack or interpreter entry). */
+static inline int frame_loc(const char *frame, const struct tl_pyoffsets *o, struct tl_pyloc *loc)
+{
+    if (o->frame_owner_cstack >= 0 && AT(frame, o->frame_owner, unsigned char) >= o->frame_owner_cstack)
+        return 0; /* no code: a C-stack or interpreter entry frame (3.12+) */
+    /* 3.14+: f_executable is a _PyStackRef, a pointer with tag bits */
+    const char *code = (const char *)(AT(frame, o->frame_code, uintptr_t) & ~(uintptr_t)o->frame_code_tag_bits);
+    if (!code || AT(code, o->object_ob_type, void *) != rt.code_type)
+        return 0;
+    long off;
+    if (o->frame_lasti >= 0) {
+        off = AT(frame, o->frame_lasti, int);
+        if (o->frame_lasti_is_index == 1)
+            off *= 2;
+    } else {
+        const char *bytecode = code + o->code_co_code_adaptive;
+        if (o->frame_tlbc_index >= 0 && o->code_co_tlbc >= 0) {
+            /* 3.14t: the thread may run its own copy of the bytecode, entries[tlbc_index]
+             * of co_tlbc (a _PyCodeArray: Py_ssize_t size, char *entries[]) */
+            int32_t index = AT(frame, o->frame_tlbc_index, int32_t);
+            const char *array = AT(code, o->code_co_tlbc, const char *);
+            if (array && index > 0 && index < AT(array, 0, long))
+                bytecode = AT(array, 8 + 8 * (long)index, const char *);
+        }
+        off = AT(frame, o->frame_instr, const char *) - bytecode;
+    }
+    loc->code = (uintptr_t)code;
+    loc->offset = off < 0 ? 0 : (uint32_t)off;
+    loc->fp = code_fingerprint(code, o);
+    return 1;
+}
+
 int tl_py_current(struct tl_pyloc *loc)
 {
     const struct tl_pyoffsets *o = rt.o;
@@ -245,48 +292,41 @@ int tl_py_current(struct tl_pyloc *loc)
         return rt.up ? -1 : 0;
     if (!o)
         return 0;
-    const char *ts = rt.have_key ? pthread_getspecific(rt.tss_key) : rt.this_thread_state();
-    if (!ts)
-        return 0;
-    const char *frame;
-    if (o->tstate_frame >= 0) {
-        frame = AT(ts, o->tstate_frame, const char *);
-    } else if (o->tstate_cframe >= 0) {
-        const char *cframe = AT(ts, o->tstate_cframe, const char *);
-        frame = cframe ? AT(cframe, o->cframe_current_frame, const char *) : NULL;
-    } else {
-        frame = AT(ts, o->tstate_current_frame, const char *);
-    }
-    for (int depth = 0; frame && depth < 16; depth++, frame = AT(frame, o->frame_previous, const char *)) {
-        if (o->frame_owner_cstack >= 0 && AT(frame, o->frame_owner, unsigned char) >= o->frame_owner_cstack)
-            continue; /* no code: a C-stack or interpreter entry frame (3.12+) */
-        /* 3.14+: f_executable is a _PyStackRef, a pointer with tag bits */
-        const char *code = (const char *)(AT(frame, o->frame_code, uintptr_t) & ~(uintptr_t)o->frame_code_tag_bits);
-        if (!code || AT(code, o->object_ob_type, void *) != rt.code_type)
-            continue;
-        long off;
-        if (o->frame_lasti >= 0) {
-            off = AT(frame, o->frame_lasti, int);
-            if (o->frame_lasti_is_index == 1)
-                off *= 2;
-        } else {
-            const char *bytecode = code + o->code_co_code_adaptive;
-            if (o->frame_tlbc_index >= 0 && o->code_co_tlbc >= 0) {
-                /* 3.14t: the thread may run its own copy of the bytecode, entries[tlbc_index]
-                 * of co_tlbc (a _PyCodeArray: Py_ssize_t size, char *entries[]) */
-                int32_t index = AT(frame, o->frame_tlbc_index, int32_t);
-                const char *array = AT(code, o->code_co_tlbc, const char *);
-                if (array && index > 0 && index < AT(array, 0, long))
-                    bytecode = AT(array, 8 + 8 * (long)index, const char *);
-            }
-            off = AT(frame, o->frame_instr, const char *) - bytecode;
-        }
-        loc->code = (uintptr_t)code;
-        loc->offset = off < 0 ? 0 : (uint32_t)off;
-        loc->fp = code_fingerprint(code, o);
-        return 1;
-    }
+    const char *frame = top_frame(o);
+    for (int depth = 0; frame && depth < 16; depth++, frame = AT(frame, o->frame_previous, const char *))
+        if (frame_loc(frame, o, loc))
+            return 1;
     return 0;
+}
+
+/* The calling thread's Python frames, innermost first, at most MAX of them
+ * (*truncated: it has more). Only the owning thread pushes and pops them and
+ * we run on it, so the chain is stable while we read it; the walk is bounded
+ * anyway (frames without code count against the bound too). Returns how
+ * many; 0 without Python frames, -1 when the interpreter is finalizing. */
+int tl_py_stack(struct tl_pyloc *out, int max, int *truncated)
+{
+    const struct tl_pyoffsets *o = rt.o;
+    *truncated = 0;
+    if (!rt.present || !rt.is_initialized())
+        return rt.up ? -1 : 0;
+    if (!o || max <= 0)
+        return 0;
+    const char *frame = top_frame(o);
+    int n = 0;
+    struct tl_pyloc extra;
+    int steps = 0;
+    for (; frame && steps < 4 * max + 64; steps++, frame = AT(frame, o->frame_previous, const char *)) {
+        if (n < max) {
+            n += frame_loc(frame, o, &out[n]);
+        } else if (frame_loc(frame, o, &extra)) {
+            *truncated = 1;
+            break;
+        }
+    }
+    if (frame && !*truncated)
+        *truncated = 1; /* the bound stopped the walk: outer frames may be missing */
+    return n;
 }
 
 /* Copy a str object's text as UTF-8 (compact strings only; CPython makes
@@ -351,16 +391,21 @@ static void copy_str(char *dst, size_t cap, const char *obj, int keep_tail)
     dst[prefix + n - off] = '\0';
 }
 
-void tl_py_describe(const struct tl_pyloc *loc, struct tl_site *site)
+void tl_py_describe_to(const struct tl_pyloc *loc, char *function, char *file, uint32_t *line_out)
 {
     const struct tl_pyoffsets *o = rt.o;
     const char *code = (const char *)loc->code;
     int qual = o->code_co_qualname >= 0 ? o->code_co_qualname : o->code_co_name;
-    copy_str(site->function, TL_FUNC_MAX, AT(code, qual, const char *), 0);
-    copy_str(site->file, TL_FILE_MAX, AT(code, o->code_co_filename, const char *), 1);
+    copy_str(function, TL_FUNC_MAX, AT(code, qual, const char *), 0);
+    copy_str(file, TL_FILE_MAX, AT(code, o->code_co_filename, const char *), 1);
     /* PyCode_Addr2Line only reads the code object's immutable line table. */
     int line = rt.addr2line((void *)code, (int)loc->offset);
-    site->line = line > 0 ? (uint32_t)line : (uint32_t)AT(code, o->code_co_firstlineno, int);
+    *line_out = line > 0 ? (uint32_t)line : (uint32_t)AT(code, o->code_co_firstlineno, int);
+}
+
+void tl_py_describe(const struct tl_pyloc *loc, struct tl_site *site)
+{
+    tl_py_describe_to(loc, site->function, site->file, &site->line);
 }
 
 /* ---- object sizes (objects.c, CPython 3.13+) -----------------------------

@@ -85,6 +85,8 @@ static uint32_t pass_cursor;          /* where the next pass starts */
 struct live_slot {
     uint64_t key;  /* block address; 0 empty, 1 tombstone */
     uint64_t meta; /* size << 24 | site record */
+    uint32_t path; /* call path record + 1 (stacks.c); 0: none */
+    uint32_t pad;
 };
 /* Two live sets: [1] for blocks of the GIL domains (pymalloc's mem and object
  * domains: allocated and freed only by GIL holders, so plain loads and stores
@@ -124,6 +126,7 @@ void tl_recorder_init(void)
         tl_disabled = 1;
         return;
     }
+    tl_stacks_init();
     activate_at_ns = tl_now_ns(CLOCK_MONOTONIC_COARSE) + (uint64_t)tl_cfg.startup_delay * 1000000000ull;
     initialized = 1;
     tl_check_active();
@@ -427,7 +430,7 @@ static inline uint64_t ptr_hash(const void *p)
     return ((a >> 4) ^ (a >> 24) ^ (a >> 44)) * 5;
 }
 
-static int live_insert(void *p, uint64_t meta, int gil)
+static int live_insert(void *p, uint64_t meta, uint32_t path, int gil)
 {
     uint64_t h = ptr_hash(p);
     uint16_t *f = tl_filter_slot(p, gil);
@@ -447,6 +450,7 @@ static int live_insert(void *p, uint64_t meta, int gil)
             if (k != 0 && k != TOMB)
                 continue;
             s->meta = meta;
+            s->path = path;
             __atomic_store_n(&s->key, (uint64_t)(uintptr_t)p, __ATOMIC_RELAXED);
             return 1;
         }
@@ -455,6 +459,7 @@ static int live_insert(void *p, uint64_t meta, int gil)
         while (k == 0 || k == TOMB) {
             if (__atomic_compare_exchange_n(&s->key, &k, BUSY, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED)) {
                 __atomic_store_n(&s->meta, meta, __ATOMIC_RELAXED);
+                __atomic_store_n(&s->path, path, __ATOMIC_RELAXED);
                 __atomic_store_n(&s->key, (uint64_t)(uintptr_t)p, __ATOMIC_RELEASE);
                 return 1;
             }
@@ -467,7 +472,7 @@ static int live_insert(void *p, uint64_t meta, int gil)
     return 0;
 }
 
-int tl_take(void *p, uint64_t *entry, int gil)
+int tl_take(void *p, tl_entry_t *entry, int gil)
 {
     if (TL_UNLIKELY(!initialized))
         return 0;
@@ -490,6 +495,7 @@ int tl_take(void *p, uint64_t *entry, int gil)
         if (k != key)
             continue;
         uint64_t meta = __atomic_load_n(&s->meta, __ATOMIC_RELAXED);
+        uint32_t path = __atomic_load_n(&s->path, __ATOMIC_RELAXED);
         if (gil) {
             __atomic_store_n(&s->key, TOMB, __ATOMIC_RELAXED);
             __atomic_store_n(f, __atomic_load_n(f, __ATOMIC_RELAXED) - 1, __ATOMIC_RELAXED);
@@ -498,15 +504,16 @@ int tl_take(void *p, uint64_t *entry, int gil)
                 continue;
             __atomic_sub_fetch(f, 1, __ATOMIC_RELAXED);
         }
-        *entry = meta;
+        entry->meta = meta;
+        entry->path = path;
         return 1;
     }
     return 0;
 }
 
-void tl_put_back(void *p, uint64_t entry, int gil)
+void tl_put_back(void *p, tl_entry_t entry, int gil)
 {
-    if (!live_insert(p, entry, gil)) {
+    if (!live_insert(p, entry.meta, entry.path, gil)) {
         /* No room to put it back: count it as freed rather than lose it. */
         tl_credit_free(p, entry, gil);
         __atomic_add_fetch(&tl_hdr->dropped_samples, 1, __ATOMIC_RELAXED);
@@ -578,20 +585,23 @@ static void weights(uint64_t field, uint64_t *count_w, uint64_t *bytes_w)
     *bytes_w = (uint64_t)((double)size / p + 0.5);
 }
 
-void tl_credit_free(void *p, uint64_t entry, int gil)
+void tl_credit_free(void *p, tl_entry_t entry, int gil)
 {
-    uint32_t rec = (uint32_t)(entry & ((1u << META_SITE_BITS) - 1));
-    uint64_t field = entry >> META_SITE_BITS, size = field_bytes(field);
+    uint32_t rec = (uint32_t)(entry.meta & ((1u << META_SITE_BITS) - 1));
+    uint64_t field = entry.meta >> META_SITE_BITS, size = field_bytes(field);
     if (rec >= tl_hdr->site_capacity)
         return;
     struct tl_site *s = &tl_sites[rec];
     BUMP(s, sample_free_count, 1, gil);
     BUMP(s, sample_free_bytes, size, gil);
-    if (tl_cfg.sample_interval) {
+    if (tl_cfg.sample_interval || entry.path) {
         uint64_t wc, wb;
         weights(field, &wc, &wb);
-        BUMP(s, est_free_count, wc, gil);
-        BUMP(s, est_free_bytes, wb, gil);
+        if (tl_cfg.sample_interval) {
+            BUMP(s, est_free_count, wc, gil);
+            BUMP(s, est_free_bytes, wb, gil);
+        }
+        tl_stack_credit(entry.path, wc, wb, gil); /* the path it was sampled on */
     }
     if (TL_UNLIKELY(tl_cfg.events))
         tl_event(2, p, size, rec);
@@ -661,23 +671,41 @@ static inline void bump_peak(struct tl_site *s, uint64_t size)
         ;
 }
 
-/* A sample taken: into the live set, its weights onto the site. */
-static void take_sample(struct tl_site *s, void *p, uint64_t field, int gil)
+/* The call path of a sample at site S (stacks.c): PATH as given, or walked now
+ * (TL_PATH_HERE) for a Python site, whose frame must be the path's innermost. */
+static uint32_t sample_path(const struct tl_site *s, uint32_t path)
+{
+    if (path != TL_PATH_HERE)
+        return path;
+    if (s->kind != TL_KIND_PYTHON || !tl_cfg.stack_depth)
+        return 0;
+    struct tl_pyloc at = {.code = (uintptr_t)s->key_addr,
+                          .offset = (uint32_t)s->key_aux,
+                          .fp = (uint32_t)(s->key_aux >> 32)};
+    return tl_stack_here(&at);
+}
+
+/* A sample taken: into the live set, its weights onto the site and its path. */
+static void take_sample(struct tl_site *s, void *p, uint64_t field, int gil, uint32_t path)
 {
     uint64_t rec = (uint64_t)(s - tl_sites);
     uint64_t sz = field_bytes(field);
     size_t size = sz;
-    if (!live_insert(p, (field << META_SITE_BITS) | rec, gil)) {
+    path = sample_path(s, path);
+    if (!live_insert(p, (field << META_SITE_BITS) | rec, path, gil)) {
         __atomic_add_fetch(&tl_hdr->dropped_samples, 1, __ATOMIC_RELAXED);
         return;
     }
     BUMP(s, sample_count, 1, gil);
     BUMP(s, sample_bytes, sz, gil);
-    if (tl_cfg.sample_interval) { /* exhaustive: weights are 1 and size, readers use sample_* */
+    if (tl_cfg.sample_interval || path) { /* exhaustive: weights are 1 and size, readers use sample_* */
         uint64_t wc, wb;
         weights(field, &wc, &wb);
-        BUMP(s, est_count, wc, gil);
-        BUMP(s, est_bytes, wb, gil);
+        if (tl_cfg.sample_interval) {
+            BUMP(s, est_count, wc, gil);
+            BUMP(s, est_bytes, wb, gil);
+        }
+        tl_stack_count(path, wc, wb, gil);
     }
     if (TL_UNLIKELY(tl_cfg.events))
         tl_event(1, p, size, (uint32_t)rec);
@@ -694,7 +722,7 @@ static void take_sample(struct tl_site *s, void *p, uint64_t field, int gil)
 
 void tl_record_alloc(void *p, size_t size, void *ra, int gil)
 {
-    uint64_t stale;
+    tl_entry_t stale;
     int frozen;
     /* The allocator handed out an address we still hold as a live sample: that
      * block was freed where we could not see it (a library bound to the real
@@ -719,7 +747,7 @@ void tl_record_alloc(void *p, size_t size, void *ra, int gil)
         if (!tl_sample_hit(size))
             return;
     }
-    take_sample(s, p, size > META_MAX_SIZE ? META_MAX_SIZE : size, gil);
+    take_sample(s, p, size > META_MAX_SIZE ? META_MAX_SIZE : size, gil, TL_PATH_HERE);
 }
 
 /* A small block or object counted only through its samples (objects of CPython
@@ -728,7 +756,7 @@ void tl_record_alloc(void *p, size_t size, void *ra, int gil)
  * allocations, size/p bytes: the estimate of what the unsampled ones added),
  * exact in exhaustive mode. Caller holds the guard. */
 struct tl_site *tl_record_sampled(void *p, size_t size, size_t charged, const struct tl_pyloc *loc, void *ra,
-                                  int gil)
+                                  int gil, uint32_t path)
 {
     int frozen;
     struct tl_site *s = site_here(loc, ra, &frozen);
@@ -746,6 +774,6 @@ struct tl_site *tl_record_sampled(void *p, size_t size, size_t charged, const st
     BUMP(s, count, (wc + TL_COUNT_ONE / 2) / TL_COUNT_ONE, gil);
     BUMP(s, total_bytes, wb, gil);
     bump_peak(s, size);
-    take_sample(s, p, field, gil);
+    take_sample(s, p, field, gil, path);
     return s;
 }

@@ -221,9 +221,27 @@ static void init_other_record(void)
     __atomic_store_n(&o->state, TL_SITE_READY, __ATOMIC_RELEASE);
 }
 
+/* Call stacks (stacks.c): frame records, then path records, after the sites. */
+static size_t frames_off, stacks_off;
+static uint32_t stack_cap, stack_size;
+static void plan_stacks(void)
+{
+    frames_off = sizeof(struct tl_shm_header) + (size_t)SITE_CAPACITY * sizeof(struct tl_site);
+    stack_cap = tl_cfg.stack_depth ? tl_cfg.max_stacks : 0;
+    stack_size = (uint32_t)((sizeof(struct tl_stack) + 4u * tl_cfg.stack_depth + 7) & ~(size_t)7);
+    stacks_off = frames_off + (size_t)stack_cap * sizeof(struct tl_frame);
+    seg_size = stacks_off + (size_t)stack_cap * stack_size;
+}
+
+static void set_stack_pointers(void)
+{
+    tl_frames = stack_cap ? (struct tl_frame *)((char *)tl_hdr + frames_off) : NULL;
+    tl_stacks = stack_cap ? (char *)tl_hdr + stacks_off : NULL;
+}
+
 void tl_shm_init(void)
 {
-    seg_size = sizeof(struct tl_shm_header) + (size_t)SITE_CAPACITY * sizeof(struct tl_site);
+    plan_stacks();
     int fd;
     void *p = map_segment(NULL, &fd);
     if (!p) {
@@ -249,6 +267,14 @@ void tl_shm_init(void)
     tl_hdr->min_size = tl_cfg.min_size > UINT32_MAX ? UINT32_MAX : (uint32_t)tl_cfg.min_size;
     tl_hdr->py_version_hex = tl_py_version_hex();
     tl_hdr->flags = tl_py_present() ? TL_FLAG_PYTHON : 0;
+    tl_hdr->frames_offset = frames_off;
+    tl_hdr->stacks_offset = stacks_off;
+    tl_hdr->frame_size = sizeof(struct tl_frame);
+    tl_hdr->frame_capacity = stack_cap;
+    tl_hdr->stack_size = stack_size;
+    tl_hdr->stack_capacity = stack_cap;
+    tl_hdr->stack_depth = stack_cap ? tl_cfg.stack_depth : 0;
+    set_stack_pointers();
     init_other_record();
     tl_hdr->site_count = 1;
     handoff(fd); /* the header is complete: a reader may look at once */
@@ -262,22 +288,35 @@ void tl_shm_after_fork_child(void)
         return;
     uint32_t n = tl_hdr->site_count;
     size_t used = sizeof(struct tl_shm_header) + (size_t)(n > SITE_CAPACITY ? SITE_CAPACITY : n) * sizeof(struct tl_site);
-    void *copy = mmap(NULL, used, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    /* The frame and path records too (the private indexes, copied by fork, point at them). */
+    uint32_t nf = stack_cap ? tl_hdr->frame_count : 0, ns = stack_cap ? tl_hdr->stack_count : 0;
+    if (nf > stack_cap)
+        nf = stack_cap;
+    if (ns > stack_cap)
+        ns = stack_cap;
+    size_t fbytes = (size_t)nf * sizeof(struct tl_frame), sbytes = (size_t)ns * stack_size;
+    void *copy = mmap(NULL, used + fbytes + sbytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (copy == MAP_FAILED) {
         tl_disabled = 1; /* cannot keep our table apart from the parent's: pass through */
         return;
     }
     memcpy(copy, tl_hdr, used);
+    memcpy((char *)copy + used, (char *)tl_hdr + frames_off, fbytes);
+    memcpy((char *)copy + used + fbytes, (char *)tl_hdr + stacks_off, sbytes);
     int fd;
     if (!map_segment(tl_hdr, &fd) &&
         mmap(tl_hdr, seg_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1,
              0) == MAP_FAILED) {
         tl_disabled = 1;
-        munmap(copy, used);
+        munmap(copy, used + fbytes + sbytes);
         return;
     }
     memcpy(tl_hdr, copy, used);
-    munmap(copy, used);
+    memcpy((char *)tl_hdr + frames_off, (char *)copy + used, fbytes);
+    memcpy((char *)tl_hdr + stacks_off, (char *)copy + used + fbytes, sbytes);
+    munmap(copy, used + fbytes + sbytes);
+    for (uint32_t i = 0; i < ns; i++) /* paths counted from the fork on, like the sites */
+        memset(((struct tl_stack *)(tl_stacks + (size_t)i * stack_size))->c, 0, sizeof(struct tl_stack_counts) * 2);
     /* The child's table covers what the child does: keep the sites (their
      * names and keys, which the private site index points at), zero the
      * counts. The parent's table already has everything before the fork, so
@@ -288,6 +327,7 @@ void tl_shm_after_fork_child(void)
     }
     tl_hdr->live_samples = tl_hdr->dropped_samples = tl_hdr->dropped_sites = tl_hdr->dropped_events = 0;
     tl_hdr->recycled_sites = 0;
+    tl_hdr->dropped_stacks = 0;
     tl_hdr->update_time_ns = 0;
     tl_hdr->start_time_ns = tl_now_ns(CLOCK_REALTIME);
     tl_hdr->pid = getpid();

@@ -39,6 +39,8 @@ struct tl_config {
                                 else sample_rate KiB; 0 when sample_rate is 1 (exhaustive) */
     size_t min_size;         /* bytes */
     unsigned max_sites;      /* site records in the shared table (TRACKLEAK_MAX_SITES) */
+    unsigned stack_depth;    /* TRACKLEAK_STACK_DEPTH: Python frames a sampled allocation's path keeps (0: none) */
+    unsigned max_stacks;     /* TRACKLEAK_MAX_STACKS: path records, and as many frame records */
     unsigned startup_delay;  /* s */
     int events;              /* MEMORY_PROFILER_EVENTS */
     int quiet;               /* TRACKLEAK_QUIET */
@@ -91,13 +93,21 @@ extern TL_TLS int64_t tl_gap;
 int tl_sample_hit(size_t size) TL_HIDDEN;
 /* CHARGED: the bytes the sampling decision was made on when fewer than SIZE
  * (0: SIZE); the weights follow it (objects.c: a size learnt later). */
+/* PATH: the sample's call path (stacks.c: tl_stack_here, taken where LOC was read), or
+ * TL_PATH_HERE: walk this thread's frames now. */
+#define TL_PATH_HERE UINT32_MAX
 struct tl_site *tl_record_sampled(void *p, size_t size, size_t charged, const struct tl_pyloc *loc, void *ra,
-                                  int gil) TL_HIDDEN;
+                                  int gil, uint32_t path) TL_HIDDEN;
+/* A live sample as the live set holds it (opaque to the hooks). */
+typedef struct {
+    uint64_t meta; /* size field << 24 | site record */
+    uint32_t path; /* path record + 1 (stacks.c); 0: none */
+} tl_entry_t;
 /* Remove p from the sampled live set before the block is released.
- * Returns 1 and the entry (opaque) when p was sampled. */
-int tl_take(void *p, uint64_t *entry, int gil) TL_HIDDEN;
-void tl_put_back(void *p, uint64_t entry, int gil) TL_HIDDEN;
-void tl_credit_free(void *p, uint64_t entry, int gil) TL_HIDDEN;
+ * Returns 1 and the entry when p was sampled. */
+int tl_take(void *p, tl_entry_t *entry, int gil) TL_HIDDEN;
+void tl_put_back(void *p, tl_entry_t entry, int gil) TL_HIDDEN;
+void tl_credit_free(void *p, tl_entry_t entry, int gil) TL_HIDDEN;
 void tl_recorder_after_fork_child(void) TL_HIDDEN;
 
 /* ---- pyframe.c --------------------------------------------------------- */
@@ -110,6 +120,10 @@ void tl_py_discover(void) TL_HIDDEN;   /* constructor: find CPython symbols */
 int tl_py_present(void) TL_HIDDEN;     /* a CPython runtime is linked in */
 int tl_py_current(struct tl_pyloc *loc) TL_HIDDEN; /* 1: Python frame; 0: none; -1: finalizing */
 void tl_py_describe(const struct tl_pyloc *loc, struct tl_site *site) TL_HIDDEN;
+/* The same into bare buffers (TL_FUNC_MAX, TL_FILE_MAX): a frame record (stacks.c). */
+void tl_py_describe_to(const struct tl_pyloc *loc, char *function, char *file, uint32_t *line) TL_HIDDEN;
+/* The calling thread's Python frames, innermost first (stacks.c): count, 0 none, -1 finalizing. */
+int tl_py_stack(struct tl_pyloc *out, int max, int *truncated) TL_HIDDEN;
 const char *tl_py_version_str(void) TL_HIDDEN;
 uint32_t tl_py_version_hex(void) TL_HIDDEN;
 int tl_py_schedule(int (*fn)(void *), void *arg) TL_HIDDEN; /* Py_AddPendingCall */
@@ -175,6 +189,17 @@ void tl_objects_watch(void) TL_HIDDEN;     /* at each sample: ours still CPython
 extern void *volatile tl_small_pend TL_HIDDEN;
 void tl_small_pend_set(void *p, size_t size, struct tl_site *s) TL_HIDDEN;
 void tl_small_pend_check(void) TL_HIDDEN;
+
+/* ---- stacks.c ------------------------------------------------------------ */
+extern struct tl_frame *tl_frames TL_HIDDEN; /* frame records in the segment (shm_table.c sets them) */
+extern char *tl_stacks TL_HIDDEN;            /* path records, header.stack_size bytes each */
+void tl_stacks_init(void) TL_HIDDEN;
+/* The calling thread's call path, interned (record + 1); 0: none (no Python frame,
+ * stacks off, or dropped: counted). SITE: the site's frame, which must be the
+ * innermost (NULL: no check). Caller holds the guard. */
+uint32_t tl_stack_here(const struct tl_pyloc *site) TL_HIDDEN;
+void tl_stack_count(uint32_t path, uint64_t count_w, uint64_t bytes_w, int gil) TL_HIDDEN;
+void tl_stack_credit(uint32_t path, uint64_t count_w, uint64_t bytes_w, int gil) TL_HIDDEN;
 
 /* ---- shm_table.c ------------------------------------------------------- */
 extern struct tl_shm_header *tl_hdr TL_HIDDEN;
@@ -268,7 +293,7 @@ static inline int tl_maybe_sampled_any(const void *p)
 /* Before a block is released: credit it if it was sampled. */
 static inline void tl_before_free(void *p, int gil)
 {
-    uint64_t entry;
+    tl_entry_t entry;
     if (tl_maybe_sampled(p, gil) && !tl_guard && tl_take(p, &entry, gil)) {
         tl_guard = 1;
         tl_credit_free(p, entry, gil);

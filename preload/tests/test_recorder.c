@@ -61,7 +61,7 @@ static void record(void *p, size_t size, void *ra, int gil)
 
 static int release(void *p, int gil)
 {
-    uint64_t e;
+    tl_entry_t e;
     if (!tl_take(p, &e, gil))
         return 0;
     tl_credit_free(p, e, gil);
@@ -136,7 +136,7 @@ static void test_filter_pair(void)
 static void test_realloc_put_back(void)
 {
     static char blk[64];
-    uint64_t e;
+    tl_entry_t e;
     record(blk, 900, RA_BETA, 0);
     CHECK(tl_take(blk, &e, 0), "taken");
     tl_put_back(blk, e, 0); /* a failed realloc: still live */

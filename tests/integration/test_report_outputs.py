@@ -180,26 +180,29 @@ def test_html_report_in_chromium(runs, browser):
     points = [tuple(map(float, xy.split(","))) for xy in re.findall(r"[ML]([-\d.]+,[-\d.]+)", series[0]["d"])]
     assert len(points) >= 3 and series[0]["w"] > 300
     assert points[-1][1] < points[0][1] - 100  # SVG y grows downwards: the line climbed
-    # the flame graph: the root, and the leak as the widest frame below it
+    # the flame graph: the root, and the leak as the widest frame at its depth (1 when the run
+    # recorded no call stacks; with the shim's stacks, under <module> and main)
     drawn = frames(browser)
     root = next(f for f in drawn if f["depth"] == 0)
-    below = sorted((f for f in drawn if f["depth"] == 1), key=lambda f: -f["w"])
-    assert root["name"] == "all" and len(below) >= 2
+    depth = max((f for f in drawn if f["name"] == "hoard_blocks"), key=lambda f: f["w"])["depth"]
+    below = sorted((f for f in drawn if f["depth"] == depth), key=lambda f: -f["w"])
+    assert root["name"] == "all" and len([f for f in drawn if f["depth"] == 1]) >= 2
     assert below[0]["name"] == "hoard_blocks" and below[0]["w"] > 0.5 * root["w"]
     # the growing site in red, as in the table; the others not
     assert below[0]["fill"] == "#e0443a" and all(f["fill"] != "#e0443a" for f in below[1:])
+    assert all(f["fill"] != "#e0443a" for f in drawn if f["depth"] < depth)  # its callers are not
 
     # WHEN the leak's frame is clicked
-    click_frame(browser, "hoard_blocks", 1)
+    click_frame(browser, "hoard_blocks", depth)
     # THEN it is focused: the whole width, its siblings gone, the caption names it
     drawn = frames(browser)
-    focused = [f for f in drawn if f["depth"] == 1]
+    focused = [f for f in drawn if f["depth"] == depth]
     assert [f["name"] for f in focused] == ["hoard_blocks"]
     assert focused[0]["x"] == 0 and abs(focused[0]["w"] - root["w"]) <= 1
     assert "hoard_blocks" in browser.find_element("id", "focus").text
     # and clicking the root goes back
     click_frame(browser, "all", 0)
-    assert len([f for f in frames(browser) if f["depth"] == 1]) == len(below)
+    assert len([f for f in frames(browser) if f["depth"] == depth]) == len(below)
     assert console_errors(browser) == []
 
 

@@ -39,6 +39,8 @@ CONSTANTS = {
     "TL_SITE_RETIRED": L.TL_SITE_RETIRED,
     "TL_SITE_FREE": L.TL_SITE_FREE,
     "TL_KIND_OTHER": L.TL_KIND_OTHER,
+    "TL_STACK_DEPTH_MAX": L.TL_STACK_DEPTH_MAX,
+    "TL_STACK_F_TRUNCATED": L.TL_STACK_F_TRUNCATED,
 }
 
 
@@ -65,6 +67,7 @@ def _probe_source() -> str:
     ]
     for name in CONSTANTS:
         lines.append(f'    printf("const {name} %llu\\n", (unsigned long long)({name}));')
+    lines.append('    printf("const TL_STACK_FRAMES_AT %zu\\n", offsetof(struct tl_stack, frames));')
     for cname, cls in L.STRUCTS.items():
         lines.append(f'    printf("sizeof {cname} %zu\\n", sizeof(struct {cname}));')
         for field, *_ in cls._fields_:
@@ -132,7 +135,7 @@ def test_mirror_has_no_field_the_header_lacks_and_no_gap(probe):
 
 
 def test_constants_match(probe):
-    assert probe["const"] == CONSTANTS
+    assert {k: v for k, v in probe["const"].items() if k in CONSTANTS} == CONSTANTS
     assert probe["magic"] == L.TL_SHM_MAGIC  # the 8 bytes the shim copies (its own NUL included)
     assert probe["memfd"] == L.TL_SHM_MEMFD_NAME
 
@@ -140,6 +143,14 @@ def test_constants_match(probe):
 def test_header_sizes_exported():
     assert ctypes.sizeof(L.TlShmHeader) == L.HEADER_SIZE
     assert ctypes.sizeof(L.TlSite) == L.SITE_SIZE
+
+
+def test_stack_record_frames_follow_the_fixed_part(probe):
+    # struct tl_stack ends with a flexible array of frame numbers: it starts where the mirror ends
+    assert probe["const"]["TL_STACK_FRAMES_AT"] == L.STACK_FIXED_SIZE
+    assert L.stack_record_size(0) == L.STACK_FIXED_SIZE
+    assert L.stack_record_size(32) == L.STACK_FIXED_SIZE + 128
+    assert L.stack_record_size(1) % 8 == 0
 
 
 def test_py_version_and_flag_names():
