@@ -52,6 +52,16 @@ def deep(k):
     lib_keep(4096)  # ALLOC: deep_call
 
 
+def lib_churn(n):
+    libc.free(libc.malloc(n))  # ALLOC: churn
+
+
+def churn(k):
+    if k:
+        return churn(k - 1)
+    lib_churn(2048)
+
+
 def work(rounds, mode):
     for _ in range(rounds):
         if mode == "split":
@@ -70,7 +80,17 @@ def work(rounds, mode):
 rounds, mode = int(sys.argv[1]), sys.argv[2]
 print("ready", os.getpid(), flush=True)
 sys.stdin.readline()
-work(rounds, mode)
+if mode == "phases":  # 40 healthy paths, then (after "go") one of them again and the leak
+    for times, paths in ((rounds, 40), (5, 1)):
+        for _ in range(times):
+            for k in range(paths):
+                churn(k)  # the same line in both phases: the same paths
+        if paths == 40:
+            print("done", flush=True)
+            sys.stdin.readline()
+    work(rounds, "split")
+else:
+    work(rounds, mode)
 print("done", flush=True)
 sys.stdin.readline()
 """
@@ -227,3 +247,41 @@ def test_full_path_map_counts_drops(interpreters, tmp_path):
     assert sum(s.live_bytes for s in row.stacks) < row.live_bytes
     for stack in row.stacks:
         assert stack.live_bytes % UNIT == 0
+
+
+@BPF_SKIP
+def test_idle_paths_make_room_and_keep_their_totals(interpreters, tmp_path):
+    # GIVEN room for 16 paths and a target that churns through 40 healthy paths
+    cpython = interpreters[-1]
+    script = _script(tmp_path)
+    target = Target([cpython.path, str(script), "20", "phases"])
+    session = _session([target.pid], limits={"TL_MAX_PATHS": 16})
+    session.start()
+    try:
+        target.say("go")
+        target.wait_done()
+        # WHEN the agent polls while they are idle (the second poll evicts them)...
+        session.poll()
+        session.poll()
+        # ... and the target then leaks through two callers (and churns its first path again)
+        target.say("go")
+        target.wait_done()
+        rows = session.poll().merged()
+    finally:
+        session.stop()
+        target.finish()
+    # THEN idle paths were evicted, and the leak's paths found room: the exact split
+    assert session.evicted_paths >= 10
+    assert session.counters["paths_full"] > 0  # the first phase did not fit
+    row = _lib_row(rows, cpython, script)
+    by_line: dict[int, int] = {}
+    for stack in row.stacks:
+        by_line[stack.frames[-2][2]] = by_line.get(stack.frames[-2][2], 0) + stack.live_bytes
+    assert by_line[line_of(script, "call_a")] == 3 * 20 * UNIT
+    assert by_line[line_of(script, "call_b")] == 20 * UNIT
+    # ... and the first churn path (first in every round: always stored), evicted and back,
+    # continues from its carried totals: 20 calls, then 5
+    churn_row = next(r for r in rows if r.line == line_of(script, "churn") and r.file.endswith(script.name))
+    shortest = min(churn_row.stacks, key=lambda s: len(s.frames))
+    assert shortest.count == 25 and shortest.live_bytes == 0, shortest
+    assert session.meta()["evicted_paths"] == session.evicted_paths
