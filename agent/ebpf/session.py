@@ -77,7 +77,8 @@ DROPPED = {
     "paths_full": "samples without a call path (paths map full)",
 }
 TL_PATH_TRUNCATED = 1  # struct tl_path.flags
-UNKNOWN_FRAME = ("[unknown]", "[unknown]", 0)  # a caller whose code object cannot be read (now)
+UNKNOWN_FRAME = ("[unknown]", "[unknown]", 0)
+MAX_FRAME_CACHE = 1 << 18  # resolved (code, offset) pairs kept per target (then started again)  # a caller whose code object cannot be read (now)
 
 
 @dataclass
@@ -195,6 +196,7 @@ class Target:
     sites: dict[tuple, tuple] = field(default_factory=dict)  # BPF site key -> row site key
     rows: list[Row] = field(default_factory=list)
     arena_size: int = 0  # pymalloc arenas watched (bytes each); 0: not watched
+    frames: dict[tuple, tuple] = field(default_factory=dict)  # (code, offset) -> path frame
 
 
 def _exe(pid: int) -> str:
@@ -589,14 +591,18 @@ class EbpfSession:
         assert target.code is not None
         frames = []
         complete = True
+        cache = target.frames
+        if len(cache) > MAX_FRAME_CACHE:
+            cache.clear()
         for code, offset in content[2][:MAX_FRAMES]:
-            info = target.code.code(code)
-            frame = None
-            if info is not None:
-                try:
-                    frame = (info.function, info.file, int(info.line(offset)))
-                except (IndexError, ValueError):
-                    frame = None
+            frame = cache.get((code, offset))
+            if frame is None:
+                info = target.code.code(code)
+                if info is not None:
+                    try:
+                        frame = cache[(code, offset)] = (info.function, info.file, int(info.line(offset)))
+                    except (IndexError, ValueError):  # a line table that does not parse
+                        frame = None
             if frame is None:
                 if not frames:
                     return None
