@@ -6,12 +6,15 @@
    ``--frames`` Python frames above the allocating line, for each ``--depth`` in turn, the depths
    interleaved round by round (the machine is shared). The path walk runs only for sampled
    allocations; at ``--sample-rate 1`` every allocation pays it (the cost per sample).
-2. ``memory``: the memory of tl_paths (``memlock`` of the map's fdinfo: for a map that is not
+2. ``wall``: wall time of bench/workload.py (the allocation-heavy workload of bench/run.py and
+   bench_ebpf.py) unattached and attached at each depth, interleaved.
+3. ``memory``: the memory of tl_paths (``memlock`` of the map's fdinfo: for a map that is not
    preallocated the kernel counts its elements) with ``--paths`` distinct paths stored, per depth,
    and what the agent's poll costs in time to read and resolve them.
 
     sudo .venv/bin/python bench/bench_ebpf_stacks.py --python PY [--depth 0 --depth 32 --depth 128]
-        [--frames 150] [--seconds 3] [--rounds 3] [--sample-rate 50] [--only cost|memory] [--paths 10000]
+        [--frames 150] [--seconds 3] [--rounds 3] [--sample-rate 50] [--only cost|wall|memory]
+        [--paths 10000] [--iterations 300]
 """
 
 from __future__ import annotations
@@ -146,6 +149,30 @@ def memory(python: str, depth: int, args) -> tuple[int, int, float, int]:
     return memlock, entries, poll_s, paths
 
 
+def wall(python: str, depth: int | None, args) -> float:
+    """Seconds of bench/workload.py, unattached (depth None) or attached at DEPTH."""
+    from bench_ebpf import PY_WORKLOAD, Proc
+
+    from trackleak.ebpf.loader import Tunables
+    from trackleak.ebpf.session import EbpfSession
+
+    script = Path(args.tmp) / "workload.py"
+    script.write_text(PY_WORKLOAD)
+    proc = Proc([python, str(script), str(args.iterations)])
+    session = None
+    try:
+        if depth is not None:
+            session = EbpfSession(
+                [proc.pid], Tunables(sample_rate=args.sample_rate, min_size=500, stack_depth=depth)
+            )
+            session.start()
+        return proc.run()
+    finally:
+        if session is not None:
+            session.stop()
+        proc.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--python", required=True)
@@ -155,7 +182,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--sample-rate", type=int, default=50)
     ap.add_argument("--paths", type=int, default=10000)
-    ap.add_argument("--only", choices=("cost", "memory"))
+    ap.add_argument("--only", choices=("cost", "wall", "memory"))
+    ap.add_argument("--iterations", type=int, default=300, help="rounds of bench/workload.py (wall)")
     ap.add_argument("--profile", action="store_true", help="profile the agent's poll (memory)")
     args = ap.parse_args()
     depths = args.depth or [0, 32, 128]
@@ -182,6 +210,22 @@ def main() -> None:
                 f"  depth {d:4d}: {ns:7.0f} ns (x{ns / base:.2f})   runs: {', '.join(f'{r[0]:.0f}' for r in runs)}"
                 f"   calls {sum(r[1] for r in runs)}"
             )
+    if args.only in (None, "wall"):
+        import tempfile
+
+        sys.path.insert(0, str(HERE))
+        runs: dict[str, list[float]] = {"off": [], **{f"depth {d}": [] for d in depths}}
+        with tempfile.TemporaryDirectory(prefix="tl-bench-") as tmp:
+            args.tmp = tmp
+            for _ in range(args.rounds):
+                runs["off"].append(wall(args.python, None, args))
+                for d in depths:
+                    runs[f"depth {d}"].append(wall(args.python, d, args))
+        base = statistics.median(runs["off"])
+        print(f"bench/workload.py x{args.iterations}, seconds (median of {args.rounds}, interleaved)")
+        for name, vals in runs.items():
+            med = statistics.median(vals)
+            print(f"  {name:10s} {med:8.3f} x{med / base:.3f}   runs: {', '.join(f'{v:.3f}' for v in vals)}")
     if args.only in (None, "memory"):
         print(f"tl_paths with {args.paths} distinct paths (every allocation sampled)")
         for d in depths:
