@@ -197,6 +197,7 @@ class Target:
     rows: list[Row] = field(default_factory=list)
     arena_size: int = 0  # pymalloc arenas watched (bytes each); 0: not watched
     frames: dict[tuple, tuple] = field(default_factory=dict)  # (code, offset) -> path frame
+    native_paths: dict[tuple, tuple] = field(default_factory=dict)  # native key -> (frames, truncated)
 
 
 def _exe(pid: int) -> str:
@@ -466,9 +467,18 @@ class EbpfSession:
             row = self._row(key[0], site, stats)
             have = per_pid[key[0]].get(site)
             if have is None:
-                per_pid[key[0]][site] = row
+                per_pid[key[0]][site] = have = row
             else:
                 have.add(row)
+            native = target.native_paths.get(key[1:]) if self.tunables.stack_depth > 0 else None
+            if native is not None:  # a native site's user stack (tl_stacks): its path, exactly
+                frames, truncated = native
+                stack = Stack(frames, stats.live_bytes, stats.live_count, stats.total_bytes, stats.count, truncated)
+                same = next((s for s in have.stacks or () if s.frames == frames), None)
+                if same is not None:
+                    same.add(stack)
+                else:
+                    have.stacks = [*(have.stacks or ()), stack]
         paths = self._read_paths() if self.tunables.stack_depth > 0 else {}
         if paths:
             self._attach_stacks(per_pid, paths)
@@ -712,11 +722,11 @@ class EbpfSession:
                 return None  # unreadable now: retried at the next poll
             site = (info.function, info.file, info.line(offset), False)
         else:
-            site = self._native_site(target, code, stack_id)
+            site = self._native_site(target, code, stack_id, bkey)
         target.sites[bkey] = site
         return site
 
-    def _native_site(self, target: Target, code: int, stack_id: int) -> tuple:
+    def _native_site(self, target: Target, code: int, stack_id: int, bkey: tuple = ()) -> tuple:
         assert target.native is not None
         frames = [code]
         if stack_id >= 0:
@@ -726,16 +736,36 @@ class EbpfSession:
             except KeyError:
                 pass
         first = None
-        for addr in frames:
+        for n, addr in enumerate(frames):
             if not addr:
                 continue
             function, path = target.native.resolve(addr - 1)  # inside the call instruction
             if first is None:
                 first = (function, path)
             if not _is_wrapper(path):
+                if stack_id >= 0 and bkey:
+                    self._native_path(target, bkey, (function, path, 0), frames[n + 1 :])
                 return (function, path, 0, True)
         function, path = first or ("[unknown]", "[unknown]")
         return (function, path, 0, True)
+
+    def _native_path(self, target: Target, bkey: tuple, site: tuple, callers: list[int]) -> None:
+        """The call path of a native site with a user stack: its callers resolved (outermost
+        first, the site last), cut to the stack depth."""
+        assert target.native is not None
+        depth = min(self.tunables.stack_depth, MAX_FRAMES)
+        if depth <= 0:
+            return
+        frames = [site]
+        for addr in callers:
+            if not addr:
+                continue
+            if len(frames) >= depth:
+                target.native_paths[bkey] = (tuple(reversed(frames)), True)
+                return
+            function, path = target.native.resolve(addr - 1)
+            frames.append((function, path, 0))
+        target.native_paths[bkey] = (tuple(reversed(frames)), False)
 
     # ------------------------------------------------------------------ reporting
 

@@ -285,3 +285,26 @@ def test_idle_paths_make_room_and_keep_their_totals(interpreters, tmp_path):
     shortest = min(churn_row.stacks, key=lambda s: len(s.frames))
     assert shortest.count == 25 and shortest.live_bytes == 0, shortest
     assert session.meta()["evicted_paths"] == session.evicted_paths
+
+
+@BPF_SKIP
+def test_native_rows_carry_their_native_call_paths(tmp_path):
+    from ebpf_support import build_leaker, find, run_attached
+
+    from trackleak.ebpf.loader import Tunables
+    from trackleak.ebpf.session import EbpfSession
+
+    # GIVEN the native leaker (frame pointers) and user stacks for every native site
+    leaker = build_leaker(tmp_path)
+    target = Target([str(leaker), "300", "200"])
+    session = EbpfSession([target.pid], Tunables(sample_rate=1, min_size=500, native_stacks=2))
+    # WHEN it leaks in leak_here (called from main)
+    rows = run_attached(session, target)
+    # THEN its row's paths end at leak_here, called from main, and cover the row exactly
+    leak = find(rows, "leak_here", file_endswith="leaker")
+    assert leak.stacks, leak
+    for stack in leak.stacks:
+        assert stack.frames[-1] == (leak.function, leak.file, 0)
+        assert stack.frames[-2][0] == "main", stack.frames
+    assert sum(s.live_bytes for s in leak.stacks) == leak.live_bytes
+    assert sum(s.count for s in leak.stacks) == leak.count == 8 * 300
