@@ -48,7 +48,8 @@ outer(int(sys.argv[1]))
 """
 
 # 100 callers x 100 middle functions: 10 000 distinct paths (5 frames) into one leaking line
-PATHS_TARGET = r"""
+PATHS_TARGET = (
+    r"""
 import ctypes, sys
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
@@ -57,11 +58,16 @@ kept = [0] * 20000
 n = [0]
 def leaf():
     kept[n[0]] = libc.malloc(2048); n[0] += 1
-""" + "".join(f"def mid{i}():\n    leaf()\n" for i in range(100)) + "".join(
-    f"def caller{i}(m):\n    m()\n" for i in range(100)
-) + r"""
-CALLERS = [""" + ", ".join(f"caller{i}" for i in range(100)) + r"""]
-MIDS = [""" + ", ".join(f"mid{i}" for i in range(100)) + r"""]
+"""
+    + "".join(f"def mid{i}():\n    leaf()\n" for i in range(100))
+    + "".join(f"def caller{i}(m):\n    m()\n" for i in range(100))
+    + r"""
+CALLERS = ["""
+    + ", ".join(f"caller{i}" for i in range(100))
+    + r"""]
+MIDS = ["""
+    + ", ".join(f"mid{i}" for i in range(100))
+    + r"""]
 print("ready", flush=True)
 sys.stdin.readline()
 paths = int(sys.argv[1])
@@ -70,6 +76,7 @@ for i in range(paths):
 print("done", flush=True)
 sys.stdin.readline()
 """
+)
 
 
 def fdinfo(fd: int, keys=("run_time_ns", "run_cnt")) -> dict[str, int]:
@@ -87,7 +94,10 @@ def cost(python: str, depth: int, args) -> tuple[float, int]:
     from trackleak.ebpf.session import EbpfSession
 
     proc = subprocess.Popen(
-        [python, "-c", COST_TARGET, str(args.frames)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [python, "-c", COST_TARGET, str(args.frames)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout.readline().startswith("ready")
@@ -120,11 +130,16 @@ def memory(python: str, depth: int, args) -> tuple[int, int, float, int]:
     from trackleak.ebpf.session import EbpfSession
 
     proc = subprocess.Popen(
-        [python, "-c", PATHS_TARGET, str(args.paths)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [python, "-c", PATHS_TARGET, str(args.paths)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout.readline().startswith("ready")
-        session = EbpfSession([proc.pid], Tunables(sample_rate=1, min_size=1000, arenas=False, stack_depth=depth))
+        session = EbpfSession(
+            [proc.pid], Tunables(sample_rate=1, min_size=1000, arenas=False, stack_depth=depth)
+        )
         session.start()
         try:
             proc.stdin.write("go\n")
@@ -207,7 +222,8 @@ def main() -> None:
         for d, runs in results.items():
             ns = statistics.median(r[0] for r in runs)
             print(
-                f"  depth {d:4d}: {ns:7.0f} ns (x{ns / base:.2f})   runs: {', '.join(f'{r[0]:.0f}' for r in runs)}"
+                f"  depth {d:4d}: {ns:7.0f} ns (x{ns / base:.2f})   "
+                f"runs: {', '.join(f'{r[0]:.0f}' for r in runs)}"
                 f"   calls {sum(r[1] for r in runs)}"
             )
     if args.only in (None, "wall"):
@@ -234,7 +250,8 @@ def main() -> None:
             memlock, entries, poll_s, paths = memory(args.python, d, args)
             print(
                 f"  depth {d:4d}: {entries} entries, memlock {memlock / 2**20:.1f} MiB "
-                f"({memlock / max(entries, 1):.0f} B each); one poll {poll_s:.2f} s, {paths} paths in the rows"
+                f"({memlock / max(entries, 1):.0f} B each); one poll {poll_s:.2f} s, "
+                f"{paths} paths in the rows"
             )
 
 

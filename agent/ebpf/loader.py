@@ -172,7 +172,9 @@ class Tunables:
         if unknown:
             raise AttachError(f"unknown map limit(s): {', '.join(sorted(unknown))}")
         if not 0 <= int(self.stack_depth) <= config.MAX_STACK_DEPTH:
-            raise AttachError(f"the stack depth must be 0 to {config.MAX_STACK_DEPTH}, not {self.stack_depth}")
+            raise AttachError(
+                f"the stack depth must be 0 to {config.MAX_STACK_DEPTH}, not {self.stack_depth}"
+            )
         flags = [
             f"-DTL_MIN_SIZE={int(self.min_size)}",
             f"-DTL_STACK_DEPTH={int(self.stack_depth)}",

@@ -39,9 +39,9 @@ from trackleak.ebpf.loader import (
 )
 from trackleak.ebpf.python import PythonInfo, UnsupportedPython, find_python, resolve_offsets, target_fields
 from trackleak.history import History, pid_site_key
+from trackleak.stacks import MAX_FRAMES, Stack
 from trackleak.symbolize.elf import NativeSymbolizer, elf_info, proc_path
 from trackleak.symbolize.pycode import CodeReader, ProcessMemory
-from trackleak.stacks import MAX_FRAMES, Stack
 from trackleak.table import RetentionTable, Row
 
 TL_TARGET_PYTHON = 1  # bpf/trackleak.h
@@ -77,8 +77,8 @@ DROPPED = {
     "paths_full": "samples without a call path (paths map full)",
 }
 TL_PATH_TRUNCATED = 1  # struct tl_path.flags
-UNKNOWN_FRAME = ("[unknown]", "[unknown]", 0)
-MAX_FRAME_CACHE = 1 << 18  # resolved (code, offset) pairs kept per target (then started again)  # a caller whose code object cannot be read (now)
+UNKNOWN_FRAME = ("[unknown]", "[unknown]", 0)  # a caller whose code object cannot be read (now)
+MAX_FRAME_CACHE = 1 << 18  # resolved (code, offset) pairs kept per target (then started again)
 
 
 @dataclass
@@ -473,7 +473,9 @@ class EbpfSession:
             native = target.native_paths.get(key[1:]) if self.tunables.stack_depth > 0 else None
             if native is not None:  # a native site's user stack (tl_stacks): its path, exactly
                 frames, truncated = native
-                stack = Stack(frames, stats.live_bytes, stats.live_count, stats.total_bytes, stats.count, truncated)
+                stack = Stack(
+                    frames, stats.live_bytes, stats.live_count, stats.total_bytes, stats.count, truncated
+                )
                 same = next((s for s in have.stacks or () if s.frames == frames), None)
                 if same is not None:
                     same.add(stack)

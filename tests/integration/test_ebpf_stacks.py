@@ -147,7 +147,7 @@ def test_two_callers_split_live_bytes_exactly(cpython, tmp_path):
         assert stack.frames[-1] == site
         assert not stack.truncated
         if len(stack.frames) >= 2:
-            by_caller.setdefault(stack.frames[-2][:2] + (stack.frames[-2][2],), []).append(stack)
+            by_caller.setdefault(stack.frames[-2], []).append(stack)
     call_a = (cpython.func("caller_a"), str(script), line_of(script, "call_a"))
     call_b = (cpython.func("caller_b"), str(script), line_of(script, "call_b"))
     assert call_a in by_caller and call_b in by_caller, list(by_caller)
@@ -173,9 +173,24 @@ def test_agent_json_carries_both_paths(interpreters, tmp_path):
     out = tmp_path / "agent.json"
     env = dict(os.environ, TRACKLEAK_EBPF_ARENAS="0")
     agent = subprocess.Popen(
-        [*AGENT_CMD, "--pid", str(target.pid), "--json", str(out), "--sample-rate", "1",
-         "--min-size", "1000", "--interval", "0.5", "--no-live"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            *AGENT_CMD,
+            "--pid",
+            str(target.pid),
+            "--json",
+            str(out),
+            "--sample-rate",
+            "1",
+            "--min-size",
+            "1000",
+            "--interval",
+            "0.5",
+            "--no-live",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         deadline = time.time() + 60
@@ -221,7 +236,7 @@ def _attached(pid: int) -> bool:
 def test_deeper_than_the_depth_is_truncated(interpreters, tmp_path):
     # GIVEN a recursion 11 frames deep under work and the module, and a depth of 4
     cpython = interpreters[-1]
-    session, script, rows = _run(cpython, tmp_path, "deep", 200, stack_depth=4)
+    _, script, rows = _run(cpython, tmp_path, "deep", 200, stack_depth=4)
     row = _lib_row(rows, cpython, script)
     # WHEN the agent keeps 4 frames a path
     # THEN its one path keeps the innermost 4 frames and says it was cut
@@ -229,7 +244,8 @@ def test_deeper_than_the_depth_is_truncated(interpreters, tmp_path):
     stack = row.stacks[0]
     assert stack.truncated
     assert len(stack.frames) == 4
-    assert [f[2] for f in stack.frames[:-1]] == [line_of(script, "recurse")] * 2 + [line_of(script, "deep_call")]
+    recurse, call = line_of(script, "recurse"), line_of(script, "deep_call")
+    assert [f[2] for f in stack.frames[:-1]] == [recurse, recurse, call]
     assert [f[0] for f in stack.frames[:-1]] == [cpython.func("deep")] * 3
     assert stack.live_bytes == 200 * UNIT
 
