@@ -18,6 +18,8 @@ profiler's (function, file, line) points at that line. What a profiler should sh
 | leaky_list_append    | 1 KiB strings appended to a global list       | ~100 % (leak)      |
 | leaky_cache          | dict cache with no eviction (512 B payloads)  | ~100 % (leak)      |
 | string_format_leak   | time.strftime + f-strings kept in a log list  | high (leak)        |
+| record_event         | one helper, two callers: handle_upload keeps  | ~50 %: the call    |
+|                      | its 2 KiB events, handle_ping drops them      | paths tell which   |
 | warning_spam         | warnings.warn() on every call, "always" shown | low/medium         |
 | healthy_allocation   | 4 KiB buffers allocated and freed             | ~0 % (healthy)     |
 | realloc_growth       | bytearray.extend growth, freed on return      | ~0 % (realloc)     |
@@ -32,15 +34,17 @@ import time
 import warnings
 from typing import TextIO
 
-# Work per round. At the defaults (30 rounds) the leaks retain about 25 MiB in all.
+# Work per round. At the defaults (30 rounds) the leaks retain about 40 MiB in all.
 LIST_ITEMS_PER_ROUND = 500
 CACHE_ITEMS_PER_ROUND = 500
 LOG_LINES_PER_ROUND = 500
 WARNINGS_PER_ROUND = 200
 HEALTHY_ALLOCS_PER_ROUND = 500
 REALLOC_CHUNKS_PER_ROUND = 256
+EVENTS_PER_ROUND = 250  # per caller of record_event
 
 LEAKED_ITEM_SIZE = 1024
+EVENT_SIZE = 2048
 CACHE_PAYLOAD_SIZE = 512
 HEALTHY_BUFFER_SIZE = 4096
 REALLOC_CHUNK = b"A" * 1024
@@ -99,6 +103,32 @@ def string_format_leak(count: int = LOG_LINES_PER_ROUND) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(1_700_000_000 + _next_request))
         line = f"[{stamp}] request {_next_request} processed in {_next_request * 0.001:.3f}s"
         log_lines.append(line)
+
+
+# ---------------------------------------------------------------------------
+# Leak 4: a helper shared by two callers, only one of which keeps what it makes.
+# The row is record_event's line, half kept; its call paths say which caller keeps it.
+# ---------------------------------------------------------------------------
+audit_trail: list[bytes] = []
+
+
+def record_event(kind: str, keep: bool) -> bytes:
+    """Encode an event (a library helper); keep it in the audit trail when asked."""
+    event = kind.encode().ljust(EVENT_SIZE, b".")
+    if keep:
+        audit_trail.append(event)
+    return event
+
+
+def handle_upload(count: int = EVENTS_PER_ROUND) -> None:
+    """Every upload is audited, and the trail is never trimmed: the leak."""
+    for _ in range(count):
+        record_event("upload", keep=True)
+
+
+def handle_ping(count: int = EVENTS_PER_ROUND) -> int:
+    """Pings are encoded the same way and dropped: healthy."""
+    return sum(len(record_event("ping", keep=False)) for _ in range(count))
 
 
 # ---------------------------------------------------------------------------
@@ -162,6 +192,8 @@ def run_round() -> None:
     leaky_list_append()
     leaky_cache()
     string_format_leak()
+    handle_upload()
+    handle_ping()
     warning_spam()
     healthy_allocation()
     realloc_growth()
@@ -171,7 +203,8 @@ def retained_kib() -> int:
     items = sum(sys.getsizeof(s) for s in leaked_items)
     cache = len(session_cache) * CACHE_PAYLOAD_SIZE
     logs = sum(sys.getsizeof(s) for s in log_lines)
-    return (items + cache + logs) // 1024
+    events = sum(sys.getsizeof(e) for e in audit_trail)
+    return (items + cache + logs + events) // 1024
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -12,9 +12,9 @@ import os
 import re
 from dataclasses import dataclass
 
-OK, WARN, FAIL = "ok", "warn", "FAIL"
+from . import privileges
 
-CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+OK, WARN, FAIL = "ok", "warn", "FAIL"
 
 
 @dataclass
@@ -25,24 +25,9 @@ class Check:
     fix: str = ""
 
 
-def _capabilities() -> int:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return int(line.split()[1], 16)
-    except OSError:
-        pass
-    return 0
-
-
 def check_privileges() -> Check:
-    caps = _capabilities()
-    has = lambda c: bool(caps >> c & 1)  # noqa: E731
-    if os.geteuid() == 0 or has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON)):
-        who = "root" if os.geteuid() == 0 else "capabilities"
-        return Check("privileges", OK, f"{who} (CAP_BPF={has(CAP_BPF)}, CAP_PERFMON={has(CAP_PERFMON)})")
-    return Check("privileges", FAIL, "not root, no CAP_BPF + CAP_PERFMON", "run with sudo")
+    ok, how = privileges.can_attach()
+    return Check("privileges", OK, how) if ok else Check("privileges", FAIL, how, "run with sudo")
 
 
 def check_bpf_syscall() -> Check:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from trackleak import config, sampling
 from trackleak.ebpf import AttachError, btf, headers
+from trackleak.ebpf.privileges import can_attach
 from trackleak.ebpf.python import bpf_dir
 from trackleak.ebpf.thresholds import ThresholdTable
 
@@ -190,7 +191,7 @@ class Tunables:
 
 
 def check_privileges() -> None:
-    if os.geteuid() != 0:
+    if not can_attach()[0]:
         raise AttachError(
             "not permitted: attaching eBPF probes needs root (or CAP_BPF + CAP_PERFMON); run with sudo"
         )

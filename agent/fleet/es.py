@@ -35,12 +35,13 @@ from typing import Callable, Mapping
 
 from ..es.config import DEFAULT_JOB_NAME, ENV_ENABLE, ENV_INDEX, ENV_JOB_NAME, ENV_URL, EsConfig
 from ..es.schema import DocMeta, documents
-from ..es.shipper import CLOSE_DEADLINE, Shipper
+from ..es.shipper import CLOSE_DEADLINE, MAX_QUEUE_BYTES, Shipper
 
 SHIP_ALL = "all"
 SHIP_REQUESTED = "requested"
 SHIP_CHOICES = (SHIP_ALL, SHIP_REQUESTED)
 MAX_INDICES = 16
+QUEUE_BYTES = MAX_QUEUE_BYTES  # what every index's queue holds at most, together (one batch each beyond)
 PREFIX = "trackleak-agent: elasticsearch: "
 
 
@@ -164,6 +165,11 @@ class FleetShipping:
         shipper = self.shippers.get(index)
         if shipper is None:
             shipper = self.shippers[index] = self._factory(dataclasses.replace(self.config, index=index))
+            # One memory budget for the agent, shared by its indices (not one each: 17 queues of
+            # 32 MiB while Elasticsearch is down would be 544 MiB on every host).
+            share = max(QUEUE_BYTES // len(self.shippers), 1)
+            for each in self.shippers.values():
+                each.max_queue_bytes = share
         return shipper
 
     # ---- the end

@@ -274,10 +274,27 @@ static inline unsigned tslot(const void *tp)
     return (unsigned)((uintptr_t)tp >> 5) & ((1u << TC_BITS) - 1);
 }
 
+/* Non-zero while the tracer we chain to runs (GIL held: one thread at a time).
+ * A tracer installed after ours that chains back to us would call us again for
+ * the same event: that call returns at once (see tl_objects_watch). */
+static int chaining;
+
+static int call_prev(void *op, int event)
+{
+    if (!prev_tracer)
+        return 0;
+    chaining = 1;
+    int r = prev_tracer(op, event, prev_data);
+    chaining = 0;
+    return r;
+}
+
 /* Everything but the plain case: not active, inside the shim, a pending
  * object to size, a tracer to chain, an uncached type. */
 static __attribute__((noinline)) int tracer_slow(void *op, int event)
 {
+    if (chaining)
+        return 0; /* our own event, back through a tracer that chains to us */
     if (!tl_active || tl_guard) {
         if (pend.op == op)
             pend.op = NULL; /* going away while we do not look: never read it */
@@ -295,7 +312,7 @@ static __attribute__((noinline)) int tracer_slow(void *op, int event)
         }
     }
     obj_slow = pend.op != NULL || prev_tracer != NULL || !tl_active;
-    return prev_tracer ? prev_tracer(op, event, prev_data) : 0;
+    return call_prev(op, event);
 }
 
 /* CPython calls this for every object it creates or destroys (GIL held). */
@@ -361,6 +378,47 @@ void tl_objects_uninstall(void)
     void *d;
     if (get_tracer(&d) == tracer)
         set_tracer(prev_tracer, prev_data);
+}
+
+/* ---- another tool takes the tracer ------------------------------------------
+ * CPython keeps one reference tracer. tracemalloc.start() (3.13+) sets its own
+ * without chaining to ours, and tracemalloc.stop() leaves it there: ours would
+ * hear of no destruction from then on, and every object sampled before would
+ * stay live - a false leak at healthy lines. So each sample looks whether ours
+ * is still the one (a call that reads two words of _PyRuntime); when it is
+ * not, a pending call (run by the main thread with the GIL, like the tracer)
+ * puts ours back in front, chained to the newcomer, which keeps working.
+ * Objects destroyed between the two are missed (their samples stay live). */
+static int rechain_queued;
+
+static int rechain(void *arg)
+{
+    (void)arg;
+    __atomic_store_n(&rechain_queued, 0, __ATOMIC_RELEASE);
+    if (!installed)
+        return 0;
+    void *d;
+    tl_reftracer cur = get_tracer(&d);
+    if (cur == tracer)
+        return 0;
+    prev_tracer = cur;
+    prev_data = d;
+    obj_slow = 1;
+    if (set_tracer(tracer, NULL) != 0) {
+        installed = 0;
+        tl_say("could not take CPython's reference tracer back from another tool; small objects are no "
+               "longer tracked");
+    }
+    return 0;
+}
+
+void tl_objects_watch(void)
+{
+    void *d;
+    if (!installed || get_tracer(&d) == tracer)
+        return;
+    if (!__atomic_exchange_n(&rechain_queued, 1, __ATOMIC_ACQ_REL) && tl_py_schedule(rechain, NULL) != 0)
+        __atomic_store_n(&rechain_queued, 0, __ATOMIC_RELEASE);
 }
 
 /* ---- 3.9-3.12: the freelist flag -------------------------------------------

@@ -681,6 +681,7 @@ static void take_sample(struct tl_site *s, void *p, uint64_t field, int gil)
     }
     if (TL_UNLIKELY(tl_cfg.events))
         tl_event(1, p, size, (uint32_t)rec);
+    tl_objects_watch();
     if (TL_UNLIKELY(tick_countdown == 0)) {
         tick_countdown = 64; /* look at the clock every 64 samples */
         tl_dump_tick();

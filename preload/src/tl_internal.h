@@ -169,6 +169,7 @@ void tl_pymem_maybe_install(void) TL_HIDDEN;   /* cheap; from the libc hooks */
  * 3.13+ when TRACKLEAK_SMALL_OBJECTS allows. Returns 1 when installed. */
 int tl_objects_install(void) TL_HIDDEN;
 void tl_objects_uninstall(void) TL_HIDDEN; /* at the exit table (GIL held) */
+void tl_objects_watch(void) TL_HIDDEN;     /* at each sample: ours still CPython's reference tracer? */
 /* 3.9-3.12 small-object mode: a sampled pymalloc block whose type is only
  * known once CPython initialised it (at the next hook call of a GIL domain). */
 extern void *volatile tl_small_pend TL_HIDDEN;

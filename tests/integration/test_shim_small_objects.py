@@ -180,3 +180,42 @@ def test_type_object_offsets(cpython, tmp_path):
 
     out = subprocess.run([cpython.path, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+TRACEMALLOC_SCRIPT = """
+import time, tracemalloc
+held = []
+def healthy():
+    return [{"k": i} for i in range(20000)]  # ALLOC: healthy
+keep = []
+def leak():
+    keep.append({"k": None})  # ALLOC: leak
+held = healthy()  # sampled while the shim's tracer is the one
+tracemalloc.start()  # takes CPython's reference tracer (3.13+), without chaining to ours
+for _ in range(40):  # the program goes on: its next samples see the tracer gone
+    buf = bytearray(64 * 1024)
+    time.sleep(0.005)
+held = None  # destroyed after tracemalloc took the tracer: must be credited all the same
+for _ in range(100000):
+    leak()
+current, _ = tracemalloc.get_traced_memory()
+assert current > 0, "tracemalloc stopped working"
+print("traced", current)
+"""
+
+
+@pytest.mark.cpythons(gil=True, min_version=(3, 13))
+def test_tracemalloc_started_by_the_program_does_not_leave_false_leaks(cpython, shim, tmp_path):
+    """GIVEN a program that calls tracemalloc.start() while it runs (CPython 3.13+ has one reference
+    tracer, and tracemalloc takes it without chaining) WHEN it drops objects sampled before and
+    then leaks small dicts THEN the healthy line is clean, the leak is at its line, and tracemalloc
+    still works."""
+    script = tmp_path / "with_tracemalloc.py"
+    script.write_text(TRACEMALLOC_SCRIPT)
+    result = run_preloaded(cpython, script, shim=shim, sample_rate=None, min_size=None, timeout=120)
+    assert result.returncode == 0 and "traced" in result.stdout, result.describe()
+    rows = result.rows()
+    leak, healthy = _site(rows, script, "leak"), _site(rows, script, "healthy")
+    assert leak is not None and leak.live_bytes >= 0.6 * 100000 * 64, result.describe()
+    assert healthy is None or healthy.live_bytes <= 0.05 * leak.live_bytes, (healthy, leak)
+    assert sorted_rows(rows)[0].key == leak.key, [(r.function, r.line, r.live_bytes, r.count) for r in sorted_rows(rows)[:4]]

@@ -137,3 +137,19 @@ def test_cli_sort_choices_match_trackleak_run(monkeypatch):
     with pytest.raises(SystemExit) as exc:
         cli.main(["--pid", "1", "--sort", "nonsense"])
     assert exc.value.code == 2
+
+
+def test_the_agent_and_doctor_accept_capabilities_as_well_as_root(tmp_path):
+    """The deploy units may run the agent as a user holding CAP_BPF + CAP_PERFMON: the agent takes
+    them as doctor does (it once required uid 0 whatever its capabilities)."""
+    from trackleak.ebpf.privileges import CAP_BPF, CAP_PERFMON, can_attach, effective_capabilities
+
+    both = 1 << CAP_BPF | 1 << CAP_PERFMON
+    assert can_attach(euid=1000, caps=both) == (True, "capabilities (CAP_BPF=True, CAP_PERFMON=True)")
+    assert can_attach(euid=1000, caps=1 << CAP_BPF)[0] is False
+    assert can_attach(euid=0, caps=0)[0] is True
+    status = tmp_path / "status"
+    status.write_text("Name:\tx\nCapEff:\t000000c000000000\n")
+    assert effective_capabilities(str(status)) == both
+    status.write_text("CapEff:\tnot-hex\n")
+    assert effective_capabilities(str(status)) == 0

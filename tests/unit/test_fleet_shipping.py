@@ -13,6 +13,7 @@ from trackleak.table import Row
 class FakeShipper:
     def __init__(self, config):
         self.config = config
+        self.max_queue_bytes = None
         self.docs: list[dict] = []
         self.closed = None
 
@@ -99,6 +100,18 @@ def test_index_cap_and_close():
     assert sum("document(s) shipped" in s for s in said) == len(sink.shippers)
     sink(_rows(1), _meta(procs[0]))  # after close: nothing
     assert len(sink.shippers["i1"].docs) == 1
+
+
+def test_the_indices_share_one_queue_budget():
+    """Elasticsearch down, 17 indices: the agent holds at most one budget of queued documents, not
+    one per index."""
+    sink, _ = _sink()
+    procs = [_proc(p, {"ELASTICSEARCH_INDEX": f"i{p}"}) for p in range(1, 5)]
+    sink(_rows(1), _meta(procs[0]))
+    assert sink.shippers["i1"].max_queue_bytes == fleet_es.QUEUE_BYTES
+    sink(_rows(1, 2, 3, 4), _meta(*procs))
+    assert len(sink.shippers) == 4
+    assert {s.max_queue_bytes for s in sink.shippers.values()} == {fleet_es.QUEUE_BYTES // 4}
 
 
 def test_from_env_off_and_notice_once():
