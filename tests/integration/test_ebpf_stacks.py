@@ -324,3 +324,14 @@ def test_native_rows_carry_their_native_call_paths(tmp_path):
         assert stack.frames[-2][0] == "main", stack.frames
     assert sum(s.live_bytes for s in leak.stacks) == leak.live_bytes
     assert sum(s.count for s in leak.stacks) == leak.count == 8 * 300
+
+
+@BPF_SKIP
+def test_depth_zero_records_no_paths(interpreters, tmp_path):
+    # GIVEN --stack-depth 0: the program is built without the path walk and map
+    cpython = interpreters[-1]
+    session, script, rows = _run(cpython, tmp_path, "split", 50, stack_depth=0)
+    # THEN the rows are as before, without stacks
+    row = _lib_row(rows, cpython, script)
+    assert row.stacks is None and row.live_bytes == 4 * 50 * UNIT
+    assert session.meta()["stack_depth"] == 0 and session.evicted_paths == 0
