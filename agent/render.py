@@ -87,23 +87,31 @@ MISATTRIBUTED_NOTE = (
     "line while only the allocator was watched (CPython before 3.13): the line that allocated them "
     "may not be the line that keeps them"
 )
-SMALL_OBJECTS_NOTE = (
-    "objects under the minimum size ({min_size} B) are not tracked on this Python (before 3.13): "
-    "TRACKLEAK_SMALL_OBJECTS=1 (trackleak run --small-objects 1) tracks them (sampled; costs more)"
+SMALL_OBJECTS_NOTE = "objects under the minimum size ({min_size} B) are not tracked{why}"
+# What to do about it, by why (the sources pass one of these as small_objects_untracked):
+SMALL_BEFORE_313 = (
+    " on this Python (before 3.13): TRACKLEAK_SMALL_OBJECTS=1 (trackleak run --small-objects 1) "
+    "tracks them (sampled; costs more)"
 )
+SMALL_NO_TRACER = (
+    ": this interpreter gives no reference tracer (a free-threaded build, or --small-objects 0); "
+    "--min-size 0 counts them at the allocator"
+)
+SMALL_NO_ARENAS = ": --arenas (the default) charges pymalloc's arenas to the lines that make them"
 
 
 def footnotes(
-    rows: Iterable[Row], *, small_objects_untracked: bool = False, min_size: int = 500
+    rows: Iterable[Row], *, small_objects_untracked: bool | str = False, min_size: int = 500
 ) -> list[str]:
     """Lines to print once under a table: what the marker means (when a shown row has it), and
-    that small objects were not tracked (SMALL_BLOCKS/OBJECTS both unset in a Python process's
-    header: ``small_objects_untracked``)."""
+    that small objects were not tracked (``small_objects_untracked``: what to do about it, one
+    of the SMALL_* texts; True: SMALL_BEFORE_313)."""
     out = []
     if any(r.misattributed for r in rows):
         out.append(MISATTRIBUTED_NOTE)
     if small_objects_untracked and min_size > 0:
-        out.append(SMALL_OBJECTS_NOTE.format(min_size=min_size))
+        why = small_objects_untracked if isinstance(small_objects_untracked, str) else SMALL_BEFORE_313
+        out.append(SMALL_OBJECTS_NOTE.format(min_size=min_size, why=why))
     return out
 
 
@@ -227,7 +235,9 @@ def _frame_text(frame: tuple) -> str:
     return f"{function} ({name}:{line})" if line else f"{function} ({name})"
 
 
-def call_paths(rows: Sequence[Row], *, rows_limit: int = PATHS_ROWS, per_row: int = PATHS_PER_ROW) -> list[str]:
+def call_paths(
+    rows: Sequence[Row], *, rows_limit: int = PATHS_ROWS, per_row: int = PATHS_PER_ROW
+) -> list[str]:
     """Lines to print under a table: for its first ROWS_LIMIT rows that know more than one call
     path, or a caller (Row.stacks), the paths holding the most live bytes, innermost callers
     last ("main (app.py:40) > handle (web.py:12) > append"), with their share of the row's live
@@ -249,8 +259,12 @@ def call_paths(rows: Sequence[Row], *, rows_limit: int = PATHS_ROWS, per_row: in
             cut = len(callers) > PATH_FRAMES or stack.truncated
             text = " > ".join(callers[-PATH_FRAMES:]) + " > " + row.function
             share = 100.0 * min(stack.live_bytes, whole) / whole
-            growth = f"  {fmt_growth(stack.growth_bytes_per_s)}" if stack.growth_bytes_per_s is not None else ""
-            out.append(f"  {share:5.1f}%  {human_bytes(stack.live_bytes):>10}{growth}  {'… > ' if cut else ''}{text}")
+            growth = (
+                f"  {fmt_growth(stack.growth_bytes_per_s)}" if stack.growth_bytes_per_s is not None else ""
+            )
+            out.append(
+                f"  {share:5.1f}%  {human_bytes(stack.live_bytes):>10}{growth}  {'… > ' if cut else ''}{text}"
+            )
         if len(paths) > per_row:
             out.append(f"  … {len(paths) - per_row} more path(s): trackleak report --html shows them all")
     return out

@@ -655,7 +655,9 @@ class LaunchSource(Source):
             history=self.history,
             status=status,
             sink_rows=list(table),
-            small_objects_untracked=any(h.small_objects_untracked for h in self._headers()),
+            small_objects_untracked=next(
+                (h.small_objects_advice for h in self._headers() if h.small_objects_untracked), False
+            ),
             min_size=info["min_size"] or 0,
         )
 

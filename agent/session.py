@@ -75,7 +75,9 @@ class Final:
     status: int = 0  # the session's exit status
     sink_rows: list[Row] | None = None  # per process, for the sinks (default: table's rows)
     sink_meta: dict | None = None  # for the sinks (default: source.meta(final=True))
-    small_objects_untracked: bool = False  # say once under the table that they were not tracked
+    # say once under the table that they were not tracked: True, or what would track them
+    # (render.SMALL_*)
+    small_objects_untracked: bool | str = False
     min_size: int = 0  # the size limit that note names
 
 

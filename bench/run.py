@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Overhead of the preload shim against plain Python and the tools people use instead.
 
-    python bench/run.py [--python PY] [--workload mixed|small] [--rounds N] [--repeat K] [--long]
-                        [--baseline-shim SO] [--no-others] [--pymalloc]
+    python bench/run.py [--python PY [--python PY2 ...]] [--workload mixed|small] [--rounds N]
+                        [--repeat K] [--long] [--baseline-shim SO] [--no-others] [--pymalloc]
 
 Every configuration runs the same allocation-heavy workload (bench/workload.py: JSON,
 dicts, strings, bytearrays; or, --workload small, bench/workload_small.py: small dicts, tuples,
@@ -15,6 +15,8 @@ machine. --measure instructions counts instructions under valgrind (callgrind; d
 but blind to cache misses and to what a PGO build loses when an allocator is wrapped; use few
 --rounds, --repeat 1). memray under valgrind is skipped.
 --long also runs 4x the rounds in exhaustive mode: its ratio must not grow with run length.
+Several --python: every configuration of every interpreter in one interleaved loop (a GIL build
+against a free-threaded one of the same minor, say), each against its own plain.
 --baseline-shim SO adds the same two shim configurations with another build (say, the last
 release's: `git worktree add /tmp/old v1 && cc ...`) to compare before/after in one interleaved run.
 Not a test: nothing here asserts.
@@ -151,7 +153,11 @@ def measure(cfgs, rounds: int, repeat: int) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--python", default=sys.executable, help="interpreter to measure (default: this one)")
+    ap.add_argument(
+        "--python",
+        action="append",
+        help="interpreter to measure (default: this one); several: measured in one interleaved loop",
+    )
     ap.add_argument("--workload", choices=sorted(WORKLOADS), default="mixed")
     ap.add_argument("--measure", choices=("wall", "cpu", "instructions"), default="wall")
     ap.add_argument("--rounds", type=int, default=600)
@@ -169,26 +175,39 @@ def main() -> None:
     shim = shim_path()
     logdir = tempfile.mkdtemp(prefix="trackleak-bench-")
     try:
-        cfgs = configs(args.python, shim, logdir, args.baseline_shim, not args.no_others, args.pymalloc)
+        pythons = args.python or [sys.executable]
+        cfgs = {}  # "PY\tconfiguration" -> (argv, env): all interpreters in one loop
+        for py in pythons:
+            for name, cfg in configs(
+                py, shim, logdir, args.baseline_shim, not args.no_others, args.pymalloc
+            ).items():
+                cfgs[f"{py}\t{name}"] = cfg
         med = measure(cfgs, args.rounds, args.repeat)
-        plain = med["plain"]
-        print(
-            f"python: {args.python}  workload: {args.workload}  rounds: {args.rounds}  "
-            f"repeat: {args.repeat} (interleaved, median; {args.measure})"
-        )
-        unit = "instr." if args.measure == "instructions" else "seconds"
-        print(f"{'configuration':45s} {unit:>8s} {'x plain':>8s}")
-        for name, t in med.items():
-            value = f"{t / 1e6:7.0f}M" if args.measure == "instructions" else f"{t:8.3f}"
-            print(f"{name:45s} {value} {t / plain:8.3f}")
-        if args.long:
-            long_cfgs = {k: cfgs[k] for k in ("plain", "trackleak exhaustive")}
-            lmed = measure(long_cfgs, args.rounds * 4, max(3, args.repeat // 2))
-            ratio = lmed["trackleak exhaustive"] / lmed["plain"]
+        for py in pythons:
+            plain = med[f"{py}\tplain"]
             print(
-                f"exhaustive at {args.rounds * 4} rounds: {ratio:.2f} x plain "
-                f"(vs {med['trackleak exhaustive'] / plain:.2f} at {args.rounds})"
+                f"python: {py}  workload: {args.workload}  rounds: {args.rounds}  "
+                f"repeat: {args.repeat} (interleaved, median; {args.measure})"
             )
+            unit = "instr." if args.measure == "instructions" else "seconds"
+            print(f"{'configuration':45s} {unit:>8s} {'x plain':>8s}")
+            for key, t in med.items():
+                owner, name = key.split("\t", 1)
+                if owner != py:
+                    continue
+                value = f"{t / 1e6:7.0f}M" if args.measure == "instructions" else f"{t:8.3f}"
+                print(f"{name:45s} {value} {t / plain:8.3f}")
+        if args.long:
+            for py in pythons:
+                long_cfgs = {k: cfgs[f"{py}\t{k}"] for k in ("plain", "trackleak exhaustive")}
+                lmed = measure(long_cfgs, args.rounds * 4, max(3, args.repeat // 2))
+                ratio = lmed["trackleak exhaustive"] / lmed["plain"]
+                short = med[f"{py}\ttrackleak exhaustive"] / med[f"{py}\tplain"]
+                print(
+                    f"{py}: exhaustive at {args.rounds * 4} rounds: {ratio:.2f} x plain "
+                    f"(vs {short:.2f} at {args.rounds})"
+                )
+
     finally:
         shutil.rmtree(logdir, ignore_errors=True)
 

@@ -141,6 +141,23 @@ static __always_inline int tl_fits(s32 off, int size)
     return off >= 0 && off <= TL_FRAME_BUF - size;
 }
 
+/* 3.11+: the byte offset of instr in the frame's bytecode (-1: unknown). 3.14t: the thread's own
+ * copy of the bytecode (frame tlbc_index into code co_tlbc), as in the site walk. */
+static __always_inline s64 tl_py_instr_offset(struct tl_target *t, u64 frame, u64 code, u64 instr)
+{
+    u64 bytecode = code + t->code_adaptive;
+    if (t->frame_tlbc_index >= 0 && t->code_tlbc >= 0 && code) {
+        s32 index = 0;                     /* 3.14t: this thread's copy of the bytecode */
+        bpf_probe_read_user(&index, sizeof(index), (void *)(frame + t->frame_tlbc_index));
+        if (index > 0) {
+            u64 array = tl_read_ptr(code + t->code_tlbc);
+            s64 size = array ? (s64)tl_read_ptr(array) : 0;
+            bytecode = index < size ? tl_read_ptr(array + 8 + 8 * (u64)index) : 0;
+        }
+    }
+    return bytecode ? (s64)(instr - bytecode) : -1;
+}
+
 /* One frame: *previous always; 1 and *code, *offset when it runs code (0: a C-stack or
  * interpreter entry frame, or a frame not started yet: skip it). fb: a buffer for one read of
  * the frame's head (0, or a failed read: field by field). */
@@ -177,7 +194,7 @@ static __always_inline int tl_py_frame(struct tl_target *t, struct tl_frame_buf 
             o = t->frame_instr;
             if (o > TL_FRAME_BUF - 8)
                 return 0;
-            off = (s64)(*(u64 *)&fb->b[o] - (c + t->code_adaptive));
+            off = tl_py_instr_offset(t, frame, c, *(u64 *)&fb->b[o]);
         }
     } else {
         *previous = tl_read_ptr(frame + t->frame_previous);
@@ -194,7 +211,7 @@ static __always_inline int tl_py_frame(struct tl_target *t, struct tl_frame_buf 
             off = (s64)lasti * t->lasti_mult;
         } else {
             u64 instr = tl_read_ptr(frame + t->frame_instr);
-            off = (s64)(instr - (c + t->code_adaptive));
+            off = tl_py_instr_offset(t, frame, c, instr);
         }
     }
     if (!c || off < 0 || off > 0x7fffffff)           /* frame not started yet: its caller */

@@ -112,6 +112,11 @@ struct tl_target {
     __u64 arena_size;
     __u64 arena_lo;
     __u64 arena_hi;
+    /* 3.14t: a thread may run its own copy of a code object's bytecode (thread-local bytecode):
+     * instr points into entries[frame->tlbc_index] of code->co_tlbc (a _PyCodeArray: Py_ssize_t
+     * size, char *entries[]; entries[0] is co_code_adaptive). -1: no such copies (GIL builds) */
+    __s32 frame_tlbc_index;
+    __s32 code_tlbc;
 };
 
 struct tl_site_key {

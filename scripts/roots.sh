@@ -15,10 +15,15 @@
 # The roots (name: suite, packages):
 #   trixie   Debian 13: python3.13
 #   sid      Debian unstable: python3.14, python3.15
-# and the free-threaded builds (Debian packages none), configured --disable-gil from Debian's
-# source tarball of the same version as the root's interpreter, installed into a prefix:
-#   ft3.13   CPython 3.13t (trixie's python3.13 source), PREFIX/bin/python3.13t
-#   ft3.14   CPython 3.14t (sid's python3.14 source),    PREFIX/bin/python3.14t
+# and the free-threaded builds (Debian packages none), configured --disable-gil and installed into
+# a prefix, each from one of two sources:
+#   ft3.13   CPython 3.13t, PREFIX/bin/python3.13t: Debian's source tarball of trixie's python3.13
+#            (the same version as the trixie root's interpreter)
+#   ft3.14   CPython 3.14t, PREFIX/bin/python3.14t: CPython's git tag v3.14.7 as the Go module
+#            proxy serves it (proxy.golang.org/github.com/python/cpython/@v/v3.14.7+incompatible.zip,
+#            36 MB), pinned by version and sha256 below (FT_ZIP_*). Debian's mirror does not serve
+#            sid's source tarballs (404), and the proxy is reachable wherever the package
+#            registries are ($TRACKLEAK_GOPROXY, default https://proxy.golang.org).
 #
 # Each Debian root also gets, on ensure (stamped in NAME/.trackleak-headers):
 #   - its interpreters' headers (libpython3.X-dev of the same version, unpacked into the root with
@@ -33,29 +38,40 @@
 # clone of the project (CI's fresh one included) reuses them. A root is built in NAME.tmp and
 # renamed when complete, with a stamp (NAME/.trackleak-root) naming its suite and packages: a
 # root whose stamp differs from what this script wants is built again. About a minute and
-# 200-350 MB each. Needs root (debootstrap), the debootstrap package (installed when missing on
-# Debian/Ubuntu) and the Debian mirror (deb.debian.org or $TRACKLEAK_DEBIAN_MIRROR).
+# 200-350 MB each (a free-threaded build: 4-10 minutes on 2 cores, ~450 MB, its time printed).
+# Needs root (debootstrap), the debootstrap package (installed when missing on Debian/Ubuntu), the
+# Debian mirror (deb.debian.org or $TRACKLEAK_DEBIAN_MIRROR) and, for ft3.14, the Go module proxy.
 set -Eeuo pipefail
 
 ROOTS="${TRACKLEAK_ROOTS:-/var/cache/trackleak/roots}"
 MIRROR="${TRACKLEAK_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+GOPROXY_URL="${TRACKLEAK_GOPROXY:-https://proxy.golang.org}"
 STAMP=.trackleak-root
 # One source of truth for what each root holds.
 declare -A SUITE=([trixie]=trixie [sid]=sid)
 declare -A PACKAGES=([trixie]="python3.13" [sid]="python3.14,python3.15")
 # Free-threaded builds: the root whose interpreter gives the source version, and its package.
-declare -A FT_ROOT=([ft3.13]=trixie [ft3.14]=sid)
+# FT_ROOT/FT_PKG: Debian's source tarball of that package in that root (the root's version);
+# FT_ZIP_VERSION/FT_ZIP_SHA256 instead: CPython's git tag from the Go module proxy, pinned.
+declare -A FT_ROOT=([ft3.13]=trixie [ft3.14]="")
 declare -A FT_PKG=([ft3.13]=python3.13 [ft3.14]=python3.14)
+declare -A FT_ZIP_VERSION=([ft3.14]=3.14.7)
+declare -A FT_ZIP_SHA256=([ft3.14]=e79b1270b4b62593f6686c8db8edd384b4a9b14e5824a8c9fce0a95656dd6321)
 ALL=(trixie sid ft3.13 ft3.14)
 
 say() { printf '[roots] %s\n' "$*" >&2; }
 die() { printf '[roots] FAILED: %s\n' "$*" >&2; exit 1; }
 
-is_ft() { [[ -n "${FT_ROOT[$1]:-}" ]]; }
+is_ft() { [[ -n "${FT_PKG[$1]:-}" ]]; }
+from_zip() { [[ -n "${FT_ZIP_VERSION[$1]:-}" ]]; }
 
 # A free-threaded build's version: the upstream part of its root's package version (3.13.5-2+deb13u5
 # -> 3.13.5), so both are built from the same source; empty while the root is not built.
 ft_version() {
+    if from_zip "$1"; then
+        printf '%s\n' "${FT_ZIP_VERSION[$1]}"
+        return 0
+    fi
     local root="$ROOTS/${FT_ROOT[$1]}" v
     [[ -f "$root/$STAMP" ]] || return 0
     v="$(chroot "$root" dpkg-query -W -f '${Version}' "${FT_PKG[$1]}" 2>/dev/null)" || return 0
@@ -64,7 +80,9 @@ ft_version() {
 }
 
 want_stamp() {
-    if is_ft "$1"; then
+    if is_ft "$1" && from_zip "$1"; then
+        printf 'free-threaded source=cpython-v%s.zip sha256=%s configure=--disable-gil\n' "${FT_ZIP_VERSION[$1]}" "${FT_ZIP_SHA256[$1]}"
+    elif is_ft "$1"; then
         printf 'free-threaded source=%s_%s configure=--disable-gil\n' "${FT_PKG[$1]}" "$(ft_version "$1")"
     else
         printf 'suite=%s packages=%s\n' "${SUITE[$1]}" "${PACKAGES[$1]}"
@@ -104,11 +122,10 @@ build() {
     say "built $name in $((SECONDS - t0)) s: $(du -sh "$dir" | cut -f1)"
 }
 
-# A free-threaded CPython from Debian's .orig.tar.xz (the root's version), no PGO, make -j$(nproc),
-# installed into ROOTS/NAME (bin/python3.Xt). About 5-10 minutes on 2 cores; the time is printed.
-build_ft() {
-    local name=$1 dir="$ROOTS/$1" tmp="$ROOTS/$1.tmp" log="$ROOTS/$1.log" pkg="${FT_PKG[$1]}"
-    local version url src
+# The source of a free-threaded build, unpacked into DEST (configure at its top).
+# Debian's .orig.tar.xz of the root's version, downloaded once into ROOTS.
+ft_source_debian() {
+    local name=$1 dest=$2 pkg="${FT_PKG[$1]}" version url src
     ready "${FT_ROOT[$name]}" || locked "${FT_ROOT[$name]}" ensure_one "${FT_ROOT[$name]}"
     version="$(ft_version "$name")"
     [[ -n $version ]] || die "$name: cannot read the version of $pkg in the ${FT_ROOT[$name]} root"
@@ -127,13 +144,73 @@ build_ft() {
         fi
         mv "$src.part" "$src"
     fi
+    mkdir -p "$dest"
+    tar -xJf "$src" -C "$dest" --strip-components=1 || { rm -rf "$dest"; die "$name: cannot unpack $src"; }
+}
+
+# CPython's git tag vX.Y.Z as a Go module zip (the proxy serves any GitHub tag of a repository
+# without a go.mod as module github.com/python/cpython, version vX.Y.Z+incompatible), downloaded
+# once into ROOTS and checked against the pinned sha256 (a mismatch: the file is removed, an
+# error). Unpacked by python3's zipfile: such a zip keeps no file modes (files with a "#!" line are
+# made executable, as git has them: configure, install-sh, the build's scripts) and no symlinks
+# (CPython's build needs none), and every file gets the zip's one timestamp, so that make sees
+# the generated files (configure, Python/generated_cases.c.h, ...) as up to date, as in a tarball.
+ft_source_zip() {
+    local name=$1 dest=$2 version="${FT_ZIP_VERSION[$1]}" sha="${FT_ZIP_SHA256[$1]}" url src got
+    url="$GOPROXY_URL/github.com/python/cpython/@v/v$version+incompatible.zip"
+    src="$ROOTS/cpython-v$version.zip"
+    if [[ ! -s $src ]]; then
+        say "downloading $url"
+        local rc=0
+        curl -fsSL --retry 2 -m 600 -o "$src.part" "$url" || rc=$?
+        if ((rc)); then
+            rm -f "$src.part"
+            die "$name: cannot download the CPython $version source ($url, curl exit $rc): is the Go module proxy reachable ($GOPROXY_URL, or set TRACKLEAK_GOPROXY to a mirror)? A copy of that zip placed at $src (sha256 $sha) is used as it is"
+        fi
+        mv "$src.part" "$src"
+    fi
+    got="$(sha256sum "$src" | cut -d' ' -f1)"
+    if [[ $got != "$sha" ]]; then
+        rm -f "$src"
+        die "$name: $src (from $url) has sha256 $got, not the pinned $sha (FT_ZIP_SHA256 in scripts/roots.sh); it was removed"
+    fi
+    mkdir -p "$dest"
+    python3 - "$src" "$dest" "github.com/python/cpython@v$version+incompatible/" <<'PY' || { rm -rf "$dest"; die "$name: cannot unpack $src"; }
+import os, sys, zipfile
+src, dest, top = sys.argv[1:]
+stamp = 315532800  # 1980-01-01, the zip's own timestamp for every file
+with zipfile.ZipFile(src) as z:
+    for info in z.infolist():
+        if not info.filename.startswith(top) or info.is_dir():
+            continue
+        rel = info.filename[len(top):]
+        path = os.path.join(dest, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        data = z.read(info)
+        with open(path, "wb") as f:
+            f.write(data)
+        os.chmod(path, 0o755 if data.startswith(b"#!") else 0o644)
+        os.utime(path, (stamp, stamp))
+PY
+    [[ -f $dest/configure ]] || { rm -rf "$dest"; die "$name: $src has no configure at its top"; }
+}
+
+# A free-threaded CPython (ft_source_*: see FT_ROOT and FT_ZIP_VERSION), no PGO,
+# make -j$(nproc), installed into ROOTS/NAME (bin/python3.Xt). About 4-10 minutes on 2 cores; the
+# time is printed.
+build_ft() {
+    local name=$1 dir="$ROOTS/$1" tmp="$ROOTS/$1.tmp" log="$ROOTS/$1.log" pkg="${FT_PKG[$1]}"
+    local version t0=$SECONDS
     rm -rf "$tmp" "$ROOTS/$name.src"
-    mkdir -p "$ROOTS/$name.src"
-    say "building $name: CPython $version ./configure --disable-gil into $dir (5-10 minutes; log $log)"
-    local t0=$SECONDS
+    if from_zip "$name"; then
+        ft_source_zip "$name" "$ROOTS/$name.src"
+    else
+        ft_source_debian "$name" "$ROOTS/$name.src"
+    fi
+    version="$(ft_version "$name")"
+    say "building $name: CPython $version ./configure --disable-gil into $dir (4-10 minutes; log $log)"
     if ! (
         set -e
-        tar -xJf "$src" -C "$ROOTS/$name.src" --strip-components=1
         cd "$ROOTS/$name.src"
         ./configure --disable-gil --prefix="$dir" --without-ensurepip
         make -j"$(nproc)"
@@ -284,7 +361,7 @@ case "$cmd" in
         rm -rf "${ROOTS:?}/$1" "${ROOTS:?}/$1.tmp" "${ROOTS:?}/$1.src"
         ;;
     -h | --help | help | "")
-        sed -n '3,38p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+        sed -n '3,43p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
         ;;
     *)
         die "unknown command '$cmd' (try --help)"

@@ -9,12 +9,11 @@
 # (with paths among the args, only those: scripts/test.sh tests/unit -x)
 #
 # The interpreters of scripts/roots.sh (Debian roots with CPython 3.13, 3.14, 3.15; the free-threaded
-# builds) are made first, cached in /var/cache/trackleak/roots (a minute each the first time, the
-# free-threaded build ~8 minutes; nothing when cached). A root that cannot be made (the mirror
-# unreachable, no root privileges) is said loudly here and written to TRACKLEAK_ROOTS_FAILED, and
-# the tests parametrized over interpreters fail with that reason for it (tests/conftest.py). One
-# exception, said here too: ft3.14 when the mirror answers but does not carry CPython 3.14's source
-# (Debian's pool drops a version's sources when a newer one lands): it is only reported.
+# builds 3.13t and 3.14t) are made first, cached in /var/cache/trackleak/roots (a minute each root
+# the first time, each free-threaded build 4-10 minutes; nothing when cached). A root that cannot be
+# made (the mirror or the Go module proxy unreachable, no root privileges) is said loudly here and
+# written to TRACKLEAK_ROOTS_FAILED, and the tests parametrized over interpreters fail with that
+# reason for it (tests/conftest.py).
 #
 # BCC_KERNEL_SOURCE is taken from .cache/bcc_kernel_source (written by setup.sh)
 # unless it is already exported. A real Elasticsearch (scripts/es.sh) is started
@@ -51,10 +50,6 @@ for name in trixie sid ft3.13 ft3.14; do
     fi
     why="$(printf '%s\n' "$out" | grep -m1 'FAILED' | sed 's/^\[roots\] FAILED: //')"
     printf '%s\n' "$out" | sed 's/^/[test]   | /' >&2
-    if [[ $name == ft3.14 && $why == *"the mirror does not carry"* ]]; then
-        echo "[test] WARNING: ft3.14 (CPython 3.14t) not built: its source is not on the mirror; 3.14t is untested" >&2
-        continue
-    fi
     echo "[test] ERROR: interpreter root $name is missing: $why" >&2
     echo "[test] ERROR: the tests parametrized over interpreters will FAIL for it (missing-$name)" >&2
     printf '%s: %s\n' "$name" "${why:-roots.sh ensure $name failed}" >>"$ROOTS_FAILED"

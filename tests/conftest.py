@@ -4,7 +4,7 @@
 ``cpython`` is a session-scoped parametrized fixture: one param per interpreter >= 3.9 found on this
 machine (every ``$(pyenv root)/versions/*/bin/python`` plus Debian's ``/usr/bin/python3.11``, and
 the interpreters of ``scripts/roots.sh``: the Debian roots' launchers (3.13, 3.14, 3.15, static, with
-their own glibc) and the free-threaded builds (3.13t)), with ids like ``3.12.1``,
+their own glibc) and the free-threaded builds (3.13t, 3.14t)), with ids like ``3.12.1``,
 ``3.11.2-static`` or ``3.13.5t``. Finding none is an error, never a skip: a CI run must not silently
 test nothing. ``TRACKLEAK_TEST_PYTHONS=3.12,static`` narrows the list (substrings of ids).
 
@@ -190,11 +190,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             + (f", narrowed by TRACKLEAK_TEST_PYTHONS={narrowed!r}" if narrowed else "")
             + "); the integration tests need at least one (install one with pyenv)"
         )
-    # @pytest.mark.cpythons(gil=True, min_version=(3, 14)): the interpreters a test applies to.
+    # @pytest.mark.cpythons(gil=True, min_version=(3, 14)) or (free_threaded=True): the
+    # interpreters a test applies to.
     # Those it does not apply to get no test at all (not a skip on every run).
     for mark in metafunc.definition.iter_markers("cpythons"):
         if mark.kwargs.get("gil"):
             interps = tuple(i for i in interps if not i.free_threaded)
+        if mark.kwargs.get("free_threaded"):
+            interps = tuple(i for i in interps if i.free_threaded)
         if mark.kwargs.get("min_version"):
             interps = tuple(i for i in interps if i.version_info[:2] >= tuple(mark.kwargs["min_version"]))
     params = list(interps) + [MissingRoot(name, why) for name, why in sorted(roots_failed().items())]

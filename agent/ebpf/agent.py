@@ -231,8 +231,10 @@ class PidSource(Source):
             ),
             history=self.ebpf.history,
             # Python's small objects live in pymalloc arenas: seen through the arena probes only
-            small_objects_untracked=not self.ebpf.tunables.arenas
-            and any(t.python for t in self.ebpf.targets.values()),
+            small_objects_untracked=(
+                not self.ebpf.tunables.arenas and any(t.python for t in self.ebpf.targets.values())
+            )
+            and render.SMALL_NO_ARENAS,
             min_size=self.opts.min_size,
         )
 

@@ -221,9 +221,7 @@ def interpreter_support(path: str, elf_path: str, info, version: tuple[str, str]
     how = f"_Py_DebugOffsets + table {key}" if header else f"table {key}"
     shim = f"shim: Python lines ({how})"
     entry = table[key]
-    if entry.get("frame.tlbc_index", -1) >= 0:
-        ebpf = "eBPF: native rows (thread-local bytecode not walked)"
-    elif entry["runtime.autotsskey"] < 0:
+    if entry["runtime.autotsskey"] < 0:
         sym = info.symbol("PyGILState_GetThisThreadState")
         code = info.read(sym[0], 16) if sym is not None else b""
         if _FS_LOAD.match(code):
@@ -245,6 +243,8 @@ def _arenas(minor: str) -> str:
     from trackleak.ebpf.python import offsets_table
 
     size = int(offsets_table().get(minor, {}).get("obmalloc.arena_size", -1))
+    if size <= 0 and minor.endswith("t"):
+        return "; no pymalloc arenas to watch"
     if size <= 0:
         return "; small objects not seen (no arena size in bpf/offsets/cpython.json)"
     if not arenas_default():

@@ -228,11 +228,6 @@ def resolve_offsets(py: PythonInfo, mem: ProcessMemory) -> PythonInfo:
         offsets = entry
         py.source = f"bpf/offsets/cpython.json {key}"
     py.offsets = offsets
-    if offsets.get("frame.tlbc_index", -1) >= 0:
-        raise UnsupportedPython(
-            f"CPython {py.full_version}t runs thread-local bytecode copies, which the eBPF frame "
-            "walk does not follow yet"
-        )
     if offsets["runtime.autotsskey"] < 0:
         # 3.15+: no TSS key; PyGILState_GetThisThreadState reads a C11 thread-local.
         py.tls_offset = gilstate_tls_offset(py)
@@ -293,4 +288,7 @@ def target_fields(py: PythonInfo) -> dict[str, int]:
         # 3.14 tags the low bits of f_executable (_PyStackRef); earlier versions hold a plain pointer.
         "code_tag_mask": o.get("frame.code_tag_bits", 0),
         "tstate_tls": py.tls_offset,
+        # 3.14t: thread-local bytecode copies (the frame's index into the code's co_tlbc array)
+        "frame_tlbc_index": o.get("frame.tlbc_index", -1) if o.get("code.co_tlbc", -1) >= 0 else -1,
+        "code_tlbc": o.get("code.co_tlbc", -1) if o.get("frame.tlbc_index", -1) >= 0 else -1,
     }

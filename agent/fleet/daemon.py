@@ -205,8 +205,10 @@ class HostSource(Source):
             f"top {len(shown)} by {self.opts.sort}"
         ]
         untracked = [w.min_size for w in self.shims.values() if w.small_untracked]
+        advice = next((w.small_untracked for w in self.shims.values() if w.small_untracked), None)
         if self.ebpf is not None and self.ebpf.procs and not self.ebpf.session.tunables.arenas:
             untracked.append(self.opts.min_size)
+            advice = advice or render.SMALL_NO_ARENAS
         return Final(
             rows=rows,
             table=self._table(rows),
@@ -214,7 +216,7 @@ class HostSource(Source):
             head=head,
             sink_rows=rows,
             sink_meta=meta,
-            small_objects_untracked=bool(untracked),
+            small_objects_untracked=(advice or False) if untracked else False,
             min_size=max(untracked, default=0),
         )
 

@@ -54,7 +54,7 @@ class ShimWatch:
     interval: int = 0
     alive: bool = True
     error: str = ""
-    small_untracked: bool = False  # its objects under the size limit are not tracked (before 3.13)
+    small_untracked: str | None = None  # its objects under the size limit are not tracked: the advice
     min_size: int = 0
 
     def read(self) -> bool:
@@ -68,7 +68,7 @@ class ShimWatch:
         if snap.header.start_time_ns and self.python is None:
             self.python = snap.header.python
         self.interval = snap.header.sample_interval
-        self.small_untracked = snap.header.small_objects_untracked
+        self.small_untracked = snap.header.small_objects_advice
         self.min_size = snap.header.min_size
         self.rows = snap.rows
         return True

@@ -81,6 +81,15 @@ class Header:
         return L.flag_names(self.flags)
 
     @property
+    def small_objects_advice(self) -> str | None:
+        """When small objects were not tracked, what would track them (render.SMALL_*)."""
+        if not self.small_objects_untracked:
+            return None
+        from ..render import SMALL_BEFORE_313, SMALL_NO_TRACER
+
+        return SMALL_NO_TRACER if self.py_version_hex >= 0x030D0000 else SMALL_BEFORE_313
+
+    @property
     def small_objects_untracked(self) -> bool:
         """A Python process whose objects under min_size were not tracked (CPython before 3.13
         without TRACKLEAK_SMALL_OBJECTS=1): a table of it says so once (render.footnotes)."""

@@ -153,3 +153,62 @@ def test_debug_offsets_agree_with_the_table(interpreters, tmp_path):
         # THEN every field the agent takes from them matches the generated table
         diffs = {k: (table[k], applied[k]) for k in table if table[k] != applied[k]}
         assert not diffs, f"{interp.path}: table vs _Py_DebugOffsets: {diffs}"
+
+
+THREADS_TARGET = r"""
+import ctypes, sys, threading
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+kept = []
+def leak_in_thread():
+    kept.append(libc.malloc(20000))  # ALLOC: thread_leak
+def twin_in_thread():
+    libc.free(libc.malloc(20000))  # ALLOC: thread_twin
+def worker(n):
+    for i in range(n):
+        leak_in_thread()
+        twin_in_thread()
+print("ready", flush=True)
+sys.stdin.readline()
+threads = [threading.Thread(target=worker, args=(int(sys.argv[1]),)) for _ in range(3)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print("done", flush=True)
+sys.stdin.readline()
+"""
+
+
+@BPF_SKIP
+@pytest.mark.cpythons(min_version=(3, 14))
+def test_python_lines_in_threads(cpython, tmp_path):
+    # GIVEN threads leaking and churning libc blocks at two lines: on a free-threaded 3.14 every
+    # thread but the first runs its own copy of the bytecode (thread-local bytecode, co_tlbc), so
+    # the frame's instruction pointer is an offset into that copy, not into co_code_adaptive
+    script = tmp_path / "threads.py"
+    script.write_text(THREADS_TARGET)
+    target = Target([cpython.path, str(script), "1000"])
+    session = _session([target.pid], sample_rate=1)
+    session.start()
+    try:
+        assert session.targets[target.pid].python is not None, session.targets[target.pid].note
+        # WHEN the threads run with the agent attached
+        target.say("go")
+        target.wait_done()
+        rows = session.poll().merged()
+    finally:
+        session.stop()
+        target.finish()
+    # THEN every allocation is at its own line (a wrong bytecode base lands on the def line); the
+    # leak's line also grows the list (libc's realloc in GIL builds: a few dozen blocks more)
+    leak = find(
+        rows, cpython.func("leak_in_thread"), file_endswith=script.name, line=line_of(script, "thread_leak")
+    )
+    twin = find(
+        rows, cpython.func("twin_in_thread"), file_endswith=script.name, line=line_of(script, "thread_twin")
+    )
+    assert 3000 <= leak.count <= 3100 and leak.live_count >= 3000, leak
+    assert twin.count == 3000 and twin.live_count == 0, twin

@@ -172,7 +172,14 @@ def walk(tstate):
             if T["frame.lasti"] >= 0:
                 off = I32(f + T["frame.lasti"]).value * (2 if T["frame.lasti_is_index"] == 1 else 1)
             else:
-                off = P(f + T["frame.instr"]).value - (code + T["code.co_code_adaptive"])
+                bytecode = code + T["code.co_code_adaptive"]
+                if T["frame.tlbc_index"] >= 0 and T["code.co_tlbc"] >= 0:
+                    # 3.14t: a thread runs its own copy, entries[tlbc_index] of co_tlbc
+                    # (a _PyCodeArray: Py_ssize_t size, char *entries[])
+                    index, array = I32(f + T["frame.tlbc_index"]).value, P(code + T["code.co_tlbc"]).value
+                    if array and 0 < index < ssize(array):
+                        bytecode = P(array + 8 + 8 * index).value
+                off = P(f + T["frame.instr"]).value - bytecode
             owner = I8(f + T["frame.owner"]).value if T["frame.owner"] >= 0 else None
             got.append((code, off, owner))
         f = P(f + T["frame.previous"]).value

@@ -33,6 +33,7 @@ pytestmark = pytest.mark.integration
 ROOTS = Path(os.environ.get("TRACKLEAK_ROOTS", "/var/cache/trackleak/roots"))
 SID = ROOTS / "sid"
 FT313 = ROOTS / "ft3.13" / "bin" / "python3.13t"
+FT314 = ROOTS / "ft3.14" / "bin" / "python3.14t"
 LEAK = r"""
 import sys
 keep = []
@@ -218,9 +219,13 @@ def test_doctor_says_what_each_route_does(tmp_path):
     assert "eBPF: Python lines (_Py_DebugOffsets + table 3.14" in c314.detail, c314
     assert c315.status == OK and "static thread-local" in c315.detail, c315
     assert c399.status == WARN and "no _Py_DebugOffsets" in c399.detail and "native rows" in c399.detail, c399
-    if FT313.exists():
-        cft = check_interpreter(str(FT313))
-        assert "table 3.13t" in cft.detail and "mimalloc" in cft.detail, cft
+    for ft, key in ((FT313, "3.13t"), (FT314, "3.14t")):
+        _need(ft)
+        cft = check_interpreter(str(ft))
+        assert cft.status == OK, cft
+        assert f"shim: Python lines (_Py_DebugOffsets + table {key})" in cft.detail, cft
+        assert f"eBPF: Python lines (_Py_DebugOffsets + table {key}" in cft.detail, cft
+        assert "mimalloc" in cft.detail, cft
 
 
 CONTAINER_WORK = r"""

@@ -193,3 +193,13 @@ def test_inspect_reads_a_live_process(interpreters, shim, tmp_path):
         proc.wait()
     res = trackleak("inspect", str(proc.pid), cwd=tmp_path)
     assert res.returncode == 2 and "Traceback" not in res.stderr
+
+
+@pytest.mark.cpythons(free_threaded=True)
+def test_a_free_threaded_build_is_told_what_would_track_small_objects(cpython, leaker):
+    """The note under the table names what works on this interpreter: no reference tracer on a
+    free-threaded build, so not --small-objects 1 (which does nothing there) but --min-size 0."""
+    res = trackleak("run", "--python", cpython.path, str(leaker), cwd=leaker.parent, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "are not tracked: this interpreter gives no reference tracer" in res.stderr, res.stderr
+    assert "--min-size 0" in res.stderr and "--small-objects 1" not in res.stderr

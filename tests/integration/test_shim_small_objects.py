@@ -218,4 +218,6 @@ def test_tracemalloc_started_by_the_program_does_not_leave_false_leaks(cpython, 
     leak, healthy = _site(rows, script, "leak"), _site(rows, script, "healthy")
     assert leak is not None and leak.live_bytes >= 0.6 * 100000 * 64, result.describe()
     assert healthy is None or healthy.live_bytes <= 0.05 * leak.live_bytes, (healthy, leak)
-    assert sorted_rows(rows)[0].key == leak.key, [(r.function, r.line, r.live_bytes, r.count) for r in sorted_rows(rows)[:4]]
+    assert sorted_rows(rows)[0].key == leak.key, [
+        (r.function, r.line, r.live_bytes, r.count) for r in sorted_rows(rows)[:4]
+    ]

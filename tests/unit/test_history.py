@@ -94,7 +94,9 @@ def test_each_call_path_gets_its_own_growth():
     def site(t: int) -> Row:
         r = row("append", live=t * 3 * (1 << 20))
         r.stacks = [
-            Stack(frames=(("leaky", "/app/a.py", 1), ("append", "/app/a.py", 6)), live_bytes=t * 3 * (1 << 20)),
+            Stack(
+                frames=(("leaky", "/app/a.py", 1), ("append", "/app/a.py", 6)), live_bytes=t * 3 * (1 << 20)
+            ),
             Stack(frames=(("healthy", "/app/a.py", 2), ("append", "/app/a.py", 6)), live_bytes=1 << 20),
         ]
         return r

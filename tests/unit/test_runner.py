@@ -400,7 +400,9 @@ def test_every_sort_the_cli_offers_is_accepted(fake_path, script, sort):
 
 
 def test_stack_depth_becomes_the_shims_variable(tmp_path):
-    env = runner.build_env(RunOptions(Target("script", "x.py"), stack_depth=5), {}, shim=SHIM, log_dir=tmp_path)
+    env = runner.build_env(
+        RunOptions(Target("script", "x.py"), stack_depth=5), {}, shim=SHIM, log_dir=tmp_path
+    )
     assert env["TRACKLEAK_STACK_DEPTH"] == "5"
     env = runner.build_env(
         RunOptions(Target("script", "x.py")), {"TRACKLEAK_STACK_DEPTH": "3"}, shim=SHIM, log_dir=tmp_path

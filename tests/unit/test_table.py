@@ -171,7 +171,9 @@ def test_a_rows_stacks_merge_and_reach_its_json():
     from trackleak.stacks import Stack
 
     frames = (("main", "/app/m.py", 3), ("f", "/app/a.py", 1))
-    a = Row(function="f", file="/app/a.py", line=1, live_bytes=10, stacks=[Stack(frames=frames, live_bytes=10)])
+    a = Row(
+        function="f", file="/app/a.py", line=1, live_bytes=10, stacks=[Stack(frames=frames, live_bytes=10)]
+    )
     b = Row(function="f", file="/app/a.py", line=1, live_bytes=5, stacks=[Stack(frames=frames, live_bytes=5)])
     table = RetentionTable()
     table.add(a)
