@@ -113,64 +113,247 @@ static __always_inline u64 tl_thread_local(struct tl_target *t)
 #endif
 }
 
-static __always_inline int tl_python_site(struct tl_target *t, struct tl_site_key *key)
+/* The innermost frame of the current thread (0: none). */
+static __always_inline u64 tl_py_top_frame(struct tl_target *t)
 {
     u64 tstate = t->tstate_tls ? tl_thread_local(t) : tl_pthread_getspecific(t);
     if (!tstate)
         return 0;
-    u64 frame;
-    if (t->tstate_frame >= 0) {
-        frame = tl_read_ptr(tstate + t->tstate_frame);
-    } else if (t->tstate_cframe >= 0) {
+    if (t->tstate_frame >= 0)
+        return tl_read_ptr(tstate + t->tstate_frame);
+    if (t->tstate_cframe >= 0) {
         u64 cframe = tl_read_ptr(tstate + t->tstate_cframe);
-        frame = cframe ? tl_read_ptr(cframe + t->cframe_current_frame) : 0;
-    } else {
-        frame = tl_read_ptr(tstate + t->tstate_current_frame);
+        return cframe ? tl_read_ptr(cframe + t->cframe_current_frame) : 0;
     }
-    for (int i = 0; i < TL_PY_SKIP_MAX; i++) {     /* bounded loop (kernel >= 5.3) */
-        if (!frame)
+    return tl_read_ptr(tstate + t->tstate_current_frame);
+}
+
+/* A frame's fixed fields are all within its first TL_FRAME_BUF bytes in every CPython the table
+ * knows (3.9: f_lasti at 104; 3.11+: owner at 69..74): one read per frame instead of four. */
+#define TL_FRAME_BUF 112
+struct tl_frame_buf {
+    u8 b[TL_FRAME_BUF];
+};
+BPF_PERCPU_ARRAY(tl_fbuf, struct tl_frame_buf, 1);
+
+static __always_inline int tl_fits(s32 off, int size)
+{
+    return off >= 0 && off <= TL_FRAME_BUF - size;
+}
+
+/* 3.11+: the byte offset of instr in the frame's bytecode (-1: unknown). 3.14t: the thread's own
+ * copy of the bytecode (frame tlbc_index into code co_tlbc), as in the site walk. */
+static __always_inline s64 tl_py_instr_offset(struct tl_target *t, u64 frame, u64 code, u64 instr)
+{
+    u64 bytecode = code + t->code_adaptive;
+    if (t->frame_tlbc_index >= 0 && t->code_tlbc >= 0 && code) {
+        s32 index = 0;                     /* 3.14t: this thread's copy of the bytecode */
+        bpf_probe_read_user(&index, sizeof(index), (void *)(frame + t->frame_tlbc_index));
+        if (index > 0) {
+            u64 array = tl_read_ptr(code + t->code_tlbc);
+            s64 size = array ? (s64)tl_read_ptr(array) : 0;
+            bytecode = index < size ? tl_read_ptr(array + 8 + 8 * (u64)index) : 0;
+        }
+    }
+    return bytecode ? (s64)(instr - bytecode) : -1;
+}
+
+/* One frame: *previous always; 1 and *code, *offset when it runs code (0: a C-stack or
+ * interpreter entry frame, or a frame not started yet: skip it). fb: a buffer for one read of
+ * the frame's head (0, or a failed read: field by field). */
+static __always_inline int tl_py_frame(struct tl_target *t, struct tl_frame_buf *fb, u64 frame, u64 *previous,
+                                       u64 *code, u32 *offset)
+{
+    u64 c;
+    s64 off;
+    if (fb && tl_fits(t->frame_previous, 8) && tl_fits(t->frame_code, 8) &&
+        (t->frame_owner < 0 || tl_fits(t->frame_owner, 1)) &&
+        (t->frame_lasti >= 0 ? tl_fits(t->frame_lasti, 4) : tl_fits(t->frame_instr, 8)) &&
+        !bpf_probe_read_user(fb->b, TL_FRAME_BUF, (void *)frame)) {
+        u32 o = t->frame_previous;
+        if (o > TL_FRAME_BUF - 8)
             return 0;
-        u64 previous = tl_read_ptr(frame + t->frame_previous);
+        *previous = *(u64 *)&fb->b[o];
+        if (t->frame_owner >= 0) {
+            o = t->frame_owner;
+            if (o > TL_FRAME_BUF - 1)
+                return 0;
+            if (fb->b[o] >= (u8)t->owner_cstack)   /* C-stack / interpreter entry frame: no code */
+                return 0;
+        }
+        o = t->frame_code;
+        if (o > TL_FRAME_BUF - 8)
+            return 0;
+        c = *(u64 *)&fb->b[o] & ~t->code_tag_mask;
+        if (t->frame_lasti >= 0) {
+            o = t->frame_lasti;
+            if (o > TL_FRAME_BUF - 4)
+                return 0;
+            off = (s64)(*(s32 *)&fb->b[o]) * t->lasti_mult;
+        } else {
+            o = t->frame_instr;
+            if (o > TL_FRAME_BUF - 8)
+                return 0;
+            off = tl_py_instr_offset(t, frame, c, *(u64 *)&fb->b[o]);
+        }
+    } else {
+        *previous = tl_read_ptr(frame + t->frame_previous);
         if (t->frame_owner >= 0) {
             u8 owner = 0;
             bpf_probe_read_user(&owner, 1, (void *)(frame + t->frame_owner));
-            if (owner >= (u8)t->owner_cstack) {        /* C-stack / interpreter entry frame: no code */
-                frame = previous;
-                continue;
-            }
+            if (owner >= (u8)t->owner_cstack)      /* C-stack / interpreter entry frame: no code */
+                return 0;
         }
-        u64 code = tl_read_ptr(frame + t->frame_code) & ~t->code_tag_mask;
-        s64 offset;
+        c = tl_read_ptr(frame + t->frame_code) & ~t->code_tag_mask;
         if (t->frame_lasti >= 0) {
             int lasti = -1;
             bpf_probe_read_user(&lasti, sizeof(lasti), (void *)(frame + t->frame_lasti));
-            offset = (s64)lasti * t->lasti_mult;
+            off = (s64)lasti * t->lasti_mult;
         } else {
             u64 instr = tl_read_ptr(frame + t->frame_instr);
-            u64 bytecode = code + t->code_adaptive;
-            if (t->frame_tlbc_index >= 0 && t->code_tlbc >= 0 && code) {
-                s32 index = 0;                     /* 3.14t: this thread's copy of the bytecode */
-                bpf_probe_read_user(&index, sizeof(index), (void *)(frame + t->frame_tlbc_index));
-                if (index > 0) {
-                    u64 array = tl_read_ptr(code + t->code_tlbc);
-                    s64 size = array ? (s64)tl_read_ptr(array) : 0;
-                    bytecode = index < size ? tl_read_ptr(array + 8 + 8 * (u64)index) : 0;
-                }
-            }
-            offset = bytecode ? (s64)(instr - bytecode) : -1;
+            off = tl_py_instr_offset(t, frame, c, instr);
         }
-        if (!code || offset < 0 || offset > 0x7fffffff) {  /* frame not started yet: its caller */
+    }
+    if (!c || off < 0 || off > 0x7fffffff)           /* frame not started yet: its caller */
+        return 0;
+    *code = c;
+    *offset = (u32)off;
+    return 1;
+}
+
+static __always_inline int tl_python_site(struct tl_target *t, struct tl_site_key *key)
+{
+    u64 frame = tl_py_top_frame(t);
+    for (int i = 0; i < TL_PY_SKIP_MAX; i++) {     /* bounded loop (kernel >= 5.3) */
+        if (!frame)
+            return 0;
+        u64 previous = 0, code = 0;
+        u32 offset = 0;
+        if (!tl_py_frame(t, 0, frame, &previous, &code, &offset)) {
             frame = previous;
             continue;
         }
         key->kind = TL_SITE_PYTHON;
         key->code = code;
-        key->offset = (u32)offset;
+        key->offset = offset;
         key->stack_id = -1;
         return 1;
     }
     return 0;
 }
+
+/* ---- Python call paths of sampled allocations (issue 9; struct tl_path) ---- */
+
+#if TL_STACK_DEPTH > 0
+BPF_F_TABLE("hash", u64, struct tl_path, tl_paths, TL_MAX_PATHS, BPF_F_NO_PREALLOC);
+BPF_PERCPU_ARRAY(tl_path_scratch, struct tl_path, 1);   /* the path being built (too big for the stack) */
+BPF_ARRAY(tl_path_zero, struct tl_path, 1);             /* never written: a stub's initial value */
+
+#define TL_HASH_MUL 0x9e3779b97f4a7c15ULL
+
+static __always_inline u64 tl_mix(u64 h, u64 v)
+{
+    h ^= v;
+    h *= TL_HASH_MUL;
+    return h ^ (h >> 29);
+}
+
+/* The same path (pid, flags, frames)? */
+static __always_inline int tl_path_same(struct tl_path *a, struct tl_path *b)
+{
+    if (a->pid != b->pid || a->depth != b->depth || a->flags != b->flags)
+        return 0;
+    u32 depth = a->depth;
+    for (u32 i = 0; i < TL_STACK_DEPTH; i++) {
+        u32 j = i;
+        asm volatile("" : "+r"(j));     /* keep the verifier's bound on j (clang merges the tests) */
+        if (j >= depth || j >= TL_STACK_DEPTH)
+            break;
+        if (a->code[j] != b->code[j] || a->offset[j] != b->offset[j])
+            return 0;
+    }
+    return 1;
+}
+
+/* Walk the current thread's Python frames (at most TL_STACK_DEPTH with code) into the scratch
+ * path and find or insert it in tl_paths: its id, or 0 when it could not be stored (counted). */
+static __always_inline u64 tl_python_path(struct tl_target *t, u32 pid)
+{
+    u32 zero = 0;
+    struct tl_path *path = tl_path_scratch.lookup(&zero);
+    if (!path)
+        return 0;
+    struct tl_frame_buf *fb = tl_fbuf.lookup(&zero);
+    u64 frame = tl_py_top_frame(t);
+    u16 flags = 0;
+    u64 h = tl_mix(0x6a09e667f3bcc909ULL, pid);
+    /* The frame count lives in the map value, not in a register: a register would be a known
+     * constant in every iteration, and the verifier would explore each (iteration, count) pair
+     * (quadratic in the depth: 32 did not load). Read back, it is just bounded. */
+    path->depth = 0;
+    for (int i = 0; i < TL_STACK_DEPTH + TL_PATH_SKIP_MAX; i++) {
+        if (!frame)
+            break;
+        u64 previous = 0, code = 0;
+        u32 offset = 0;
+        if (!tl_py_frame(t, fb, frame, &previous, &code, &offset)) {
+            frame = previous;
+            continue;
+        }
+        u32 n = path->depth;
+        if (n >= TL_STACK_DEPTH) {      /* one more frame with code: the path is cut */
+            flags |= TL_PATH_TRUNCATED;
+            frame = 0;
+            break;
+        }
+        path->code[n] = code;
+        path->offset[n] = offset;
+        path->depth = n + 1;
+        h = tl_mix(tl_mix(h, code), offset);
+        frame = previous;
+    }
+    if (frame)                          /* walk bound reached (many entry frames): cut too */
+        flags |= TL_PATH_TRUNCATED;
+    u32 n = path->depth;
+    if (!n)
+        return 0;
+    __builtin_memset(&path->st, 0, sizeof(path->st));
+    path->pid = pid;
+    path->flags = flags;
+    h = tl_mix(tl_mix(h, n), flags);
+    for (int k = 0; k < TL_PATH_PROBES; k++) {
+        u64 id = h + k;
+        if (!id)
+            continue;                   /* 0 means "no path" */
+        struct tl_path *have = tl_paths.lookup(&id);
+        if (!have) {
+            if (!tl_paths.insert(&id, path))   /* BPF_NOEXIST */
+                return id;
+            have = tl_paths.lookup(&id);       /* another CPU inserted it meanwhile */
+            if (!have)
+                break;                  /* full */
+        }
+        if (tl_path_same(have, path))
+            return id;
+        tl_count(TL_CNT_PATH_COLLISIONS);
+    }
+    tl_count(TL_CNT_PATHS_FULL);
+    return 0;
+}
+
+/* The path entry of a sample (a zero stub when the agent deleted it meanwhile), or 0 (full). */
+static __always_inline struct tl_path *tl_path_of(u64 id)
+{
+    struct tl_path *have = tl_paths.lookup(&id);
+    if (have)
+        return have;
+    u32 zero = 0;
+    struct tl_path *init = tl_path_zero.lookup(&zero);
+    if (!init)
+        return 0;
+    return tl_paths.lookup_or_try_init(&id, init);
+}
+#endif
 
 /* ---- sampling: p(s) = 1 - exp(-s/R), and the weights of a sample ---- */
 
@@ -238,13 +421,24 @@ static __always_inline void tl_credit_free(u32 pid, u64 addr)
         __sync_fetch_and_add(&s->est_free_count, live->w_count);
         __sync_fetch_and_add(&s->est_free_bytes, live->w_bytes);
     }
+#if TL_STACK_DEPTH > 0
+    if (live->path) {
+        struct tl_path *path = tl_path_of(live->path);
+        if (path) {
+            __sync_fetch_and_add(&path->st.sample_free_count, 1);
+            __sync_fetch_and_add(&path->st.est_free_count, live->w_count);
+            __sync_fetch_and_add(&path->st.est_free_bytes, live->w_bytes);
+        }
+    }
+#endif
     tl_live.delete(&lk);
     tl_count(TL_CNT_FREES_MATCHED);
 }
 
 /* Count an allocation of `size` bytes at `key` and decide whether it is sampled: 1 and *p
  * filled when it is (the caller keeps *p until the allocator returns). */
-static __always_inline int tl_record(struct tl_site_key *key, u64 size, u64 memptr, struct tl_pending *p)
+static __always_inline int tl_record(struct tl_target *t, struct tl_site_key *key, u64 size, u64 memptr,
+                                     struct tl_pending *p)
 {
     struct tl_site_stats zero = {};
     struct tl_site_stats *s = tl_sites.lookup_or_try_init(key, &zero);
@@ -265,6 +459,11 @@ static __always_inline int tl_record(struct tl_site_key *key, u64 size, u64 memp
     p->memptr = memptr;
     p->w_count = w_count;
     p->w_bytes = w_bytes;
+    p->path = 0;
+#if TL_STACK_DEPTH > 0
+    if (key->kind != TL_SITE_NATIVE)    /* sampled at a Python line: its call path */
+        p->path = tl_python_path(t, key->pid);
+#endif
     return 1;
 }
 
@@ -293,7 +492,7 @@ static __always_inline int tl_alloc_enter(struct pt_regs *ctx, u64 size, u64 mem
         return 0;
     }
     struct tl_pending p = {};
-    if (tl_record(&key, size, memptr, &p))
+    if (tl_record(t, &key, size, memptr, &p))
         if (tl_pending.update(&id, &p))
             tl_count(TL_CNT_PENDING_FULL);
     return 0;
@@ -316,6 +515,7 @@ static __always_inline void tl_made_live(u64 id, struct tl_pending *p, u64 addr)
         v.w_count = p->w_count;
         v.w_bytes = p->w_bytes;
         v.t_ns = bpf_ktime_get_ns();
+        v.path = p->path;
         if (tl_live.update(&lk, &v)) {
             tl_count(TL_CNT_LIVE_FULL);
         } else {
@@ -323,6 +523,14 @@ static __always_inline void tl_made_live(u64 id, struct tl_pending *p, u64 addr)
             __sync_fetch_and_add(&s->sample_total_bytes, p->size);
             __sync_fetch_and_add(&s->est_count, p->w_count);
             __sync_fetch_and_add(&s->est_bytes, p->w_bytes);
+#if TL_STACK_DEPTH > 0
+            struct tl_path *path = p->path ? tl_path_of(p->path) : 0;
+            if (path) {
+                __sync_fetch_and_add(&path->st.sample_count, 1);
+                __sync_fetch_and_add(&path->st.est_count, p->w_count);
+                __sync_fetch_and_add(&path->st.est_bytes, p->w_bytes);
+            }
+#endif
         }
     }
 }
@@ -369,7 +577,7 @@ static __always_inline int tl_arena_enter(struct pt_regs *ctx, u64 addr, u64 len
     if (key.kind == TL_SITE_PYTHON)
         key.kind = TL_SITE_ARENA;
     struct tl_arena_pending ap = {};
-    if (tl_record(&key, len, 0, &ap.p)) {
+    if (tl_record(t, &key, len, 0, &ap.p)) {
         ap.sp = sp;
         if (tl_arena_pending.update(&id, &ap))
             tl_count(TL_CNT_PENDING_FULL);

@@ -27,7 +27,25 @@
 #ifndef TL_MAX_STACKS
 #define TL_MAX_STACKS 16384        /* distinct native user stacks */
 #endif
+#ifndef TL_STACK_DEPTH
+#define TL_STACK_DEPTH 32          /* Python frames per sampled call path (0: no paths); -D from
+                                      --stack-depth (at most 128) */
+#endif
+#ifndef TL_MAX_PATHS
+#define TL_MAX_PATHS 16384         /* distinct Python call paths, all targets (not preallocated) */
+#endif
 #define TL_PY_SKIP_MAX 4           /* shim frames skipped to reach a Python frame */
+#define TL_PATH_SKIP_MAX 16        /* frames without code (C-stack entry frames) a path walk may
+                                      step over besides its TL_STACK_DEPTH frames */
+#define TL_PATH_PROBES 4           /* ids tried for one path (id = hash, hash + 1, ...) */
+#if TL_STACK_DEPTH > 0
+#define TL_PATH_SLOTS TL_STACK_DEPTH
+#else
+#define TL_PATH_SLOTS 1
+#endif
+
+/* struct tl_path.flags */
+#define TL_PATH_TRUNCATED 1        /* deeper than TL_STACK_DEPTH: the outermost frames were cut */
 
 /* struct tl_target.flags */
 #define TL_TARGET_PYTHON 1         /* walk Python frames (offsets below are valid) */
@@ -47,7 +65,10 @@
 #define TL_CNT_FREES_MATCHED 4     /* frees of sampled blocks (arenas' munmap included) */
 #define TL_CNT_ARENAS 5            /* pymalloc arenas seen allocated (counted at their site) */
 #define TL_CNT_ARENA_FREES 6       /* munmap of an arena-sized block (freed arenas, sampled or not) */
-#define TL_CNT_MAX 8
+#define TL_CNT_PATHS_FULL 7        /* samples without a call path: tl_paths full (or every probed id
+                                      taken by another path) */
+#define TL_CNT_PATH_COLLISIONS 8   /* a path's hash id held another path: the next id was tried */
+#define TL_CNT_MAX 10
 
 /*
  * Per-target configuration, written by the agent before probes are attached.
@@ -140,6 +161,8 @@ struct tl_live_val {
     __u64 w_bytes;
     __u64 t_ns;                    /* bpf_ktime_get_ns() when sampled (CLOCK_MONOTONIC): the host
                                     * agent's duty cycle tells a sample's age from it */
+    __u64 path;                    /* tl_paths id of its Python call path (0: none); its free
+                                    * credits that path */
 };
 
 /* Between an allocator's entry and its return, for sampled calls only. */
@@ -149,6 +172,7 @@ struct tl_pending {
     __u64 memptr;                  /* posix_memalign: where the result is stored */
     __u64 w_count;
     __u64 w_bytes;
+    __u64 path;                    /* tl_paths id (0: none) */
 };
 
 /* Between an arena mmap's entry and its return (its own map: glibc's malloc calls mmap inside a
@@ -157,6 +181,36 @@ struct tl_arena_pending {
     struct tl_pending p;
     __u64 sp;                      /* stack pointer at entry: at the return it is sp + 8, which
                                     * tells this call's return from any other mmap return */
+};
+
+/*
+ * A Python call path of sampled allocations (issue 9): tl_paths, keyed by an id = a 64-bit hash
+ * of (pid, frames, flags), or the next id when that one holds another path (contents compared:
+ * two different paths never share an entry). Frames innermost first: code[0]/offset[0] is the
+ * allocation's own site (code object, bytecode byte offset as in struct tl_site_key). The
+ * counters are the Horvitz-Thompson weights of the samples taken on this path, as in struct
+ * tl_site_stats; a free credits the path its sample was taken on (tl_live_val.path).
+ * An entry with depth 0 is a stub: a free (or a sampled return) found its path's entry gone (the
+ * agent deleted it, idle and holding nothing, in a race) and credited a fresh zero entry at the
+ * same id; the agent knows the id's path from before. The agent deletes idle entries that hold
+ * nothing and carries their totals (like tl_sites).
+ */
+struct tl_path_stats {
+    __u64 sample_count;
+    __u64 sample_free_count;
+    __u64 est_count;               /* TL_COUNT_ONE units */
+    __u64 est_bytes;
+    __u64 est_free_count;
+    __u64 est_free_bytes;
+};
+
+struct tl_path {
+    struct tl_path_stats st;
+    __u32 pid;
+    __u16 depth;                   /* frames in code[]/offset[]; 0: a stub */
+    __u16 flags;                   /* TL_PATH_* */
+    __u64 code[TL_PATH_SLOTS];     /* PyCodeObject * per frame, innermost first */
+    __u32 offset[TL_PATH_SLOTS];   /* bytecode byte offset per frame */
 };
 
 #endif /* TRACKLEAK_BPF_H */

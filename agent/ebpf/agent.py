@@ -79,6 +79,7 @@ class PidSource(Source):
             self.opts.native_stacks,
             sample_bytes=self.opts.sample_bytes,
             **({} if self.opts.arenas is None else {"arenas": self.opts.arenas}),
+            stack_depth=self.opts.stack_depth,
         )
         self.ebpf = self.session_factory(
             self.opts.pids, tun, python_frames=self.opts.python_frames, on_note=session.say

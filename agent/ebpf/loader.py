@@ -15,7 +15,7 @@ import errno
 import os
 from dataclasses import dataclass, field
 
-from trackleak import sampling
+from trackleak import config, sampling
 from trackleak.ebpf import AttachError, btf, headers
 from trackleak.ebpf.privileges import can_attach
 from trackleak.ebpf.python import bpf_dir
@@ -137,6 +137,7 @@ LIMITS = (
     "TL_MAX_PENDING",
     "TL_MAX_ARENA_PENDING",
     "TL_MAX_STACKS",
+    "TL_MAX_PATHS",
 )
 
 
@@ -154,6 +155,8 @@ class Tunables:
     limits: dict[str, int] = field(default_factory=dict)  # {"TL_MAX_SITES": 64, ...}
     # pymalloc arenas of Python targets charged to the line that forced them (TRACKLEAK_EBPF_ARENAS)
     arenas: bool = field(default_factory=arenas_default)
+    # Python frames of a sampled allocation's call path (trackleak.stacks; 0: no paths)
+    stack_depth: int = config.default("stack_depth")
 
     @property
     def interval(self) -> int:
@@ -169,8 +172,13 @@ class Tunables:
         unknown = set(self.limits) - set(LIMITS)
         if unknown:
             raise AttachError(f"unknown map limit(s): {', '.join(sorted(unknown))}")
+        if not 0 <= int(self.stack_depth) <= config.MAX_STACK_DEPTH:
+            raise AttachError(
+                f"the stack depth must be 0 to {config.MAX_STACK_DEPTH}, not {self.stack_depth}"
+            )
         flags = [
             f"-DTL_MIN_SIZE={int(self.min_size)}",
+            f"-DTL_STACK_DEPTH={int(self.stack_depth)}",
             f"-DTL_NATIVE_STACKS={int(self.native_stacks)}",
             *self.thresholds().cflags(),
             *(f"-D{name}={int(value)}" for name, value in sorted(self.limits.items())),

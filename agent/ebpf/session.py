@@ -39,6 +39,7 @@ from trackleak.ebpf.loader import (
 )
 from trackleak.ebpf.python import PythonInfo, UnsupportedPython, find_python, resolve_offsets, target_fields
 from trackleak.history import History, pid_site_key
+from trackleak.stacks import MAX_FRAMES, Stack
 from trackleak.symbolize.elf import NativeSymbolizer, elf_info, proc_path
 from trackleak.symbolize.pycode import CodeReader, ProcessMemory
 from trackleak.table import RetentionTable, Row
@@ -65,13 +66,19 @@ COUNTER_NAMES = (
     "frees_matched",
     "arenas",
     "arena_frees",
+    "paths_full",
+    "path_collisions",
 )
 # What could not be tracked (bpf/trackleak.h TL_CNT_*): counter -> what it counts, for people.
 DROPPED = {
     "sites_full": "allocations not counted (sites map full)",
     "live_full": "samples lost (live-set map full)",
     "pending_full": "samples lost (pending map full)",
+    "paths_full": "samples without a call path (paths map full)",
 }
+TL_PATH_TRUNCATED = 1  # struct tl_path.flags
+UNKNOWN_FRAME = ("[unknown]", "[unknown]", 0)  # a caller whose code object cannot be read (now)
+MAX_FRAME_CACHE = 1 << 18  # resolved (code, offset) pairs kept per target (then started again)
 
 
 @dataclass
@@ -118,6 +125,47 @@ class Stats:
 STATS_FIELDS = tuple(f.name for f in fields(Stats))  # struct tl_site_stats, in order
 
 
+@dataclass
+class PathStats:
+    """struct tl_path_stats in Python: one call path's Horvitz-Thompson sums (a map entry, a carry,
+    or their sum)."""
+
+    sample_count: int = 0
+    sample_free_count: int = 0
+    est_count: int = 0
+    est_bytes: int = 0
+    est_free_count: int = 0
+    est_free_bytes: int = 0
+
+    @classmethod
+    def of(cls, value) -> PathStats:
+        return cls(*(int(getattr(value, name)) for name in PATH_STATS_FIELDS))
+
+    def plus(self, other: PathStats | None) -> PathStats:
+        if other is None:
+            return self
+        return PathStats(*(getattr(self, n) + getattr(other, n) for n in PATH_STATS_FIELDS))
+
+    @property
+    def holds_nothing(self) -> bool:
+        return self.sample_free_count >= self.sample_count and self.est_free_count >= self.est_count
+
+    def stack(self, frames: tuple, truncated: bool) -> Stack:
+        return Stack(
+            frames=frames,
+            live_bytes=max(0, self.est_bytes - self.est_free_bytes),
+            live_count=max(0, round((self.est_count - self.est_free_count) / sampling.COUNT_ONE)),
+            total_bytes=self.est_bytes,
+            count=round(self.est_count / sampling.COUNT_ONE),
+            truncated=truncated,
+        )
+
+
+PATH_STATS_FIELDS = tuple(f.name for f in fields(PathStats))  # struct tl_path_stats, in order
+# A path as BPF recorded it: (pid, truncated, ((code, offset), ...) innermost first)
+PathContent = tuple
+
+
 def _key(k) -> tuple:
     """A tl_sites key as a tuple: (pid, kind, code, offset, stack_id)."""
     return (int(k.pid), int(k.kind), int(k.code), int(k.offset), int(k.stack_id))
@@ -148,6 +196,8 @@ class Target:
     sites: dict[tuple, tuple] = field(default_factory=dict)  # BPF site key -> row site key
     rows: list[Row] = field(default_factory=list)
     arena_size: int = 0  # pymalloc arenas watched (bytes each); 0: not watched
+    frames: dict[tuple, tuple] = field(default_factory=dict)  # (code, offset) -> path frame
+    native_paths: dict[tuple, tuple] = field(default_factory=dict)  # native key -> (frames, truncated)
 
 
 def _exe(pid: int) -> str:
@@ -196,6 +246,13 @@ class EbpfSession:
         self.evicted = 0  # entries deleted to make room (a site can come back and go again)
         self._last_count: dict[tuple, int] = {}  # count of each map entry at the previous poll
         self._warned: set[str] = set()
+        # Call paths (tl_paths): id -> its contents (a stub entry, depth 0, has only its id), the
+        # totals of deleted entries by contents, and each entry's sample counts at the last poll.
+        self.path_ids: dict[int, PathContent] = {}
+        self.path_carry: dict[PathContent, PathStats] = {}
+        self.evicted_paths = 0
+        self._path_last: dict[int, tuple[int, int]] = {}
+        self._path_frames: dict[PathContent, tuple] = {}  # resolved frames, outermost first
 
     @property
     def interval(self) -> int:
@@ -410,13 +467,29 @@ class EbpfSession:
             row = self._row(key[0], site, stats)
             have = per_pid[key[0]].get(site)
             if have is None:
-                per_pid[key[0]][site] = row
+                per_pid[key[0]][site] = have = row
             else:
                 have.add(row)
+            native = target.native_paths.get(key[1:]) if self.tunables.stack_depth > 0 else None
+            if native is not None:  # a native site's user stack (tl_stacks): its path, exactly
+                frames, truncated = native
+                stack = Stack(
+                    frames, stats.live_bytes, stats.live_count, stats.total_bytes, stats.count, truncated
+                )
+                same = next((s for s in have.stacks or () if s.frames == frames), None)
+                if same is not None:
+                    same.add(stack)
+                else:
+                    have.stacks = [*(have.stacks or ()), stack]
+        paths = self._read_paths() if self.tunables.stack_depth > 0 else {}
+        if paths:
+            self._attach_stacks(per_pid, paths)
         for pid, rows in per_pid.items():
             self.targets[pid].rows = list(rows.values())
             self.table.replace_pid(pid, self.targets[pid].rows)
         self._make_room(current)
+        if paths:
+            self._make_room_paths(paths)
         for target in gone:
             self._end_target(target)
             self._forget_pid(target.pid)
@@ -467,6 +540,119 @@ class EbpfSession:
         self.carry[key] = final.plus(self.carry.get(key))
         self.evicted += 1
 
+    # ------------------------------------------------------------------ call paths
+
+    def _read_paths(self) -> dict[int, tuple]:
+        """tl_paths now: id -> (map key, PathStats, contents or None for a stub of unknown id)."""
+        table = self.loader.table("tl_paths")
+        try:
+            items = list(table.items_lookup_batch())
+        except Exception:  # no batch operations on this kernel (or an empty map): one by one
+            items = list(table.items())
+        out: dict[int, tuple] = {}
+        for k, v in items:
+            id_ = int(getattr(k, "value", k))  # the batch lookup gives ints
+            depth = min(int(v.depth), len(v.code))
+            if depth > 0:
+                frames = tuple((int(v.code[i]), int(v.offset[i])) for i in range(depth))
+                content = (int(v.pid), bool(int(v.flags) & TL_PATH_TRUNCATED), frames)
+                self.path_ids[id_] = content
+            else:  # a stub: a free that found its path deleted (a race with _make_room_paths)
+                content = self.path_ids.get(id_)
+            out[id_] = (table.Key(id_), PathStats.of(v.st), content)
+        return out
+
+    def _attach_stacks(self, per_pid: dict[int, dict[tuple, Row]], paths: dict[int, tuple]) -> None:
+        """Row.stacks of every row that has call paths: map entries + carried totals, by contents,
+        resolved to frames and grouped by the row of their innermost frame."""
+        totals: dict[PathContent, PathStats] = {}
+        for _k, st, content in paths.values():
+            if content is not None:
+                totals[content] = st.plus(totals.get(content))
+        for content, st in self.path_carry.items():
+            totals[content] = st.plus(totals.get(content))
+        stacks: dict[tuple, dict[tuple, Stack]] = {}  # (pid, row site) -> frames -> Stack
+        for content, st in totals.items():
+            pid, truncated, _raw = content
+            rows = per_pid.get(pid)
+            target = self.targets.get(pid)
+            if rows is None or target is None or target.code is None:
+                continue
+            frames = self._resolve_path(target, content)
+            if frames is None:
+                continue  # its own site unreadable now: retried at the next poll
+            site = (*frames[-1], False)
+            if site not in rows:
+                continue
+            stack = st.stack(frames, truncated)
+            have = stacks.setdefault((pid, site), {}).get(frames)
+            if have is None:
+                stacks[(pid, site)][frames] = stack
+            else:  # two offsets of one line, or a stub's path
+                have.add(stack)
+        for (pid, site), by_frames in stacks.items():
+            per_pid[pid][site].stacks = list(by_frames.values())
+
+    def _resolve_path(self, target: Target, content: PathContent) -> tuple | None:
+        """Frames of a path, outermost first ((function, file, line) each, the row's site last);
+        None when the innermost code object cannot be read now. Code objects are read from the
+        target's memory (hostile: every read checked, CodeReader validates the objects)."""
+        have = self._path_frames.get(content)
+        if have is not None:
+            return have
+        assert target.code is not None
+        frames = []
+        complete = True
+        cache = target.frames
+        if len(cache) > MAX_FRAME_CACHE:
+            cache.clear()
+        for code, offset in content[2][:MAX_FRAMES]:
+            frame = cache.get((code, offset))
+            if frame is None:
+                info = target.code.code(code)
+                if info is not None:
+                    try:
+                        frame = cache[(code, offset)] = (info.function, info.file, int(info.line(offset)))
+                    except (IndexError, ValueError):  # a line table that does not parse
+                        frame = None
+            if frame is None:
+                if not frames:
+                    return None
+                complete = False
+                frame = UNKNOWN_FRAME
+            frames.append(frame)
+        out = tuple(reversed(frames))
+        if complete:
+            self._path_frames[content] = out
+        return out
+
+    def _make_room_paths(self, paths: dict[int, tuple]) -> None:
+        """Delete the tl_paths entries whose path holds nothing live and that did not move since
+        the previous poll, carrying their totals by contents (as _make_room does for sites)."""
+        totals: dict[PathContent, PathStats] = {}
+        for _k, st, content in paths.values():
+            if content is not None:
+                totals[content] = st.plus(totals.get(content))
+        last, self._path_last = self._path_last, {}
+        for id_, (k, st, content) in paths.items():
+            now = (st.sample_count, st.sample_free_count)
+            if content is None or content[0] not in self.targets:
+                self._path_last[id_] = now
+                continue
+            held = totals[content].plus(self.path_carry.get(content))
+            if last.get(id_) != now or not held.holds_nothing:
+                self._path_last[id_] = now
+                continue
+            value = self.loader.lookup_and_delete("tl_paths", k)
+            if value is not None:
+                final = PathStats.of(value.st)
+            else:
+                with contextlib.suppress(KeyError):
+                    del self.loader.table("tl_paths")[k]
+                final = st
+            self.path_carry[content] = final.plus(self.path_carry.get(content))
+            self.evicted_paths += 1
+
     def _forget_pid(self, pid: int) -> None:
         """A target that exited: its rows are final; free its map entries for the others."""
         for name in ("tl_sites", "tl_live"):
@@ -480,6 +666,18 @@ class EbpfSession:
                 del pending[k]
         self._last_count = {k: v for k, v in self._last_count.items() if k[0] != pid}
         self.carry = {k: v for k, v in self.carry.items() if k[0] != pid}
+        if self.tunables.stack_depth > 0:
+            paths = self.loader.table("tl_paths")
+            ids = {i for i, content in self.path_ids.items() if content[0] == pid}
+            for k in list(paths.keys()):
+                if int(getattr(k, "value", k)) in ids:
+                    with contextlib.suppress(KeyError):
+                        del paths[k]
+            for i in ids:
+                del self.path_ids[i]
+                self._path_last.pop(i, None)
+            self.path_carry = {c: v for c, v in self.path_carry.items() if c[0] != pid}
+            self._path_frames = {c: v for c, v in self._path_frames.items() if c[0] != pid}
 
     def _observe(self) -> None:
         now = time.time() - self.started
@@ -526,11 +724,11 @@ class EbpfSession:
                 return None  # unreadable now: retried at the next poll
             site = (info.function, info.file, info.line(offset), False)
         else:
-            site = self._native_site(target, code, stack_id)
+            site = self._native_site(target, code, stack_id, bkey)
         target.sites[bkey] = site
         return site
 
-    def _native_site(self, target: Target, code: int, stack_id: int) -> tuple:
+    def _native_site(self, target: Target, code: int, stack_id: int, bkey: tuple = ()) -> tuple:
         assert target.native is not None
         frames = [code]
         if stack_id >= 0:
@@ -540,16 +738,36 @@ class EbpfSession:
             except KeyError:
                 pass
         first = None
-        for addr in frames:
+        for n, addr in enumerate(frames):
             if not addr:
                 continue
             function, path = target.native.resolve(addr - 1)  # inside the call instruction
             if first is None:
                 first = (function, path)
             if not _is_wrapper(path):
+                if stack_id >= 0 and bkey:
+                    self._native_path(target, bkey, (function, path, 0), frames[n + 1 :])
                 return (function, path, 0, True)
         function, path = first or ("[unknown]", "[unknown]")
         return (function, path, 0, True)
+
+    def _native_path(self, target: Target, bkey: tuple, site: tuple, callers: list[int]) -> None:
+        """The call path of a native site with a user stack: its callers resolved (outermost
+        first, the site last), cut to the stack depth."""
+        assert target.native is not None
+        depth = min(self.tunables.stack_depth, MAX_FRAMES)
+        if depth <= 0:
+            return
+        frames = [site]
+        for addr in callers:
+            if not addr:
+                continue
+            if len(frames) >= depth:
+                target.native_paths[bkey] = (tuple(reversed(frames)), True)
+                return
+            function, path = target.native.resolve(addr - 1)
+            frames.append((function, path, 0))
+        target.native_paths[bkey] = (tuple(reversed(frames)), False)
 
     # ------------------------------------------------------------------ reporting
 
@@ -584,4 +802,6 @@ class EbpfSession:
             "counters": self.counters,
             "dropped": self.dropped(),
             "evicted_sites": self.evicted,
+            "stack_depth": self.tunables.stack_depth,
+            "evicted_paths": self.evicted_paths,
         }

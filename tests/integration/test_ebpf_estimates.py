@@ -261,7 +261,7 @@ def test_agent_command_ranks_a_growing_leak_and_writes_its_series(interpreters, 
     assert res.stdout.splitlines()[2].startswith(cpython.func("steady_leak")), res.stdout
     # AND the JSON document has the growing row, its live-bytes series and the drop counters
     doc = json.loads(out.read_text())
-    assert doc["meta"]["dropped"] == {"sites_full": 0, "live_full": 0, "pending_full": 0}
+    assert doc["meta"]["dropped"] == {"sites_full": 0, "live_full": 0, "pending_full": 0, "paths_full": 0}
     assert doc["meta"]["sample_interval_bytes"] == 50 * 1024
     leak = next(s for s in doc["sites"] if s["function"] == cpython.func("steady_leak"))
     assert leak["growing"] is True and leak["growth_bytes_per_s"] > 1 << 20, leak

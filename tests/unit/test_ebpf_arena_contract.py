@@ -109,3 +109,24 @@ def test_generator_reads_the_arena_size_line(monkeypatch):
     Done.stderr = "Small block threshold = 512\n"
     with pytest.raises(gen.OffsetsError, match="no arena size"):
         gen.arena_size("python")
+
+
+def test_path_stats_follow_the_header():
+    # struct tl_path_stats is read by name, in order (PathStats.of); the flags and limits match
+    assert tuple(_struct_fields("tl_path_stats")) == session.PATH_STATS_FIELDS
+    assert _defines("TL_PATH_")["TL_PATH_TRUNCATED"] == session.TL_PATH_TRUNCATED
+    assert "TL_MAX_PATHS" in loader.LIMITS and "#ifndef TL_MAX_PATHS" in HEADER
+    assert "#ifndef TL_STACK_DEPTH" in HEADER
+    counters = _defines("TL_CNT_")
+    assert counters["TL_CNT_PATHS_FULL"] == session.COUNTER_NAMES.index("paths_full")
+    assert "paths_full" in session.DROPPED
+
+
+def test_stack_depth_reaches_the_program_and_is_bounded():
+    assert "-DTL_STACK_DEPTH=32" in loader.Tunables().cflags()
+    assert "-DTL_STACK_DEPTH=0" in loader.Tunables(stack_depth=0).cflags()
+    assert "-DTL_STACK_DEPTH=128" in loader.Tunables(stack_depth=128).cflags()
+    from trackleak.ebpf import AttachError
+
+    with pytest.raises(AttachError):
+        loader.Tunables(stack_depth=129).cflags()
