@@ -49,7 +49,10 @@ def test_recorder_under_sanitizers(tmp_path: Path):
             f"-I{src}",
             f"-I{gen}",
             str(REPO_ROOT / "preload" / "tests" / "test_recorder.c"),
-            *(str(src / name) for name in ("recorder.c", "shm_table.c", "pyframe.c", "dumper.c", "config.c", "stacks.c")),
+            *(
+                str(src / name)
+                for name in ("recorder.c", "shm_table.c", "pyframe.c", "dumper.c", "config.c", "stacks.c")
+            ),
             "-o",
             str(exe),
             "-ldl",
