@@ -20,5 +20,5 @@ trap 'rm -rf "$tmp"' EXIT
 .venv/bin/trackleak report "$tmp/demo.json" --top 10 --html "$tmp/report.html"
 # --no-sandbox: Chromium refuses to run as root otherwise.
 chromium --headless=new --no-sandbox --disable-gpu --hide-scrollbars --force-device-scale-factor=1 \
-    --window-size=1480,880 --screenshot="$OUT" "file://$tmp/report.html" 2>/dev/null
+    --window-size=1480,1060 --screenshot="$OUT" "file://$tmp/report.html" 2>/dev/null
 echo "[picture] wrote $OUT"
