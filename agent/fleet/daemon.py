@@ -97,9 +97,7 @@ class HostSource(Source):
                     opts.min_size,
                     sample_bytes=opts.sample_bytes,
                     **({} if opts.arenas is None else {"arenas": opts.arenas}),
-                    # Call paths need continuous attach: the duty cycle's per-window accounting
-                    # (routes.py) does not cover tl_paths yet.
-                    stack_depth=opts.stack_depth if duty.continuous else 0,
+                    stack_depth=opts.stack_depth,
                 ),
                 duty,
                 python_frames=opts.python_frames,

@@ -22,7 +22,8 @@ attached all the time, the session's own accounting). Under the duty cycle:
   byte sample of probability p is scaled by 1/p). Counts and totals of the window are scaled by
   P / W. Raw sample columns stay raw. A site's ``live_bytes`` is the sum over windows: an estimate
   of the bytes allocated while watched that were still held H seconds later. Growth is the slope
-  of that sum over the windows (trackleak.history, a window of at least 4 periods).
+  of that sum over the windows (trackleak.history, a window of at least 4 periods). A row's call
+  paths (tl_paths) are read at the same moment and scaled the same way, so they add up to it.
 - So a workload whose blocks live less than H seconds shows no retention, and a leak grows by its
   rate per second. What it cannot tell apart: a cache whose entries live longer than H and are
   freed while detached looks like retention (attach continuously, or preload, to see those frees).
@@ -42,6 +43,7 @@ from ..ebpf.loader import Tunables
 from ..ebpf.session import EbpfSession, Stats, _key
 from ..history import WINDOW_S, History, pid_site_key
 from ..sources.shm import ShmError, read_snapshot
+from ..stacks import Stack
 from ..table import Row
 from .discovery import ProcInfo
 
@@ -106,6 +108,17 @@ class _Acc:
     live_count: float = 0.0
 
 
+@dataclass
+class _PathAcc:
+    """One call path of one target's row, summed over windows (scaled as its row is)."""
+
+    count: float = 0.0
+    total_bytes: float = 0.0
+    live_bytes: float = 0.0
+    live_count: float = 0.0
+    truncated: bool = False
+
+
 class EbpfRoute:
     def __init__(
         self,
@@ -130,6 +143,8 @@ class EbpfRoute:
         self.windows = 0
         self.attached_seconds = 0.0
         self.acc: dict[int, dict[tuple, _Acc]] = {}
+        # pid -> (row site, frames) -> a call path of that row, summed over windows like acc
+        self.path_acc: dict[int, dict[tuple, _PathAcc]] = {}
         self.sites: dict[int, dict[tuple, tuple]] = {}  # pid -> BPF key -> row site
         self.final_rows: list[Row] = []  # rows of incarnations that ended
         window_s = WINDOW_S if duty.continuous else max(WINDOW_S, 4 * duty.period)
@@ -180,6 +195,7 @@ class EbpfRoute:
         self.session.remove_target(pid)
         self.session.table.replace_pid(pid, [])
         self.acc.pop(pid, None)
+        self.path_acc.pop(pid, None)
         self.sites.pop(pid, None)
         self.ended[pid] = info
 
@@ -192,6 +208,13 @@ class EbpfRoute:
             for k in [k for k in table if k.pid == pid]:
                 with contextlib.suppress(KeyError):
                     del table[k]
+        if self.session.tunables.stack_depth > 0:
+            paths = loader.table("tl_paths")
+            for k, v in list(paths.items()):
+                if int(v.pid) == pid:
+                    with contextlib.suppress(KeyError):
+                        del paths[k]
+                    self.session.path_ids.pop(int(getattr(k, "value", k)), None)
         pending = loader.table("tl_pending")
         for k in [k for k in pending if (int(k.value) >> 32) == pid]:
             with contextlib.suppress(KeyError):
@@ -249,6 +272,7 @@ class EbpfRoute:
         f_live = d.period / useful if useful > 0 else 0.0
         hold_ns = int(d.hold * 1e9)
         held: dict[tuple, list[int]] = {}
+        held_paths: dict[int, list[int]] = {}  # tl_paths id -> the same, per call path
         live = loader.table("tl_live")
         for k, v in list(live.items()):
             if k.pid != pid:
@@ -259,11 +283,17 @@ class EbpfRoute:
                 h = held.setdefault(key, [0, 0])
                 h[0] += int(v.w_bytes)
                 h[1] += int(v.w_count)
+                if int(v.path):
+                    h = held_paths.setdefault(int(v.path), [0, 0])
+                    h[0] += int(v.w_bytes)
+                    h[1] += int(v.w_count)
         window: dict[tuple, Stats] = {}
         sites = loader.table("tl_sites")
         for k, v in list(sites.items()):
             if k.pid == pid:
                 window[_key(k)] = Stats.of(v)
+        if self.session.tunables.stack_depth > 0 and target.alive:
+            self._account_paths(target, held_paths, f_total, f_live)
         self._clear_maps(pid)
         acc = self.acc.setdefault(pid, {})
         names = self.sites.setdefault(pid, {})
@@ -283,6 +313,25 @@ class EbpfRoute:
                 a.sample_free_bytes += st.sample_free_bytes
                 a.peak_single = max(a.peak_single, st.peak_single)
             h = held.get(key)
+            if h is not None:
+                a.live_bytes += h[0] * f_live
+                a.live_count += h[1] / sampling.COUNT_ONE * f_live
+
+    def _account_paths(self, target, held: dict[int, list[int]], f_total: float, f_live: float) -> None:
+        """The window's call paths of TARGET (tl_paths, resolved to frames while its code objects
+        are alive), scaled as the rows are, into path_acc under the row of their innermost frame."""
+        acc = self.path_acc.setdefault(target.pid, {})
+        for id_, (_k, st, content) in self.session._read_paths().items():
+            if content is None or content[0] != target.pid or target.code is None:
+                continue
+            frames = self.session._resolve_path(target, content)
+            if frames is None:
+                continue  # its own frame unreadable: the row keeps these bytes as its own
+            a = acc.setdefault(((*frames[-1], False), frames), _PathAcc())
+            a.truncated = a.truncated or content[1]
+            a.count += st.est_count / sampling.COUNT_ONE * f_total
+            a.total_bytes += st.est_bytes * f_total
+            h = held.get(id_)
             if h is not None:
                 a.live_bytes += h[0] * f_live
                 a.live_count += h[1] / sampling.COUNT_ONE * f_live
@@ -315,6 +364,19 @@ class EbpfRoute:
                 merged[row.key] = row
             else:
                 have.add(row)
+        for (site, frames), a in self.path_acc.get(pid, {}).items():
+            row = merged.get(site)
+            if row is None:
+                continue
+            stack = Stack(
+                frames,
+                live_bytes=round(a.live_bytes),
+                live_count=round(a.live_count),
+                total_bytes=round(a.total_bytes),
+                count=round(a.count),
+                truncated=a.truncated,
+            )
+            row.stacks = [*(row.stacks or ()), stack]
         return list(merged.values())
 
     # ------------------------------------------------------------------ continuous

@@ -322,3 +322,60 @@ def test_every_cpython_is_discovered_by_both_routes(tmp_path, tag, shim, cpython
             continue  # its Python objects come from mimalloc: the libc probes cannot see the leak
         rows = _leak_rows(sites, pid)
         assert rows and rows[0]["source"] == source, (pid, source, r.stderr)
+
+
+TWO_CALLERS = r"""
+import sys, time
+kept = []
+def store(keep):
+    b = bytearray(8192)  # ALLOC: store
+    if keep:
+        kept.append(b)
+def uploads():
+    store(True)
+def pings():
+    store(False)
+print("ready", flush=True)
+end = time.time() + float(sys.argv[1])
+while time.time() < end:
+    for _ in range(25):
+        uploads()
+        pings()
+    time.sleep(0.01)
+"""
+
+
+@BPF_SKIP
+def test_duty_cycle_rows_carry_their_call_paths(tmp_path, tag):
+    """Under the host agent's duty cycle (attached 3 s of every 6) a row still says which caller
+    keeps its memory: the library line's path through uploads holds the live bytes, the one
+    through pings none, and both allocated."""
+    script = tmp_path / f"{tag}_callers.py"
+    script.write_text(TWO_CALLERS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRACKLEAK_") and k != "LD_PRELOAD"}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), "120", tag], stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert proc.stdout.readline().startswith("ready")
+    out = tmp_path / "duty_paths.json"
+    try:
+        r = _agent(
+            [
+                *("--interval", "1", "--cmdline", tag, "--ebpf-window", "3", "--ebpf-period", "6"),
+                *("--duration", "20", "--json", str(out), "--no-live", "-q"),
+            ],
+            timeout=180,
+        )
+    finally:
+        _stop(proc)
+    assert r.returncode == 0, r.stderr
+    _, sites = _sites(out)
+    line = TWO_CALLERS.splitlines().index("    b = bytearray(8192)  # ALLOC: store") + 1
+    (row,) = [s for s in sites if s["pid"] == proc.pid and s["function"] == "store" and s["line"] == line]
+    by_caller = {s["frames"][-2][0]: s for s in row["stacks"]}
+    assert set(by_caller) == {"uploads", "pings"}, row["stacks"]
+    assert all(s["frames"][-1][:2] == ["store", str(script)] for s in row["stacks"])
+    up, ping = by_caller["uploads"], by_caller["pings"]
+    assert up["live_bytes"] > 0.8 * row["live_bytes"] > 0 and ping["live_bytes"] <= 0.05 * row["live_bytes"]
+    assert up["total_bytes"] > 0 and ping["total_bytes"] > 0
+    assert "call paths of store" in r.stdout
