@@ -340,7 +340,10 @@ class EbpfSession:
         # mount namespace of the pid it is given, so a container's own libc gets the probes, not
         # the host's file at the same path (tests/integration/test_containers.py).
         try:
-            for point in procinfo.probe_points(pid, target.libc, move_free=self.move_free_probe).values():
+            points = procinfo.probe_points(pid, target.libc, move_free=self.move_free_probe).values()
+            # free (and realloc, which frees too) first: from the moment an allocation can be
+            # sampled its free must be seen (a sample freed before the free probe stays live).
+            for point in sorted(points, key=lambda p: {"free": 0, "realloc": 1}.get(p.func, 2)):
                 if point.func not in ENTRY_PROGRAMS:
                     continue
                 self.loader.attach(point.func, point.path, point.offset, pid)
@@ -353,7 +356,7 @@ class EbpfSession:
                 if not points:
                     target.arena_size = 0
                     self.on_note(f"pid {pid}: no mmap/munmap symbols in {target.libc}; arenas not watched.")
-                for point in points.values():
+                for point in sorted(points.values(), key=lambda p: p.func != "munmap"):
                     self.loader.attach(
                         point.func, point.path, point.offset, pid, program=ARENA_PROGRAMS[point.func]
                     )

@@ -335,3 +335,52 @@ def test_depth_zero_records_no_paths(interpreters, tmp_path):
     row = _lib_row(rows, cpython, script)
     assert row.stacks is None and row.live_bytes == 4 * 50 * UNIT
     assert session.meta()["stack_depth"] == 0 and session.evicted_paths == 0
+
+
+CHURN_FROM_THE_START = r"""
+import sys, time
+def churn():
+    x = bytearray(8192)  # ALLOC: churn
+    del x
+print("ready", flush=True)
+end = time.time() + float(sys.argv[1])
+while time.time() < end:
+    for _ in range(20):
+        churn()
+    time.sleep(0.005)
+"""
+
+
+@BPF_SKIP
+def test_a_healthy_line_busy_while_the_agent_attaches_stays_clean(tmp_path):
+    """GIVEN a process that allocates and frees all the time WHEN the agent attaches at the
+    largest stack depth, every allocation sampled THEN its line shows no retention: the free probe
+    is attached before any allocation can be sampled. (Programs were verified probe by probe: at
+    depth 128 the allocation probes ran for seconds before the free probe existed, and the line
+    showed 25 % retention.)"""
+    import sys
+
+    script = tmp_path / "churn.py"
+    script.write_text(CHURN_FROM_THE_START)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "TRACKLEAK_"))}
+    proc = subprocess.Popen([sys.executable, str(script), "120"], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline().startswith("ready")
+    out = tmp_path / "agent.json"
+    try:
+        r = subprocess.run(
+            [
+                *(*AGENT_CMD, "--pid", str(proc.pid), "--duration", "3", "--sample-rate", "1"),
+                *("--stack-depth", "128", "--quiet", "--json", str(out)),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    finally:
+        proc.kill()
+        proc.wait()
+    assert r.returncode == 0, r.stderr
+    (row,) = [s for s in json.loads(out.read_text())["sites"] if s["line"] == line_of(script, "churn")]
+    assert row["count"] > 1000, row
+    # at most the block between bytearray() and del when the table was read
+    assert row["live_bytes"] <= 2 * 8225 and row["retention_pct"] < 1, row
