@@ -47,8 +47,14 @@ def test_big_blocks_are_always_sampled_and_the_interval_is_reported(cpython, tmp
     assert doc["meta"]["sample_interval"] == 100000, doc["meta"]
     assert "sampling 1 per 97.7 KiB" in res.stderr
     big = rows[line_of(script, "BIG")]
-    # p(4 MiB) = 1 - exp(-42): every one of them is sampled, and counted at its size
-    assert big["sample_count"] == big["count"] == 12
-    assert abs(big["live_bytes"] - 12 * (4 << 20)) < 12 * 4096, big
+    # p(4 MiB) = 1 - exp(-42): every one of them is sampled, and counted at its size. The line also
+    # allocates each bytearray's object (56 B): sampled with p ~ 12 * 56 / 100000 ~ 0.7 % per run, and
+    # then counted at the interval (one sample of n bytes stands for 1/p ~ 100000 / n blocks)
+    extra = big["sample_count"] - 12
+    assert 0 <= extra <= 2, big
+    if extra == 0:
+        assert big["count"] == 12, big
+    held = 12 * (4 << 20)
+    assert held - 12 * 4096 < big["live_bytes"] < held + 12 * 4096 + extra * 101000, big
     # the first row: the line that holds the most
     assert doc["sites"][0]["line"] == line_of(script, "BIG")
