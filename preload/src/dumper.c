@@ -156,18 +156,24 @@ struct row {
     uint32_t flags;                        /* TL_SITE_F_* of the merged records */
 };
 
+/* The order of places (function, file, line): of sites, of frames, of a path's leaf. */
+static int cmp_place(const char *fa, const char *ma, uint32_t la, const char *fb, const char *mb, uint32_t lb)
+{
+    int c = strcmp(fa, fb);
+    if (c)
+        return c;
+    c = strcmp(ma, mb);
+    if (c)
+        return c;
+    return la < lb ? -1 : la > lb;
+}
+
 static int cmp_site_key(const void *a, const void *b)
 {
     const struct tl_site *x = *(const struct tl_site *const *)a, *y = *(const struct tl_site *const *)b;
     if (x->kind != y->kind)
         return x->kind < y->kind ? -1 : 1;
-    int c = strcmp(x->function, y->function);
-    if (c)
-        return c;
-    c = strcmp(x->file, y->file);
-    if (c)
-        return c;
-    return x->line < y->line ? -1 : x->line > y->line;
+    return cmp_place(x->function, x->file, x->line, y->function, y->file, y->line);
 }
 
 static int cmp_row_bytes(const void *a, const void *b)
@@ -310,13 +316,7 @@ static int cmp_frame(uint32_t a, uint32_t b)
     if (a == b)
         return 0;
     const struct tl_frame *x = &tl_frames[a], *y = &tl_frames[b];
-    int c = strcmp(x->function, y->function);
-    if (c)
-        return c;
-    c = strcmp(x->file, y->file);
-    if (c)
-        return c;
-    return x->line < y->line ? -1 : x->line > y->line;
+    return cmp_place(x->function, x->file, x->line, y->function, y->file, y->line);
 }
 
 static int cmp_path(const void *a, const void *b)
@@ -335,13 +335,7 @@ static int cmp_path(const void *a, const void *b)
 static int cmp_leaf(uint32_t i, const struct tl_site *s)
 {
     const struct tl_frame *f = &tl_frames[path_at(i)->frames[0]];
-    int c = strcmp(f->function, s->function);
-    if (c)
-        return c;
-    c = strcmp(f->file, s->file);
-    if (c)
-        return c;
-    return f->line < s->line ? -1 : f->line > s->line;
+    return cmp_place(f->function, f->file, f->line, s->function, s->file, s->line);
 }
 
 static void collect_paths(struct paths *ps)
