@@ -284,6 +284,8 @@ class Loader:
         )
         if fd < 0:
             err = ct.get_errno()
+            # libbcc's tracefs fallback may have created the event before failing: remove it
+            remove_tracefs_events(ev_name.decode())
             why = os.strerror(err) if err else "unknown error"
             if err in (errno.EPERM, errno.EACCES):
                 raise AttachError(f"not permitted to attach uprobes to process {pid} ({why})")

@@ -183,6 +183,30 @@ def test_attach_is_deterministic(leaker):
         target.finish()
 
 
+@BPF_SKIP
+def test_a_probe_that_cannot_attach_leaves_no_event_behind(leaker):
+    # GIVEN a target that ends between finding its libc and attaching: libbcc's tracefs fallback
+    # creates the uprobe event, then fails to open it for the gone pid
+    from trackleak.ebpf.loader import AttachError, Loader
+    from trackleak.ebpf.procinfo import find_libc, probe_points, process_maps
+
+    target = Target([leaker, "1", "0"])
+    try:
+        point = probe_points(target.pid, find_libc(target.pid, process_maps(target.pid)))["free"]
+    finally:
+        target.finish()
+    loader = Loader()
+    loader.load()
+    try:
+        # WHEN the probe is attached to the pid that is gone
+        with pytest.raises(AttachError, match=f"no such process: {target.pid}"):
+            loader.attach("free", point.path, point.offset, target.pid)
+    finally:
+        loader.close()
+    # THEN no event of ours is left in tracefs
+    assert tracefs_events() == []
+
+
 def _agent(*args, user=None):
     cmd = [*AGENT_CMD, *args]
     if user is not None:
