@@ -276,10 +276,12 @@ static inline unsigned tslot(const void *tp)
     return (unsigned)((uintptr_t)tp >> 5) & ((1u << TC_BITS) - 1);
 }
 
-/* Non-zero while the tracer we chain to runs (GIL held: one thread at a time).
- * A tracer installed after ours that chains back to us would call us again for
- * the same event: that call returns at once (see tl_objects_watch). */
-static int chaining;
+/* Non-zero while the tracer we chain to runs on this thread. A tracer installed
+ * after ours that chains back to us would call us again for the same event:
+ * that call returns at once (see tl_objects_watch). Per thread: CPython's tracer
+ * is the runtime's, and a subinterpreter with a GIL of its own calls it beside
+ * the main interpreter's thread. */
+static TL_TLS int chaining;
 
 static int call_prev(void *op, int event)
 {
@@ -330,7 +332,7 @@ static int tracer(void *op, int event, void *data)
      * pending slot, the type cache and the GIL counters are the main GIL's, so
      * its objects are left alone (passed on to any previous tracer). */
     if (TL_UNLIKELY(!tl_py_gil_exclusive()))
-        return prev_tracer ? prev_tracer(op, event, prev_data) : 0;
+        return chaining ? 0 : call_prev(op, event);
     /* The fast path does not look at the guard: inside the shim it would only
      * move the gap; every slow part checks it. */
     if (event != EV_CREATE) {

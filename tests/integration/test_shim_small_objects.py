@@ -221,3 +221,83 @@ def test_tracemalloc_started_by_the_program_does_not_leave_false_leaks(cpython, 
     assert sorted_rows(rows)[0].key == leak.key, [
         (r.function, r.line, r.live_bytes, r.count) for r in sorted_rows(rows)[:4]
     ]
+
+
+CHAIN_TRACER_C = r"""
+#include <Python.h>
+/* A well-behaved foreign reference tracer: it passes every event on to the tracer it found. */
+static PyRefTracer prev;
+static void *prev_data;
+static unsigned long long seen;
+static int chain(PyObject *op, PyRefTracerEvent event, void *data)
+{
+    (void)data;
+    seen++;
+    return prev ? prev(op, event, prev_data) : 0;
+}
+static PyObject *install(PyObject *self, PyObject *args)
+{
+    prev = PyRefTracer_GetTracer(&prev_data);
+    if (PyRefTracer_SetTracer(chain, NULL) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+static PyObject *events(PyObject *self, PyObject *args) { return PyLong_FromUnsignedLongLong(seen); }
+static PyMethodDef methods[] = {
+    {"install", install, METH_NOARGS, ""}, {"events", events, METH_NOARGS, ""}, {0}};
+static struct PyModuleDef mod = {PyModuleDef_HEAD_INIT, "chaintracer", NULL, -1, methods};
+PyMODINIT_FUNC PyInit_chaintracer(void) { return PyModule_Create(&mod); }
+"""
+
+CHAIN_SCRIPT = """
+import sys, threading, time
+sys.path.insert(0, {ext_dir!r})
+import chaintracer
+chaintracer.install()  # after the shim's: it chains back to ours, which puts itself in front again
+for _ in range(40):  # the next samples see the tracer changed: the shim puts its own in front
+    buf = bytearray(64 * 1024)
+    time.sleep(0.005)
+keep = []
+def leak():
+    keep.append({{"k": None}})  # ALLOC: leak
+def healthy():
+    return [{{"k": i}} for i in range(20000)]  # ALLOC: healthy
+for _ in range(100000):
+    leak()
+healthy()
+if {subinterpreters}:  # their objects reach the tracers from threads beside the main one
+    from concurrent import interpreters
+    src = "x = [{{'k': i}} for i in range(200000)]"
+    subs = [interpreters.create() for _ in range(2)]
+    threads = [threading.Thread(target=s.exec, args=(src,)) for s in subs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+assert chaintracer.events() > 0, "the foreign tracer stopped seeing events"
+print("chained", chaintracer.events())
+"""
+
+
+@pytest.mark.cpythons(gil=True, min_version=(3, 13))
+def test_a_foreign_tracer_that_chains_back_to_ours(cpython, shim, tmp_path):
+    """GIVEN an extension that installs its own reference tracer chained to the one it found (the
+    shim's), so that the shim, back in front, calls it and it calls the shim again WHEN the program
+    leaks small dicts, and on 3.14+ runs subinterpreters with their own GIL THEN nothing loops or
+    crashes, the foreign tracer keeps seeing events, and the leak is at its line."""
+    from helpers import build_extension
+
+    ext_dir = tmp_path / "ext"
+    ext_dir.mkdir()
+    src = ext_dir / "chaintracer.c"
+    src.write_text(CHAIN_TRACER_C)
+    build_extension(cpython, src, ext_dir, "chaintracer")
+    script = tmp_path / "chained.py"
+    subinterpreters = cpython.version_info[:2] >= (3, 14)
+    script.write_text(CHAIN_SCRIPT.format(ext_dir=str(ext_dir), subinterpreters=subinterpreters))
+    result = run_preloaded(cpython, script, shim=shim, sample_rate=None, min_size=None, timeout=120)
+    assert result.returncode == 0 and "chained" in result.stdout, result.describe()
+    rows = result.rows()
+    leak, healthy = _site(rows, script, "leak"), _site(rows, script, "healthy")
+    assert leak is not None and leak.live_bytes >= 0.6 * 100000 * 64, result.describe()
+    assert healthy is None or healthy.live_bytes <= 0.05 * leak.live_bytes, (healthy, leak)
