@@ -81,36 +81,38 @@ static __always_inline u64 tl_read_ptr(u64 addr)
 
 /* ---- Python: thread state through the gilstate TSS key, then the innermost frame ---- */
 
-/* glibc's pthread_getspecific(key) for the current thread, from the thread pointer (fs base). */
-static __always_inline u64 tl_pthread_getspecific(struct tl_target *t)
+/* The current thread's thread pointer (fs base; 0: unknown). */
+static __always_inline u64 tl_fsbase(void)
 {
 #if TL_TASK_FSBASE < 0
     return 0;
 #else
     u64 task = bpf_get_current_task();
     u64 fsbase = 0;
-    if (bpf_probe_read_kernel(&fsbase, sizeof(fsbase), (void *)(task + TL_TASK_FSBASE)) || !fsbase)
+    if (bpf_probe_read_kernel(&fsbase, sizeof(fsbase), (void *)(task + TL_TASK_FSBASE)))
+        return 0;
+    return fsbase;
+#endif
+}
+
+/* glibc's pthread_getspecific(key) for the current thread, from the thread pointer. */
+static __always_inline u64 tl_pthread_getspecific(struct tl_target *t)
+{
+    u64 fsbase = tl_fsbase();
+    if (!fsbase)
         return 0;
     u32 l2 = t->pthread_l2 ? t->pthread_l2 : 32;
     u64 block = tl_read_ptr(fsbase + t->pthread_specific + 8 * (t->py_key / l2));
     if (!block)
         return 0;
     return tl_read_ptr(block + (u64)(t->py_key % l2) * t->key_data_size + t->key_data_data);
-#endif
 }
 
 /* 3.15+: the thread state is a static thread-local of the executable, at fsbase + tstate_tls. */
 static __always_inline u64 tl_thread_local(struct tl_target *t)
 {
-#if TL_TASK_FSBASE < 0
-    return 0;
-#else
-    u64 task = bpf_get_current_task();
-    u64 fsbase = 0;
-    if (bpf_probe_read_kernel(&fsbase, sizeof(fsbase), (void *)(task + TL_TASK_FSBASE)) || !fsbase)
-        return 0;
-    return tl_read_ptr(fsbase + t->tstate_tls);
-#endif
+    u64 fsbase = tl_fsbase();
+    return fsbase ? tl_read_ptr(fsbase + t->tstate_tls) : 0;
 }
 
 /* The innermost frame of the current thread (0: none). */
