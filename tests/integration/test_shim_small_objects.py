@@ -212,15 +212,23 @@ def test_tracemalloc_started_by_the_program_does_not_leave_false_leaks(cpython, 
     still works."""
     script = tmp_path / "with_tracemalloc.py"
     script.write_text(TRACEMALLOC_SCRIPT)
+    rows, leak = _run_dict_leak(cpython, shim, script, "traced")
+    assert sorted_rows(rows)[0].key == leak.key, [
+        (r.function, r.line, r.live_bytes, r.count) for r in sorted_rows(rows)[:4]
+    ]
+
+
+def _run_dict_leak(cpython, shim, script, token):
+    """Run SCRIPT (100 000 small dicts kept at its leak line, a healthy line beside) at the
+    defaults; it must end well and print TOKEN. The leak holds its dicts, the healthy line little.
+    Returns (rows, the leak's row)."""
     result = run_preloaded(cpython, script, shim=shim, sample_rate=None, min_size=None, timeout=120)
-    assert result.returncode == 0 and "traced" in result.stdout, result.describe()
+    assert result.returncode == 0 and token in result.stdout, result.describe()
     rows = result.rows()
     leak, healthy = _site(rows, script, "leak"), _site(rows, script, "healthy")
     assert leak is not None and leak.live_bytes >= 0.6 * 100000 * 64, result.describe()
     assert healthy is None or healthy.live_bytes <= 0.05 * leak.live_bytes, (healthy, leak)
-    assert sorted_rows(rows)[0].key == leak.key, [
-        (r.function, r.line, r.live_bytes, r.count) for r in sorted_rows(rows)[:4]
-    ]
+    return rows, leak
 
 
 CHAIN_TRACER_C = r"""
@@ -295,9 +303,4 @@ def test_a_foreign_tracer_that_chains_back_to_ours(cpython, shim, tmp_path):
     script = tmp_path / "chained.py"
     subinterpreters = cpython.version_info[:2] >= (3, 14)
     script.write_text(CHAIN_SCRIPT.format(ext_dir=str(ext_dir), subinterpreters=subinterpreters))
-    result = run_preloaded(cpython, script, shim=shim, sample_rate=None, min_size=None, timeout=120)
-    assert result.returncode == 0 and "chained" in result.stdout, result.describe()
-    rows = result.rows()
-    leak, healthy = _site(rows, script, "leak"), _site(rows, script, "healthy")
-    assert leak is not None and leak.live_bytes >= 0.6 * 100000 * 64, result.describe()
-    assert healthy is None or healthy.live_bytes <= 0.05 * leak.live_bytes, (healthy, leak)
+    _run_dict_leak(cpython, shim, script, "chained")
