@@ -95,27 +95,40 @@ class DutyCycle:
 
 
 @dataclass
-class _Acc:
-    """One BPF site of one target, summed over windows (scaled as the module docstring says)."""
+class _Scaled:
+    """Estimates summed over windows, each scaled to the whole period as the module docstring
+    says: a window's count and bytes by F_TOTAL = P/W, its held samples by F_LIVE = P/(W-H)."""
 
     count: float = 0.0
     total_bytes: float = 0.0
+    live_bytes: float = 0.0
+    live_count: float = 0.0
+
+    def add_window(self, count: float, total_bytes: float, f_total: float) -> None:
+        self.count += count * f_total
+        self.total_bytes += total_bytes * f_total
+
+    def add_held(self, held: list[int] | None, f_live: float) -> None:
+        """HELD: [Horvitz-Thompson bytes, count in COUNT_ONE units] of the samples held H seconds."""
+        if held is not None:
+            self.live_bytes += held[0] * f_live
+            self.live_count += held[1] / sampling.COUNT_ONE * f_live
+
+
+@dataclass
+class _Acc(_Scaled):
+    """One BPF site of one target (its raw sample columns stay raw)."""
+
     sample_count: int = 0
     sample_total_bytes: int = 0
     sample_free_bytes: int = 0
     peak_single: int = 0
-    live_bytes: float = 0.0
-    live_count: float = 0.0
 
 
 @dataclass
-class _PathAcc:
-    """One call path of one target's row, summed over windows (scaled as its row is)."""
+class _PathAcc(_Scaled):
+    """One call path of one target's row, scaled as its row is."""
 
-    count: float = 0.0
-    total_bytes: float = 0.0
-    live_bytes: float = 0.0
-    live_count: float = 0.0
     truncated: bool = False
 
 
@@ -306,16 +319,12 @@ class EbpfRoute:
             a = acc.setdefault(key, _Acc())
             st = window.get(key)
             if st is not None:
-                a.count += st.count * f_total
-                a.total_bytes += st.total_bytes * f_total
+                a.add_window(st.count, st.total_bytes, f_total)
                 a.sample_count += st.sample_count
                 a.sample_total_bytes += st.sample_total_bytes
                 a.sample_free_bytes += st.sample_free_bytes
                 a.peak_single = max(a.peak_single, st.peak_single)
-            h = held.get(key)
-            if h is not None:
-                a.live_bytes += h[0] * f_live
-                a.live_count += h[1] / sampling.COUNT_ONE * f_live
+            a.add_held(held.get(key), f_live)
 
     def _account_paths(self, target, held: dict[int, list[int]], f_total: float, f_live: float) -> None:
         """The window's call paths of TARGET (tl_paths, resolved to frames while its code objects
@@ -329,12 +338,8 @@ class EbpfRoute:
                 continue  # its own frame unreadable: the row keeps these bytes as its own
             a = acc.setdefault(((*frames[-1], False), frames), _PathAcc())
             a.truncated = a.truncated or content[1]
-            a.count += st.est_count / sampling.COUNT_ONE * f_total
-            a.total_bytes += st.est_bytes * f_total
-            h = held.get(id_)
-            if h is not None:
-                a.live_bytes += h[0] * f_live
-                a.live_count += h[1] / sampling.COUNT_ONE * f_live
+            a.add_window(st.est_count / sampling.COUNT_ONE, st.est_bytes, f_total)
+            a.add_held(held.get(id_), f_live)
 
     def _rows_of(self, pid: int) -> list[Row]:
         merged: dict[tuple, Row] = {}
