@@ -87,7 +87,11 @@ def test_sampling_keeps_every_count(leaker):
 @BPF_SKIP
 def test_attach_to_long_running_target_and_it_exits_mid_attach(leaker, tmp_path):
     # GIVEN a target that has already done work before the agent attaches
-    target = Target([leaker, "4000", "1500"])  # ~6 s of work: still running when the agent attaches
+    # ~20 s of work (4000 rounds, 5 ms apart): still running when the agent attaches, which takes
+    # ~3 s here (compiling and verifying the BPF program); with 1.5 ms apart (~7 s of work) a machine
+    # twice as slow would let the target finish first (no leak_here row: KeyError below). Not
+    # longer for the test: the target is ended 0.5 s after the attach, whatever it has left to do.
+    target = Target([leaker, "4000", "5000"])
     target.say("go")
     time.sleep(0.5)
     out = tmp_path / "out.json"
