@@ -310,7 +310,13 @@ class Loader:
             self.probes.remove(probe)
 
     def detach_pid(self, pid: int) -> None:
-        for probe in [p for p in self.probes if p.pid == pid]:
+        # The reverse of the attach order (EbpfSession.attach_probes: free first): the allocation
+        # probes go first and free last, so every sample's free is seen for as long as samples can
+        # be made. Each detach waits for the kernel (~0.1 s per probe on 6.x: ~1.5 s for a
+        # target's 13): free detached first left every block allocated and freed meanwhile live,
+        # older than the duty cycle's hold by the time the last probe was gone (trackleak.fleet.routes:
+        # a healthy line held 10-18 % of a leak's bytes).
+        for probe in reversed([p for p in self.probes if p.pid == pid]):
             self.detach(probe)
 
     def close(self) -> None:
