@@ -221,8 +221,13 @@ def test_duty_cycle_healthy_churn_shows_no_retention_and_a_leak_grows(tmp_path, 
                 "3",
                 "--ebpf-period",
                 "6",
+                # 50 s: the first window opens after the agent's start-up (5-10 s loaded), and each
+                # lasts W plus ~1.5 s per target to detach (the kernel waits ~0.1 s per probe): ~7-9 s
+                # here with two targets, longer than P, so every other period is skipped (windows
+                # 12 s apart). At 33 s a run had 3 windows about one time in three; at 42, a 10 s
+                # start-up and 8 s windows still give 3 (at 11, 24 and 36 s); at 50, 4.
                 "--duration",
-                "42",  # 7 periods: at least 4 windows after the agent's start-up (5-10 s loaded)
+                "50",
                 "--json",
                 str(out),
                 "--no-live",
@@ -376,7 +381,11 @@ def test_duty_cycle_rows_carry_their_call_paths(tmp_path, tag):
     assert set(by_caller) == {"uploads", "pings"}, row["stacks"]
     assert all(s["frames"][-1][:2] == ["store", str(script)] for s in row["stacks"])
     up, ping = by_caller["uploads"], by_caller["pings"]
-    # (duty-cycle estimates: a sample stands for P / (W - H) = 4 times more; CI saw pings at 6 %)
-    assert up["live_bytes"] > 0.8 * row["live_bytes"] > 0 and ping["live_bytes"] <= 0.15 * row["live_bytes"]
+    # pings holds nothing but, now and then, a pymalloc arena (1 MiB, scaled by P / (W - H) = 4):
+    # the bytearray objects pings frees are reused by uploads, so pings takes the fresh memory;
+    # measured 0-0.5 %. (The 6 % CI saw, and 9-18 % here, were no estimate noise: free was
+    # detached first, ~1.5 s before the allocation probes, so blocks pings made and freed meanwhile
+    # were counted held. Fixed in the loader's detach order; 5 % catches that again.)
+    assert up["live_bytes"] > 0.8 * row["live_bytes"] > 0 and ping["live_bytes"] <= 0.05 * row["live_bytes"]
     assert up["total_bytes"] > 0 and ping["total_bytes"] > 0
     assert "call paths of store" in r.stdout
