@@ -30,6 +30,7 @@ import ctypes, os, sys, time
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]  # else a C int: a PIE's heap address is cut (SIGSEGV)
 kept = [0] * 100000  # preallocated: the leaking line allocates nothing but its block
 held = [0]
 
