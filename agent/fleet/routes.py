@@ -18,9 +18,12 @@ attached all the time, the session's own accounting). Under the duty cycle:
   *held* H seconds: it counts as retained. Younger survivors are forgotten (a block freed while
   we are detached would never be seen freed: counting them would manufacture retention).
 - The retained samples were allocated in the first W - H seconds of the window, a time sample of
-  (W - H) / P of the process's life: their Horvitz-Thompson bytes are scaled by P / (W - H) (as a
-  byte sample of probability p is scaled by 1/p). Counts and totals of the window are scaled by
-  P / W. Raw sample columns stay raw. A site's ``live_bytes`` is the sum over windows: an estimate
+  (W - H) / C of the process's life, C the cycle: their Horvitz-Thompson bytes are scaled by
+  C / (W - H) (as a byte sample of probability p is scaled by 1/p). Counts and totals of the
+  window are scaled by C / W. C is the time from the previous window's opening to this one's: P,
+  or a multiple of it when closing a window took so long (each target's probes take ~0.15 s each
+  to detach) that the next period's opening had passed and was skipped. Raw sample columns stay
+  raw. A site's ``live_bytes`` is the sum over windows: an estimate
   of the bytes allocated while watched that were still held H seconds later. Growth is the slope
   of that sum over the windows (trackleak.history, a window of at least 4 periods). A row's call
   paths (tl_paths) are read at the same moment and scaled the same way, so they add up to it.
@@ -153,6 +156,8 @@ class EbpfRoute:
         self.ended: dict[int, ProcInfo] = {}
         self.attached: dict[int, float] = {}  # pid -> monotonic attach time (duty cycle)
         self.window_open: float | None = None
+        self.cycle_s = duty.period  # C: from the previous window's opening to the current one's
+        self.window_open_last: float | None = None
         self.windows = 0
         self.attached_seconds = 0.0
         self.acc: dict[int, dict[tuple, _Acc]] = {}
@@ -234,7 +239,10 @@ class EbpfRoute:
                 del pending[k]
 
     def open_window(self) -> None:
-        self.window_open = time.monotonic()
+        now = time.monotonic()
+        if self.window_open_last is not None:
+            self.cycle_s = max(self.duty.period, now - self.window_open_last)
+        self.window_open = self.window_open_last = now
         for pid in list(self.procs):
             self._clear_maps(pid)
             try:
@@ -272,7 +280,7 @@ class EbpfRoute:
         # A sample stands for P / (W - H) times more bytes: the estimate's variance grows with it.
         r = self.session.interval
         d = self.duty
-        return int(r * d.period / max(d.window - d.hold, 1e-9)) if r else 0
+        return int(r * self.cycle_s / max(d.window - d.hold, 1e-9)) if r else 0
 
     def _account(self, pid: int, attached_s: float, detached_ns: int) -> None:
         target = self.session.targets.get(pid)
@@ -280,9 +288,9 @@ class EbpfRoute:
         if target is None or loader.bpf is None:
             return
         d = self.duty
-        f_total = d.period / attached_s if attached_s > 0 else 0.0
+        f_total = self.cycle_s / attached_s if attached_s > 0 else 0.0
         useful = attached_s - d.hold
-        f_live = d.period / useful if useful > 0 else 0.0
+        f_live = self.cycle_s / useful if useful > 0 else 0.0
         hold_ns = int(d.hold * 1e9)
         held: dict[tuple, list[int]] = {}
         held_paths: dict[int, list[int]] = {}  # tl_paths id -> the same, per call path
