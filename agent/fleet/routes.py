@@ -20,9 +20,10 @@ attached all the time, the session's own accounting). Under the duty cycle:
 - The retained samples were allocated in the first W - H seconds of the window, a time sample of
   (W - H) / C of the process's life, C the cycle: their Horvitz-Thompson bytes are scaled by
   C / (W - H) (as a byte sample of probability p is scaled by 1/p). Counts and totals of the
-  window are scaled by C / W. C is the time from the previous window's opening to this one's: P,
-  or a multiple of it when closing a window took so long (each target's probes take ~0.15 s each
-  to detach) that the next period's opening had passed and was skipped. Raw sample columns stay
+  window are scaled by C / W. C is the time from the target's previous window's opening to this
+  one's (P for its first): P, or a multiple of it when closing a window took so long (each
+  target's probes take ~0.15 s each to detach) that the next period's opening had passed and was
+  skipped. Raw sample columns stay
   raw. A site's ``live_bytes`` is the sum over windows: an estimate
   of the bytes allocated while watched that were still held H seconds later. Growth is the slope
   of that sum over the windows (trackleak.history, a window of at least 4 periods). A row's call
@@ -156,8 +157,9 @@ class EbpfRoute:
         self.ended: dict[int, ProcInfo] = {}
         self.attached: dict[int, float] = {}  # pid -> monotonic attach time (duty cycle)
         self.window_open: float | None = None
-        self.cycle_s = duty.period  # C: from the previous window's opening to the current one's
-        self.window_open_last: float | None = None
+        # pid -> C of its current window: from its previous window's opening to this one's
+        self.cycles: dict[int, float] = {}
+        self.opened: dict[int, float] = {}  # pid -> when its last window opened (monotonic)
         self.windows = 0
         self.attached_seconds = 0.0
         self.acc: dict[int, dict[tuple, _Acc]] = {}
@@ -215,6 +217,8 @@ class EbpfRoute:
         self.acc.pop(pid, None)
         self.path_acc.pop(pid, None)
         self.sites.pop(pid, None)
+        self.cycles.pop(pid, None)
+        self.opened.pop(pid, None)
         self.ended[pid] = info
 
     # ------------------------------------------------------------------ duty cycle
@@ -239,10 +243,7 @@ class EbpfRoute:
                 del pending[k]
 
     def open_window(self) -> None:
-        now = time.monotonic()
-        if self.window_open_last is not None:
-            self.cycle_s = max(self.duty.period, now - self.window_open_last)
-        self.window_open = self.window_open_last = now
+        now = self.window_open = time.monotonic()
         for pid in list(self.procs):
             self._clear_maps(pid)
             try:
@@ -252,6 +253,11 @@ class EbpfRoute:
                 self.remove(pid, discard_window=True)
                 continue
             self.attached[pid] = time.monotonic()
+            # a target's first window stands for one period; a later one for the time since its
+            # previous window opened (longer when periods were skipped)
+            prev = self.opened.get(pid)
+            self.cycles[pid] = self.duty.period if prev is None else max(self.duty.period, now - prev)
+            self.opened[pid] = now
 
     def close_window(self, still_ebpf: Callable[[int], bool] | None = None) -> None:
         """Detach every target and account the window (see the module docstring)."""
@@ -274,13 +280,16 @@ class EbpfRoute:
                 continue
             self._account(pid, seconds, detached_ns)
             rows = self._rows_of(pid)
-            self.history.observe(now - self.session.started, rows, interval=self._noise_interval())
+            self.history.observe(now - self.session.started, rows, interval=self._noise_interval(pid))
 
-    def _noise_interval(self) -> int:
-        # A sample stands for P / (W - H) times more bytes: the estimate's variance grows with it.
+    def _noise_interval(self, pid: int) -> int:
+        # A sample stands for C / (W - H) times more bytes: the estimate's variance grows with it.
         r = self.session.interval
         d = self.duty
-        return int(r * self.cycle_s / max(d.window - d.hold, 1e-9)) if r else 0
+        return int(r * self._cycle(pid) / max(d.window - d.hold, 1e-9)) if r else 0
+
+    def _cycle(self, pid: int) -> float:
+        return self.cycles.get(pid, self.duty.period)
 
     def _account(self, pid: int, attached_s: float, detached_ns: int) -> None:
         target = self.session.targets.get(pid)
@@ -288,9 +297,10 @@ class EbpfRoute:
         if target is None or loader.bpf is None:
             return
         d = self.duty
-        f_total = self.cycle_s / attached_s if attached_s > 0 else 0.0
+        cycle = self._cycle(pid)
+        f_total = cycle / attached_s if attached_s > 0 else 0.0
         useful = attached_s - d.hold
-        f_live = self.cycle_s / useful if useful > 0 else 0.0
+        f_live = cycle / useful if useful > 0 else 0.0
         hold_ns = int(d.hold * 1e9)
         held: dict[tuple, list[int]] = {}
         held_paths: dict[int, list[int]] = {}  # tl_paths id -> the same, per call path
