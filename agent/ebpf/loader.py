@@ -312,10 +312,10 @@ class Loader:
     def detach_pid(self, pid: int) -> None:
         # The reverse of the attach order (EbpfSession.attach_probes: free first): the allocation
         # probes go first and free last, so every sample's free is seen for as long as samples can
-        # be made. Each detach waits for the kernel (~0.1 s per probe on 6.x: ~1.5 s for a
-        # target's 13): free detached first left every block allocated and freed meanwhile live,
-        # older than the duty cycle's hold by the time the last probe was gone (trackleak.fleet.routes:
-        # a healthy line held 10-18 % of a leak's bytes).
+        # be made. Each detach waits for the kernel (~0.13 s a probe on 6.x: ~2 s for a target's
+        # 16, bench/bench_ebpf_detach.py): free detached first left every block allocated and
+        # freed meanwhile live, older than the duty cycle's hold by the time the last probe was
+        # gone (trackleak.fleet.routes: a healthy line held 10-18 % of a leak's bytes).
         for probe in reversed([p for p in self.probes if p.pid == pid]):
             self.detach(probe)
 

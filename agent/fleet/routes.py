@@ -21,13 +21,13 @@ attached all the time, the session's own accounting). Under the duty cycle:
   (W - H) / C of the process's life, C the cycle: their Horvitz-Thompson bytes are scaled by
   C / (W - H) (as a byte sample of probability p is scaled by 1/p). Counts and totals of the
   window are scaled by C / W. C is the time from the target's previous window's opening to this
-  one's (P for its first): P, or a multiple of it when closing a window took so long (each
-  target's probes take ~0.15 s each to detach) that the next period's opening had passed and was
-  skipped. Raw sample columns stay
-  raw. A site's ``live_bytes`` is the sum over windows: an estimate
-  of the bytes allocated while watched that were still held H seconds later. Growth is the slope
-  of that sum over the windows (trackleak.history, a window of at least 4 periods). A row's call
-  paths (tl_paths) are read at the same moment and scaled the same way, so they add up to it.
+  one's (P for its first): P, or a multiple of it when closing a window took so long (~0.13 s a
+  probe to detach, ~2 s a target: bench/bench_ebpf_detach.py) that the next period's opening had
+  passed and was skipped. Raw sample columns stay raw. A site's ``live_bytes`` is the sum over
+  windows: an estimate of the bytes allocated while watched that were still held H seconds later.
+  Growth is the slope of that sum over the windows (trackleak.history, a window of at least 4
+  periods). A row's call paths (tl_paths) are read at the same moment and scaled the same way, so
+  they add up to it.
 - So a workload whose blocks live less than H seconds shows no retention, and a leak grows by its
   rate per second. What it cannot tell apart: a cache whose entries live longer than H and are
   freed while detached looks like retention (attach continuously, or preload, to see those frees).
@@ -100,8 +100,8 @@ class DutyCycle:
 
 @dataclass
 class _Scaled:
-    """Estimates summed over windows, each scaled to the whole period as the module docstring
-    says: a window's count and bytes by F_TOTAL = P/W, its held samples by F_LIVE = P/(W-H)."""
+    """Estimates summed over windows, each scaled to its cycle as the module docstring says: a
+    window's count and bytes by F_TOTAL = C/W, its held samples by F_LIVE = C/(W-H)."""
 
     count: float = 0.0
     total_bytes: float = 0.0
